@@ -1,0 +1,31 @@
+# Two entry points for a fresh clone: `make demo` and `make test`.
+# Both create/update .venv from requirements.txt on their own (idempotent: the venv is
+# rebuilt only when requirements.txt is newer than the stamp file).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= workdirs/demo
+
+.PHONY: demo test bench venv clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m jaxsr.main --config configs/edsr.py:demo --workdir $(DEMO_DIR) --mode train
+	$(BIN)/python -m jaxsr.main --config configs/edsr.py:demo --workdir $(DEMO_DIR) --mode evaluate
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+bench: $(STAMP)
+	$(BIN)/python experiments/benchmark.py --preset cpu
+
+clean:
+	rm -rf $(VENV) workdirs
