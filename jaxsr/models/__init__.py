@@ -1,0 +1,56 @@
+"""Model registry: `config.model.name` -> `jaxsr.models.<module>.build(config)`.
+
+Every model is a flax.linen Module called as
+`model.apply({'params': p}, lr, train=bool, rngs={'lsh': key})` on NHWC float32 LR images
+in [0, 1] and returns NHWC SR images in [0, 1] (not clamped). Models with hashing
+attention draw rotations from the 'lsh' RNG stream when it is given (training) and use a
+fixed per-layer key otherwise (deterministic evaluation).
+
+A model module may define `input_multiple(config) -> int` (the LR side must be a multiple
+of it; evaluation and inference pad by reflection and crop back) and
+`min_input_size(config) -> int`.
+"""
+import importlib
+
+# name -> module under jaxsr.models (modules are imported lazily: only the model in use
+# is loaded, and a model whose module is missing fails with a clear message).
+_MODULES = {
+    "bicubic": "bicubic",
+    "edsr": "edsr",
+    "nlsn": "nlsn",
+    "dlsn": "dlsn",
+    "nlcunet": "nlcunet",
+    "lnln": "lnln",
+    "kenet": "kenet",
+    "usrnet": "usrnet",
+    "kenet_usrnet": "blind",
+    "gt_usrnet": "blind",
+    "fsrcnn": "fsrcnn",
+    "rcan": "rcan",
+}
+
+
+def model_module(name: str):
+    if name not in _MODULES:
+        raise ValueError(f"config.model.name={name!r} is not a known model; "
+                         f"choose one of {sorted(_MODULES)}")
+    return importlib.import_module(f"jaxsr.models.{_MODULES[name]}")
+
+
+def build_model(config):
+    """Builds the flax module described by `config.model` (and `config.scale`)."""
+    return model_module(config.model.name).build(config)
+
+
+def input_multiple(config) -> int:
+    fn = getattr(model_module(config.model.name), "input_multiple", None)
+    return int(fn(config)) if fn else 1
+
+
+def min_input_size(config) -> int:
+    fn = getattr(model_module(config.model.name), "min_input_size", None)
+    return int(fn(config)) if fn else 1
+
+
+def has_params(config) -> bool:
+    return getattr(model_module(config.model.name), "HAS_PARAMS", True)
