@@ -1,0 +1,144 @@
+"""Grain input pipeline for training: HR image files -> random HR crops, batched, uint8.
+
+Only decoding, cropping and dihedral augmentation run here (host, worker threads or
+processes); LR synthesis (bicubic, blur, noise) runs on the accelerator inside the jitted
+step (`jaxsr.data.degradations`). The iterator is deterministic for `config.seed` and its
+state goes into every checkpoint, so a resumed run sees exactly the batches it would have.
+"""
+import functools
+import logging
+import os
+
+import grain
+import numpy as np
+from PIL import Image
+
+from jaxsr.data import images
+
+# The embedded demo data: photos shipped inside scikit-image's wheel (no download).
+SKIMAGE_TRAIN = ("astronaut.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
+                 "hubble_deep_field.jpg", "retina.jpg", "immunohistochemistry.png",
+                 "ihc.png", "color.png", "brick.png", "grass.png", "gravel.png", "camera.png")
+SKIMAGE_VAL = ("chelsea.png", "motorcycle_right.png", "page.png")
+
+
+def skimage_paths(split: str) -> list[str]:
+    import skimage.data
+    root = os.path.dirname(skimage.data.__file__)
+    names = SKIMAGE_TRAIN if split == "train" else SKIMAGE_VAL
+    return [os.path.join(root, n) for n in names if os.path.isfile(os.path.join(root, n))]
+
+
+def usable_paths(paths, patch_size: int) -> list[str]:
+    """Drops files that cannot be opened or are smaller than the patch, with a warning each."""
+    keep = []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                w, h = im.size
+        except Exception as e:                      # noqa: BLE001 (any unreadable file)
+            logging.warning("skipping unreadable training image %s: %s", p, e)
+            continue
+        if h < patch_size or w < patch_size:
+            logging.warning("skipping training image %s: %dx%d is smaller than the %d px patch",
+                            p, w, h, patch_size)
+            continue
+        keep.append(p)
+    return keep
+
+
+def train_paths(config) -> list[str]:
+    if config.data.source == "skimage":
+        paths = skimage_paths("train")
+    elif config.data.source == "folders":
+        paths = images.list_image_dirs(config.data.train_dirs, "config.data.train_dirs")
+    else:
+        raise ValueError(f"config.data.source={config.data.source!r}: use 'folders' or "
+                         "'skimage' (or 'tfds', see jaxsr.data.tfds_source)")
+    paths = usable_paths(paths, config.train.patch_size)
+    if not paths:
+        raise ValueError(f"no usable training images (source {config.data.source!r}, "
+                         f"dirs {tuple(config.data.train_dirs)}, patch {config.train.patch_size})")
+    return paths
+
+
+@functools.lru_cache(maxsize=64)
+def _decode_cached(path: str) -> np.ndarray:
+    return images.read_rgb(path)
+
+
+def crop(img: np.ndarray, rng: np.random.Generator, patch: int, mode: str = "random",
+         center_size: int = 512) -> np.ndarray:
+    """A random patch x patch crop; 'center_random' first keeps the central center_size square
+    (NLCUnet's sampling), then crops randomly inside it."""
+    if mode == "center_random":
+        h, w = img.shape[:2]
+        ch, cw = min(center_size, h), min(center_size, w)
+        top, left = (h - ch) // 2, (w - cw) // 2
+        img = img[top:top + ch, left:left + cw]
+    elif mode != "random":
+        raise ValueError(f"config.data.crop={mode!r}: use 'random' or 'center_random'")
+    h, w = img.shape[:2]
+    top = rng.integers(0, h - patch + 1)
+    left = rng.integers(0, w - patch + 1)
+    return img[top:top + patch, left:left + patch]
+
+
+def dihedral(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """EDSR's augmentation: independent p=0.5 horizontal flip, vertical flip, transpose."""
+    hflip, vflip, transpose = rng.random(3) < 0.5
+    if hflip:
+        img = img[:, ::-1]
+    if vflip:
+        img = img[::-1]
+    if transpose:
+        img = img.transpose(1, 0, 2)
+    return np.ascontiguousarray(img)
+
+
+class LoadCrop(grain.transforms.RandomMap):
+    """path -> {'hr': uint8 patch} or None when the file turns out to be unreadable."""
+
+    def __init__(self, patch: int, crop_mode: str, center_size: int, augment: bool, cache: bool):
+        self.patch, self.crop_mode, self.center_size = patch, crop_mode, center_size
+        self.augment, self.cache = augment, cache
+
+    def random_map(self, path, rng: np.random.Generator):
+        try:
+            img = _decode_cached(path) if self.cache else images.read_rgb(path)
+        except images.ImageReadError as e:
+            logging.warning("skipping training image: %s", e)
+            return None
+        if min(img.shape[:2]) < self.patch:
+            return None
+        img = crop(img, rng, self.patch, self.crop_mode, self.center_size)
+        if self.augment:
+            img = dihedral(img, rng)
+        return {"hr": img}
+
+
+def _not_none(x) -> bool:
+    return x is not None
+
+
+def train_dataset(config, process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+    """The per-process training stream of {'hr': uint8 [B/process_count, P, P, 3]} batches."""
+    batch = config.train.batch_size
+    if batch % process_count:
+        raise ValueError(f"config.train.batch_size={batch} is not divisible by the "
+                         f"{process_count} JAX processes")
+    paths = train_paths(config)[process_index::process_count]
+    cache = len(paths) <= 64
+    ds = (grain.MapDataset.source(paths)
+          .seed(config.seed)
+          .shuffle()
+          .repeat(None)
+          .random_map(LoadCrop(config.train.patch_size, config.data.crop,
+                               config.data.center_size, config.data.augment, cache))
+          .filter(_not_none))
+    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.data.num_threads,
+                                              prefetch_buffer_size=4 * batch))
+    ds = ds.batch(batch // process_count, drop_remainder=True)
+    if config.data.num_workers > 0:
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.num_workers))
+    return ds

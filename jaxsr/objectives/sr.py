@@ -1,0 +1,54 @@
+"""The standard SR objective: LR synthesised on device from the HR crop, pixel loss, Adam."""
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxsr import objectives
+from jaxsr.data import degradations
+
+
+class SRObjective:
+    def __init__(self, config, model):
+        self.config = config
+        self.model = model
+        self.tx, self.schedule = objectives.adam(config.train)
+
+    def init_params(self, rng, hr_uint8):
+        lr_shape = (1, hr_uint8.shape[1] // self.config.scale,
+                    hr_uint8.shape[2] // self.config.scale, 3)
+        params_rng, lsh_rng = jax.random.split(rng)
+        variables = self.model.init({"params": params_rng, "lsh": lsh_rng},
+                                    jnp.zeros(lr_shape, jnp.float32), train=False)
+        return variables["params"]
+
+    def init_state(self, rng, hr_uint8):
+        params = self.init_params(rng, hr_uint8)
+        return {"step": jnp.zeros((), jnp.int32), "params": params,
+                "opt_state": self.tx.init(params)}
+
+    def synthesize(self, hr_uint8, rng):
+        hr = objectives.hr_to_float(hr_uint8)
+        return hr, degradations.synthesize_lr(hr, rng, self.config)
+
+    def train_step(self, state, hr_uint8, rng):
+        deg_rng, lsh_rng = jax.random.split(rng)
+        hr, lr = self.synthesize(hr_uint8, deg_rng)
+
+        def loss_fn(params):
+            sr = self.model.apply({"params": params}, lr, train=True, rngs={"lsh": lsh_rng})
+            return objectives.pixel_loss(self.config.train.loss, sr, hr)
+
+        loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+        updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        ok = objectives.all_finite(loss, grads)
+        new = objectives.keep_if(ok, {"params": params, "opt_state": opt_state},
+                                 {"params": state["params"], "opt_state": state["opt_state"]})
+        new["step"] = state["step"] + 1
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "finite": ok,
+                   "lr": self.schedule(state["step"])}
+        return new, metrics
+
+
+def make(config, model):
+    return SRObjective(config, model)
