@@ -31,16 +31,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 500
     c.train.keep_checkpoints = 3
     c.train.log_every = 50
-    c.train.eval_every = 0        # >0: validate on data.val_dirs every N steps
     c.train.async_checkpoints = True
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "folders"     # 'folders' | 'skimage' (embedded demo photos) | 'tfds'
     c.data.train_dirs = ()        # HR image folders (PNG/JPEG)
-    c.data.val_dirs = ()
     c.data.num_workers = 0        # grain worker processes (0: threads only)
     c.data.num_threads = 2
-    c.data.repeat_per_epoch = 1
     c.data.crop = "random"        # 'random' | 'center_random' (NLCUnet: centre crop, then random)
     c.data.center_size = 512
     c.data.augment = True         # dihedral: h/v flips and transpose
@@ -60,4 +57,5 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.chop = False
     c.eval.self_ensemble = False
     c.eval.max_images = 0         # >0: only the first N images of each set (quick checks)
+    c.eval.compare_bicubic = True # also score MATLAB bicubic on the same LR (table column)
     return c

@@ -1,0 +1,46 @@
+"""EDSR (Lim et al. 2017), trained as in EDSR-PyTorch, with the MATLAB-bicubic protocol.
+
+  python -m jaxsr.main --config configs/edsr.py --workdir workdirs/edsr_x2
+  python -m jaxsr.main --config configs/edsr.py --workdir workdirs/edsr_x2 --mode evaluate
+Args (`configs/edsr.py:ARG`): '' baseline (16 blocks, 64 ch, 1.37M params at x2);
+'large' (32 blocks, 256 ch, res_scale 0.1); 'small' a 2-core CPU model; 'demo' the
+`make demo` job (small model on the photos embedded in scikit-image, evaluated on
+held-out photos against bicubic).
+"""
+from jaxsr.config_base import base_config
+
+
+def get_config(arg=None):
+    c = base_config()
+    c.model.name = "edsr"
+    c.model.n_resblocks = 16
+    c.model.n_feats = 64
+    c.model.res_scale = 1.0
+    c.model.rgb_range = 1.0
+    c.data.train_dirs = ("data/DIV2K/DIV2K_train_HR",)
+    c.train.batch_size = 16
+    c.train.patch_size = 96                # LR 48x48 at x2, as EDSR
+    c.train.num_steps = 300_000
+    c.train.lr = 1e-4
+    c.train.lr_halve_every = 200_000
+    c.train.checkpoint_every = 5000
+    c.train.log_every = 100
+    if arg == "large":
+        c.model.n_resblocks, c.model.n_feats, c.model.res_scale = 32, 256, 0.1
+    elif arg in ("small", "demo"):
+        c.model.n_resblocks, c.model.n_feats = 4, 32
+        c.train.batch_size = 8
+        c.train.patch_size = 64
+        c.train.num_steps = 2000
+        c.train.lr = 5e-4
+        c.train.lr_milestones = (1400,)
+        c.train.checkpoint_every = 500
+        c.train.log_every = 50
+        c.data.train_dirs = ("../shared/data/train/DIV2K_valid_HR_subset",)
+        c.eval.datasets = ("Set5", "Set14")
+    if arg == "demo":
+        c.data.source = "skimage"
+        c.eval.datasets = ("skimage_val",)
+    elif arg not in (None, "", "large", "small"):
+        raise ValueError(f"configs/edsr.py: unknown arg {arg!r} (use large, small or demo)")
+    return c
