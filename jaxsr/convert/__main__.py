@@ -1,0 +1,75 @@
+"""Convert checkpoints between jaxsr (Orbax, Flax) and PyTorch (official key names).
+
+  python -m jaxsr.convert to-torch   --config configs/X.py --workdir DIR --output model.pth \
+                                     [--format pth|safetensors]
+  python -m jaxsr.convert from-torch --config configs/X.py --input model.pth --workdir DIR \
+                                     [--param_key params_ema]
+
+to-torch writes a state_dict that the official PyTorch class loads with strict=True
+(--config may be left out when DIR has the config.json written by training).
+from-torch writes a params-only checkpoint into DIR that `python -m jaxsr.main --mode
+evaluate` and `--mode train` (fine-tuning) pick up. Both refuse anything that does not match
+exactly, listing every missing, unexpected and mis-shaped key.
+Config fields can be overridden as in jaxsr.main: --config.scale=4.
+"""
+import logging
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from jaxsr import config_util
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/X.py[:arg]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "jaxsr workdir (checkpoints/ inside).")
+_OUTPUT = flags.DEFINE_string("output", None, "to-torch: the .pth/.safetensors file to write.")
+_INPUT = flags.DEFINE_string("input", None, "from-torch: the .pth/.pt/.safetensors to read.")
+_FORMAT = flags.DEFINE_enum("format", None, ["pth", "safetensors"],
+                            "to-torch file format (default: from the --output extension).")
+_PARAM_KEY = flags.DEFINE_string(
+    "param_key", None, "from-torch: entry holding the state_dict (default: 'params_ema', "
+    "'params', 'state_dict' or 'model' when present, else the file itself).")
+
+COMMANDS = ("to-torch", "from-torch")
+
+
+def _config(required: bool):
+    if _CONFIG.value is not None:
+        return _CONFIG.value
+    if required:
+        raise app.UsageError("--config is required")
+    from jaxsr import checkpoint
+    return checkpoint.load_config(_WORKDIR.value)
+
+
+def main(argv):
+    if len(argv) != 2 or argv[1] not in COMMANDS:
+        raise app.UsageError(f"usage: python -m jaxsr.convert {{{'|'.join(COMMANDS)}}} "
+                             f"--config ... (got {argv[1:]})")
+    logging.getLogger().setLevel(logging.INFO)
+    from jaxsr import convert
+    if not _WORKDIR.value:
+        raise app.UsageError("--workdir is required")
+    try:
+        if argv[1] == "to-torch":
+            if not _OUTPUT.value:
+                raise app.UsageError("to-torch needs --output FILE.pth|FILE.safetensors")
+            summary = convert.export_workdir(_config(False), _WORKDIR.value, _OUTPUT.value,
+                                             _FORMAT.value)
+            print(f"wrote {_OUTPUT.value}: {summary['keys']} tensors, {summary['params']:,} "
+                  f"values ({summary['format']}, from step {summary['step']})")
+        else:
+            if not _INPUT.value:
+                raise app.UsageError("from-torch needs --input FILE.pth")
+            summary = convert.import_file(_config(True), _INPUT.value, _WORKDIR.value,
+                                          _PARAM_KEY.value)
+            print(f"wrote {summary['checkpoint']}: {summary['keys']} tensors, "
+                  f"{summary['params']:,} params from {_INPUT.value}")
+    except (convert.ConversionError, FileNotFoundError, FileExistsError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    config_util.check_overrides()
+    app.run(main)

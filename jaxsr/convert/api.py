@@ -1,0 +1,123 @@
+"""Config-level conversion API (what the CLI calls).
+
+    sd = params_to_state_dict(params, config)            # Flax -> {torch key: ndarray}
+    params, warnings = state_dict_to_params(sd, config)  # strict torch -> Flax
+    export_workdir(config, workdir, "model.pth")         # checkpoint -> .pth/.safetensors
+    import_file(config, "model.pth", workdir)            # .pth/.safetensors -> checkpoint
+"""
+import functools
+import logging
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsr.convert import core, tables
+
+
+def table_for(config) -> core.Table:
+    name = config.model.name
+    if name not in tables.TABLES:
+        raise core.ConversionError(
+            f"no PyTorch conversion table for config.model.name={name!r}; "
+            f"tables exist for {sorted(tables.TABLES)}")
+    return tables.TABLES[name]
+
+
+def _init_side(config) -> int:
+    """A square LR size every model accepts, for tracing `init` (params never depend on it)."""
+    from jaxsr import models
+    side = max(models.min_input_size(config), 8)
+    chunk = config.model.get("chunk_size", 0) if "model" in config else 0
+    side = max(side, math.isqrt(max(int(chunk or 0) - 1, 0)) + 1)
+    mult = models.input_multiple(config)
+    return -(-side // mult) * mult
+
+
+def abstract_params(config) -> dict:
+    """{flax path: ShapeDtypeStruct} of the model the config describes (no compute)."""
+    from jaxsr import models
+    if not models.has_params(config):
+        raise core.ConversionError(f"model {config.model.name!r} has no parameters to convert")
+    model = models.build_model(config)
+    side = _init_side(config)
+    x = jax.ShapeDtypeStruct((1, side, side, 3), jnp.float32)
+    rngs = {"params": jax.random.key(0), "lsh": jax.random.key(1)}
+    variables = jax.eval_shape(functools.partial(model.init, train=False), rngs, x)
+    return core.flatten(variables["params"])
+
+
+def check_params(params, config, source: str = "params") -> None:
+    """The Flax params have exactly the config's tree and shapes (else lists all problems)."""
+    want = abstract_params(config)
+    got = core.flatten(params)
+    missing = [p for p in want if p not in got]
+    unexpected = [p for p in got if p not in want]
+    wrong = [f"{p}: {tuple(np.shape(got[p]))}, expected {want[p].shape}"
+             for p in want if p in got and tuple(np.shape(got[p])) != want[p].shape]
+    if missing or unexpected or wrong:
+        parts = [f"{source} do not match config.model.name={config.model.name!r} "
+                 f"scale={config.scale}:"]
+        for title, items in (("missing", missing), ("unexpected", unexpected),
+                             ("shape mismatches", wrong)):
+            if items:
+                parts.append(core._fmt_list(title, items))
+        raise core.ConversionError("\n".join(parts))
+
+
+def params_to_state_dict(params, config) -> dict[str, np.ndarray]:
+    """Flax params -> official PyTorch state_dict (float32 NumPy arrays, official key order)."""
+    return core.to_torch(table_for(config), params, config)
+
+
+def guess_architectures(keys) -> list[str]:
+    """Names of the tables that can place every key (for 'wrong architecture' hints)."""
+    return [name for name, t in tables.TABLES.items()
+            if not core.unmapped_torch_keys(t, list(keys))]
+
+
+def state_dict_to_params(state_dict, config, source: str = "checkpoint"):
+    """Strict torch state_dict -> (Flax params, warnings); ConversionError lists every problem."""
+    table = table_for(config)
+    expected = abstract_params(config)
+    try:
+        return core.from_torch(table, state_dict, config, expected, source)
+    except core.ConversionError:
+        fits = guess_architectures(state_dict)
+        if table.name in fits:
+            hint = ""
+        elif fits:
+            hint = (f"its keys fit the conversion table(s) {fits}, not {table.name!r}: "
+                    f"wrong --config for this file?")
+        else:
+            hint = "its keys fit none of the conversion tables (not one of this project's architectures?)"
+        return core.from_torch(table, state_dict, config, expected, source, hint=hint)
+
+
+def export_workdir(config, workdir: str, output: str, fmt: str | None = None) -> dict:
+    """Latest checkpoint of `workdir` -> `output` (.pth or .safetensors); returns a summary."""
+    from jaxsr import checkpoint
+    from jaxsr.convert import torchio
+    params, meta = checkpoint.load_params(workdir)
+    if meta.get("model") not in (None, config.model.name):
+        raise core.ConversionError(f"{workdir} holds a {meta.get('model')!r} checkpoint but "
+                                   f"config.model.name={config.model.name!r}")
+    check_params(params, config, source=f"params in {workdir}")
+    sd = params_to_state_dict(params, config)
+    fmt = torchio.save_state_dict(sd, output, fmt)
+    return {"keys": len(sd), "params": int(sum(v.size for v in sd.values())),
+            "format": fmt, "step": meta.get("step")}
+
+
+def import_file(config, path: str, workdir: str, param_key: str | None = None) -> dict:
+    """`path` (.pth/.pt/.safetensors) -> params-only checkpoint in `workdir`; returns a summary."""
+    from jaxsr import checkpoint
+    from jaxsr.convert import torchio
+    sd = torchio.load_state_dict(path, param_key)
+    params, warnings = state_dict_to_params(sd, config, source=str(path))
+    for w in warnings:
+        logging.warning("%s: %s", path, w)
+    where = checkpoint.save_params(workdir, params, config)
+    return {"keys": len(sd), "params": int(sum(np.size(v) for v in core.flatten(params).values())),
+            "checkpoint": where, "warnings": warnings}
