@@ -23,7 +23,7 @@ from jaxsr.data import pipeline
 from jaxsr.models import build_model
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(ArithmeticError):
     pass
 
 
