@@ -61,45 +61,53 @@ def bind(model, params, **apply_kwargs) -> BoundApply:
     return BoundApply(model, jax.device_put(params), **apply_kwargs)
 
 
-_CACHE_FNS = 4  # apply_fns whose executables are kept (LRU); keeps ids from being reused
+_CACHE_FNS = 4  # functions whose executables are kept (LRU); also pins their ids
 _compiled: "collections.OrderedDict[int, tuple]" = collections.OrderedDict()
 
 
-def _compile(apply_fn: ApplyFn, shape):
-    """(callable x -> y, memory stats) of `apply_fn` compiled for a float32 `shape`."""
-    spec = jax.ShapeDtypeStruct(shape, jnp.float32)
+def _split(apply_fn: ApplyFn):
+    """(function, leading args, keyword args): params (BoundApply) and the arguments of a
+    `functools.partial(jitted, ...)` stay runtime arguments, so one executable serves
+    every image whose arguments have the same shapes."""
     if isinstance(apply_fn, BoundApply):
-        fn, args = apply_fn._fn, (apply_fn.params,)
-    elif (isinstance(apply_fn, functools.partial) and hasattr(apply_fn.func, "lower")
-          and not apply_fn.keywords):  # partial(jitted, params): params stay arguments
-        fn, args = apply_fn.func, apply_fn.args
-    else:
-        fn, args = (apply_fn if hasattr(apply_fn, "lower") else jax.jit(apply_fn)), ()
-    compiled = fn.lower(*args, spec).compile()
-    call = functools.partial(compiled, *args) if args else compiled
-    return call, compiled.memory_analysis()
+        return apply_fn._fn, (apply_fn.params,), {}
+    if isinstance(apply_fn, functools.partial) and hasattr(apply_fn.func, "lower"):
+        return apply_fn.func, apply_fn.args, dict(apply_fn.keywords)
+    return apply_fn, (), {}
+
+
+def _signature(tree) -> tuple:
+    leaves, treedef = jax.tree.flatten(tree)
+    return (treedef,) + tuple((np.shape(x), str(getattr(x, "dtype", type(x)))) for x in leaves)
 
 
 def compiled_forward(apply_fn: ApplyFn, shape):
-    """(executable, memory stats) of `apply_fn` for a float32 input of `shape`; each
-    shape is compiled once per apply_fn."""
-    key = id(apply_fn)
-    if key not in _compiled or _compiled[key][0] is not apply_fn:
-        _compiled[key] = (apply_fn, {})
+    """(callable x -> y, XLA memory stats) of `apply_fn` for a float32 input of `shape`;
+    compiled once per function and shape (and shapes of bound arguments)."""
+    fn, args, kwargs = _split(apply_fn)
+    key = id(fn)
+    if key not in _compiled or _compiled[key][0] is not fn:
+        lowerable = fn if hasattr(fn, "lower") else jax.jit(fn)
+        _compiled[key] = (fn, lowerable, {})
         while len(_compiled) > _CACHE_FNS:
             _compiled.popitem(last=False)
     _compiled.move_to_end(key)
-    table = _compiled[key][1]
+    _, lowerable, table = _compiled[key]
     shape = tuple(int(s) for s in shape)
-    if shape not in table:
-        table[shape] = _compile(apply_fn, shape)
-    return table[shape]
+    sig = (shape, _signature((args, kwargs)) if (args or kwargs) else ())
+    if sig not in table:
+        spec = jax.ShapeDtypeStruct(shape, jnp.float32)
+        compiled = lowerable.lower(*args, spec, **kwargs).compile()
+        table[sig] = (compiled, compiled.memory_analysis())
+    compiled, stats = table[sig]
+    return (lambda x: compiled(*args, x, **kwargs)), stats
 
 
 def num_compiled(apply_fn: ApplyFn) -> int:
     """How many input shapes of `apply_fn` have been compiled (for tests and logs)."""
-    entry = _compiled.get(id(apply_fn))
-    return len(entry[1]) if entry and entry[0] is apply_fn else 0
+    fn = _split(apply_fn)[0]
+    entry = _compiled.get(id(fn))
+    return len(entry[2]) if entry and entry[0] is fn else 0
 
 
 def forward_memory_bytes(apply_fn: ApplyFn, shape) -> int:

@@ -3,6 +3,7 @@
 References are independent NumPy formulations of the rules in architectures.md section 1
 (EDSR-PyTorch forward_chop / forward_x8), not calls into the code under test.
 """
+import functools
 import itertools
 
 import jax
@@ -212,3 +213,15 @@ def test_auto_tiling_triggers_under_small_max_memory(edsr_fn, caplog):
     np.testing.assert_allclose(tiled, whole, atol=1e-5)  # default overlap 32 covers the RF
     with pytest.raises(MemoryError, match="max_memory"):
         inference.super_resolve(edsr_fn, lr, scale=SCALE, max_memory=1000)
+
+
+def test_partial_with_per_image_arguments_compiles_once():
+    @jax.jit
+    def with_offset(x, offset):
+        return positional_jax(x) + offset
+
+    lr = _image(12, 16, seed=6)
+    outs = [inference.super_resolve(functools.partial(with_offset, offset=jnp.float32(v)),
+                                    lr, scale=SCALE) for v in (0.0, 1.0)]
+    assert inference.num_compiled(functools.partial(with_offset, offset=0.0)) == 1
+    np.testing.assert_allclose(outs[1] - outs[0], 1.0, atol=1e-6)
