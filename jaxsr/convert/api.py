@@ -73,8 +73,7 @@ def params_to_state_dict(params, config) -> dict[str, np.ndarray]:
 
 def guess_architectures(keys) -> list[str]:
     """Names of the tables that can place every key (for 'wrong architecture' hints)."""
-    return [name for name, t in tables.TABLES.items()
-            if not core.unmapped_torch_keys(t, list(keys))]
+    return [name for name, t in tables.TABLES.items() if core.fits(t, list(keys))]
 
 
 def state_dict_to_params(state_dict, config, source: str = "checkpoint"):

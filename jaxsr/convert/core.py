@@ -106,6 +106,8 @@ class Probe:
     field: str                                           # dotted config path, e.g. 'model.n_feats'
     read: Callable[[Mapping[str, tuple]], Any]           # torch key -> shape  ->  value or None
     evidence: str = ""                                   # which tensors it looks at
+    default: Any = None                                  # the model's value when config lacks it
+    expected: Callable[[Any], Any] | None = None         # config -> value, instead of field
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,31 +116,57 @@ class Table:
     rules: tuple[Rule, ...]
     consts: tuple[Const, ...] = ()
     probes: tuple[Probe, ...] = ()
+    # regexes that each match some key of this architecture's checkpoints (e.g. its
+    # attention layers): only used to guess the architecture of a mismatching file.
+    signature: tuple[str, ...] = ()
+    # (config field, value) pairs the official torch class hard-codes; other values still
+    # convert, but the official class cannot load the result (reported as a warning).
+    official: tuple[tuple[str, Any], ...] = ()
 
 
 # ----------------------------------------------------------------------------------------
 # Templates -> regexes
 # ----------------------------------------------------------------------------------------
 
-_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+# `{name}` matches a decimal index; `{name:a|b}` one of the listed names (the list may be
+# given on either side of a rule and applies to both).
+_PLACEHOLDER = re.compile(r"\{(\w+)(?::([^{}]+))?\}")
 
 
-@functools.lru_cache(maxsize=None)
-def _template_regex(template: str) -> re.Pattern:
+def _placeholder_patterns(*templates: str) -> dict[str, str]:
+    pats: dict[str, str] = {}
+    for t in templates:
+        for m in _PLACEHOLDER.finditer(t):
+            if m.group(2) or m.group(1) not in pats:
+                pats[m.group(1)] = m.group(2) or r"\d+"
+    return pats
+
+
+def _to_regex(template: str, pats: Mapping[str, str], named: bool = True) -> str:
     parts, pos = [], 0
     for m in _PLACEHOLDER.finditer(template):
         parts.append(re.escape(template[pos:m.start()]))
-        parts.append(rf"(?P<{m.group(1)}>\d+)")
+        group = f"?P<{m.group(1)}>" if named else "?:"
+        parts.append(f"({group}{pats[m.group(1)]})")
         pos = m.end()
     parts.append(re.escape(template[pos:]))
-    return re.compile("".join(parts))
+    return "".join(parts)
+
+
+@functools.lru_cache(maxsize=None)
+def _rule_regex(rule: "Rule", side: str) -> re.Pattern:
+    return re.compile(_to_regex(getattr(rule, side), _placeholder_patterns(rule.torch, rule.flax)))
+
+
+def _fill(template: str, groups: Mapping[str, str]) -> str:
+    return _PLACEHOLDER.sub(lambda m: groups[m.group(1)], template)
 
 
 def _match_rule(rules: Sequence[Rule], module: str, side: str) -> tuple[Rule, dict] | None:
     """The unique rule whose `side` template matches `module` (ambiguity is a table bug)."""
     hits = []
     for rule in rules:
-        m = _template_regex(getattr(rule, side)).fullmatch(module)
+        m = _rule_regex(rule, side).fullmatch(module)
         if m:
             hits.append((rule, m.groupdict()))
     if len(hits) > 1:
@@ -156,7 +184,7 @@ def flax_to_torch_key(table: Table, flax_path: str) -> tuple[str, Leaf] | None:
     rule, groups = hit
     for leaf in rule.leaf_set():
         if leaf.flax == leaf_name:
-            tmodule = rule.torch.format(**groups)
+            tmodule = _fill(rule.torch, groups)
             return (f"{tmodule}.{leaf.torch}" if tmodule else leaf.torch), leaf
     return None
 
@@ -170,7 +198,7 @@ def torch_to_flax_key(table: Table, torch_key: str) -> tuple[str, Leaf] | None:
     rule, groups = hit
     for leaf in rule.leaf_set():
         if leaf.torch == leaf_name:
-            fmodule = rule.flax.format(**groups)
+            fmodule = _fill(rule.flax, groups)
             return (f"{fmodule}/{leaf.flax}" if fmodule else leaf.flax), leaf
     return None
 
@@ -222,14 +250,22 @@ def const_values(table: Table, config) -> dict[str, np.ndarray]:
 def torch_order(table: Table) -> Callable[[str], tuple]:
     """Sort key putting torch keys in registration-like order: indices numerically, names in
     the order the table first mentions them (consts, then rules), weight before bias."""
-    rank: dict[str, int] = {}
-    templates = [c.key for c in table.consts] + [r.torch for r in table.rules]
-    for name in [p for t in templates for p in t.split(".")] + ["weight", "scale", "bias"]:
-        if not _PLACEHOLDER.fullmatch(name):
-            rank.setdefault(name, len(rank))
+    ranked = [re.compile(re.escape(p)) for c in table.consts for p in c.key.split(".")]
+    for r in table.rules:
+        pats = _placeholder_patterns(r.torch, r.flax)
+        for seg in r.torch.split("."):
+            # a `{x:a|b}` placeholder ranks its names in the listed order
+            alt = next((m for m in _PLACEHOLDER.finditer(seg) if m.group(2)), None)
+            names = ([seg.replace(alt.group(0), a) for a in alt.group(2).split("|")]
+                     if alt else [seg])
+            ranked += [re.compile(_to_regex(n, pats, named=False)) for n in names]
+    ranked += [re.compile(n) for n in ("weight", "scale", "bias")]
+
+    def rank(name: str) -> int:
+        return next((i for i, rx in enumerate(ranked) if rx.fullmatch(name)), len(ranked))
 
     def key(torch_key: str) -> tuple:
-        return tuple((0, int(p), "") if p.isdigit() else (1, rank.get(p, len(rank)), p)
+        return tuple((0, int(p), "") if p.isdigit() else (1, rank(p), p)
                      for p in torch_key.split("."))
     return key
 
@@ -272,7 +308,10 @@ def check_probes(table: Table, shapes: Mapping[str, tuple], config) -> list[str]
     lines = []
     for probe in table.probes:
         found = probe.read(shapes)
-        want = _get_field(config, probe.field)
+        want = probe.expected(config) if probe.expected else _get_field(config, probe.field)
+        want = probe.default if want is None else want
+        if isinstance(want, (list, tuple)):
+            want = tuple(want)
         if found is None or want is None or found == want:
             continue
         lines.append(f"config.{probe.field}={want!r} but the checkpoint has {found!r}"
@@ -346,7 +385,21 @@ def from_torch(table: Table, state_dict: Mapping[str, np.ndarray], config,
     return unflatten(ordered), warnings
 
 
-def unmapped_torch_keys(table: Table, keys: Sequence[str]) -> list[str]:
-    """Keys of a checkpoint that this table cannot place (for guessing the architecture)."""
+def unofficial(table: Table, config) -> list[str]:
+    """Config values that the official torch class cannot represent (warnings)."""
+    out = []
+    for field, value in table.official:
+        got = _get_field(config, field)
+        if got is not None and got != value:
+            out.append(f"config.{field}={got!r}: the official {table.name} class hard-codes "
+                       f"{value!r}, so it cannot load this state_dict (the key names follow "
+                       f"the same scheme)")
+    return out
+
+
+def fits(table: Table, keys: Sequence[str]) -> bool:
+    """Whether a checkpoint with these keys could be this architecture (for hints only)."""
     consts = {c.key for c in table.consts}
-    return [k for k in keys if k not in consts and torch_to_flax_key(table, k) is None]
+    if any(k not in consts and torch_to_flax_key(table, k) is None for k in keys):
+        return False
+    return all(any(re.fullmatch(sig, k) for k in keys) for sig in table.signature)

@@ -8,7 +8,7 @@ import re
 
 import numpy as np
 
-from jaxsr.convert.core import Const, Leaf, Probe, Rule, Table
+from jaxsr.convert.core import Const, Probe, Rule, Table
 from jaxsr.models.common import DIV2K_RGB_MEAN
 
 # ----------------------------------------------------------------------------------------
@@ -60,32 +60,47 @@ def _shape(shapes, key, dim):
     return shapes[key][dim] if key in shapes and len(shapes[key]) > dim else None
 
 
-def _n_feats(shapes):
-    return _shape(shapes, "head.0.weight", 0)
+def _first(pattern: str, dim: int):
+    """Reads dimension `dim` of the first key matching `pattern`."""
+    rx = re.compile(pattern)
+    return lambda shapes: next((s[dim] for k, s in shapes.items()
+                                if rx.fullmatch(k) and len(s) > dim), None)
 
 
-def _scale(shapes):
-    """x4 has two conv+PS(2) stages (tail.0.2); x2 one with 4C outputs, x3 one with 9C."""
-    c, up = _n_feats(shapes), _shape(shapes, "tail.0.0.weight", 0)
-    if c is None or up is None:
-        return None
-    if "tail.0.2.weight" in shapes:
-        return 4
-    return {4 * c: 2, 9 * c: 3}.get(up)
+def _indices(shapes, pattern: str) -> list[int]:
+    rx = re.compile(pattern)
+    return sorted({int(m.group(1)) for k in shapes if (m := rx.fullmatch(k))})
 
 
 def _count(pattern: str):
-    """Number of distinct indices i whose keys match `pattern` (a regex with one group)."""
-    rx = re.compile(pattern)
+    """Number of distinct indices whose keys match `pattern` (a regex with one group)."""
+    return lambda shapes: len(_indices(shapes, pattern)) or None
 
+
+def _reduction(pattern: str):
+    """C // Cq from the first hash-embedding conv weight [Cq, C, k, k]."""
     def read(shapes):
-        found = {m.group(1) for k in shapes if (m := rx.fullmatch(k))}
-        return len(found) or None
+        s = next((s for k, s in shapes.items() if re.fullmatch(pattern, k)), None)
+        return s[1] // s[0] if s and s[0] and s[1] % s[0] == 0 else None
     return read
 
 
+def _upsampler_scale(prefix: str, feats):
+    """x4 = two conv C->4C + PS(2) stages (`prefix`.0 and .2), x2/x3 = one conv C->s^2 C."""
+    def read(shapes):
+        c, up = feats(shapes), _shape(shapes, f"{prefix}.0.weight", 0)
+        if c is None or up is None:
+            return None
+        second = _shape(shapes, f"{prefix}.2.weight", 0)
+        if second is not None and second == 4 * c and up == 4 * c:
+            return 4
+        return {4 * c: 2, 9 * c: 3}.get(up)
+    return read
+
+
+_n_feats = _first(r"head\.0\.weight", 0)
 _PROBE_FEATS = Probe("model.n_feats", _n_feats, "head.0.weight")
-_PROBE_SCALE = Probe("scale", _scale, "tail.0.* upsampler convs")
+_PROBE_SCALE = Probe("scale", _upsampler_scale("tail.0", _n_feats), "tail.0.* upsampler convs")
 
 
 # ----------------------------------------------------------------------------------------
@@ -105,6 +120,155 @@ EDSR = Table(
 )
 
 
+# ----------------------------------------------------------------------------------------
+# NLSN (spec 2.5): NLSA at body.0 and after every 8th ResBlock
+# ----------------------------------------------------------------------------------------
+
+_NLSA = r"body\.(\d+)\.conv_match\.0\.weight"
+
+
+def _attn_every(shapes):
+    """ResBlocks between the first two NLSAs (the official class: 8)."""
+    idx = _indices(shapes, _NLSA)
+    return idx[1] - idx[0] - 1 if len(idx) > 1 else None
+
+
+NLSN = Table(
+    name="nlsn",
+    rules=_edsr_family(
+        Rule("body.{i}.body.{j}", "body_{i}/body_{j}"),                   # ResBlocks
+        Rule("body.{i}.conv_match.0", "body_{i}/conv_match"),             # NLSA conv3 C->C/4
+        Rule("body.{i}.conv_assembly.0", "body_{i}/conv_assembly"),       # NLSA conv1 C->C
+        Rule("body.{i}", "body_{i}"),                                     # final body conv
+    ),
+    consts=MEAN_SHIFT,
+    probes=(_PROBE_FEATS, _PROBE_SCALE,
+            Probe("model.n_resblocks", _count(r"body\.(\d+)\.body\.0\.weight"),
+                  "body.{i}.body.0.weight"),
+            Probe("model.attn_every", _attn_every, "positions of the NLSA keys", default=8),
+            Probe("model.reduction", _reduction(_NLSA), "conv_match.0.weight", default=4)),
+    official=(("model.attn_every", 8),),
+    signature=(_NLSA,),
+)
+
+# ----------------------------------------------------------------------------------------
+# DLSN (spec 3.4): GLAFFM body.i = LFFBs body.i.body.j, GLA, conv; the unused scalar `a`
+# ----------------------------------------------------------------------------------------
+
+_GLA_MATCH = r"body\.(\d+)\.body\.\d+\.conv_match\.0\.weight"
+_GLA_FC0 = r"body\.\d+\.body\.\d+\.fc\.0\.weight"
+
+DLSN = Table(
+    name="dlsn",
+    rules=_edsr_family(
+        Rule("body.{i}.body.{j}.body.{k}", "body_{i}/body_{j}/body_{k}"),      # LFFB convs
+        Rule("body.{i}.body.{j}.conv_match.0", "body_{i}/body_{j}/conv_match"),
+        Rule("body.{i}.body.{j}.conv_assembly.0", "body_{i}/body_{j}/conv_assembly"),
+        Rule("body.{i}.body.{j}.conv_assembly_fc.0", "body_{i}/body_{j}/conv_assembly_fc"),
+        Rule("body.{i}.body.{j}.fc.{k}", "body_{i}/body_{j}/fc_{k}", "linear"),  # LSS MLP
+        Rule("body.{i}.body.{j}", "body_{i}/body_{j}"),                        # GLAFFM conv
+        Rule("body.{i}", "body_{i}"),                                          # final conv
+    ),
+    # `a` is never read by the official forward, so another value is harmless: a warning.
+    consts=(Const("a", lambda config: np.zeros((1,), np.float32), strict=False,
+                  explain=lambda got: "unused by the forward pass; dropped"),) + MEAN_SHIFT,
+    probes=(_PROBE_FEATS, _PROBE_SCALE,
+            Probe("model.chunk_size", _first(_GLA_FC0, 0), "GLA fc.0.weight [chunk_size, C]"),
+            Probe("model.n_resgroups", _count(_GLA_MATCH), "GLA conv_match keys"),
+            Probe("model.n_resblocks", _count(r"body\.0\.body\.(\d+)\.body\.0\.weight"),
+                  "body.0.body.{j}.body.0.weight"),
+            Probe("model.reduction", _reduction(_GLA_MATCH), "conv_match.0.weight", default=4)),
+    signature=(_GLA_FC0,),
+)
+
+# ----------------------------------------------------------------------------------------
+# NLCUnet (spec 4.3): keys under `Restorer.`, 46 NLC blocks in six stages
+# ----------------------------------------------------------------------------------------
+
+_STAGES = ("encoder_block1", "encoder_block2", "latent_block",
+           "decoder_block1", "decoder_block2", "refine_block")
+_S = "Restorer.{s:" + "|".join(_STAGES) + "}.{i}"     # torch prefix of one NLC block
+_F = "{s}_{i}"                                          # flax prefix of the same block
+_nf = _first(r"Restorer\.head\.weight", 0)
+
+NLCUNET = Table(
+    name="nlcunet",
+    rules=(
+        Rule("Restorer.head", "head"),
+        Rule(_S + ".norm1", _F + "/norm1", "norm"),                      # LayerNorm2d
+        Rule(_S + ".nla.conv_match.0", _F + "/nla/conv_match"),
+        Rule(_S + ".nla.conv_assembly.0", _F + "/nla/conv_assembly"),
+        Rule(_S + ".conv_local.{j}", _F + "/conv_local_{j}"),            # depthwise 3x3
+        Rule(_S + ".conv1_last", _F + "/conv1_last"),
+        Rule(_S + ".ca.body.{j}", _F + "/ca/body_{j}"),
+        Rule(_S + ".norm2", _F + "/norm2", "norm"),
+        Rule(_S + ".gdfn.{g:project_in|dwconv|project_out}", _F + "/gdfn/{g}"),
+        Rule("Restorer.{r:down1|down2|up1}.body.0", "{r}/body_0"),    # conv, (un)shuffle
+        Rule("Restorer.conv1x1_1", "conv1x1_1"),
+        Rule("Restorer.up2.body.0", "up2/body_0"),
+        Rule("Restorer.fusion", "fusion"),
+        Rule("Restorer.upscale.{i}", "upscale_{i}"),
+    ),
+    probes=(Probe("model.nf", _nf, "Restorer.head.weight", default=64),
+            Probe("scale", _upsampler_scale("Restorer.upscale", _nf), "Restorer.upscale.*"),
+            Probe("model.blocks",
+                  lambda sh: tuple(len(_indices(sh, rf"Restorer\.{st}\.(\d+)\.norm1\.weight"))
+                                   for st in _STAGES) if "Restorer.head.weight" in sh else None,
+                  "NLC blocks per stage", default=(6, 8, 10, 6, 8, 8)),
+            Probe("model.reduction", _reduction(r"Restorer\..*\.nla\.conv_match\.0\.weight"),
+                  "nla.conv_match.0.weight", default=4)),
+    signature=(r"Restorer\.head\.weight",),
+)
+
+# ----------------------------------------------------------------------------------------
+# USRNet (KAIR, spec 6): ResUNet prior `p`, HyPaNet `h`; the data step has no parameters
+# ----------------------------------------------------------------------------------------
+
+
+def _usrnet_hparams(config):
+    from jaxsr.models import usrnet
+    return usrnet.from_model_config(config.model, config.scale)
+
+
+def _usrnet_nc(shapes):
+    nb = len(_indices(shapes, r"p\.m_down1\.(\d+)\.res\.0\.weight"))
+    keys = ["p.m_head.weight"] + [f"p.m_down{d}.{nb}.weight" for d in (1, 2, 3)]
+    return tuple(shapes[k][0] for k in keys) if all(k in shapes for k in keys) else None
+
+
+def _usrnet_n_iter(shapes):
+    out = _shape(shapes, "h.mlp.4.weight", 0)
+    return out // 2 if out else None
+
+
+USRNET = Table(
+    name="usrnet",
+    rules=(
+        Rule("p.m_head", "p/m_head"),
+        Rule("p.m_down{d}.{j}.res.{k}", "p/m_down{d}/layers_{j}/res/layers_{k}"),
+        Rule("p.m_down{d}.{j}", "p/m_down{d}/layers_{j}"),                # 2x2 stride-2 conv
+        Rule("p.m_body.{j}.res.{k}", "p/m_body/layers_{j}/res/layers_{k}"),
+        Rule("p.m_up{d:3|2|1}.0", "p/m_up{d}/layers_0", "conv_transpose"),  # 2x2 stride 2
+        Rule("p.m_up{d}.{j}.res.{k}", "p/m_up{d}/layers_{j}/res/layers_{k}"),
+        Rule("p.m_tail", "p/m_tail"),
+        Rule("h.mlp.{j}", "h/mlp/layers_{j}"),                            # 1x1 convs
+    ),
+    probes=(Probe("model.nc", _usrnet_nc, "p.m_head / p.m_down*.{nb} widths",
+                  expected=lambda c: tuple(_usrnet_hparams(c).nc)),
+            Probe("model.n_iter", _usrnet_n_iter, "h.mlp.4.weight (2 n_iter outputs)",
+                  expected=lambda c: _usrnet_hparams(c).n_iter),
+            Probe("model.h_nc", _first(r"h\.mlp\.0\.weight", 0), "h.mlp.0.weight",
+                  expected=lambda c: _usrnet_hparams(c).h_nc),
+            Probe("model.nb", _count(r"p\.m_down1\.(\d+)\.res\.0\.weight"), "p.m_down1.{j}.res",
+                  expected=lambda c: _usrnet_hparams(c).nb)),
+    signature=(r"p\.m_head\.weight",),
+)
+
+
 TABLES: dict[str, Table] = {
     "edsr": EDSR,
+    "nlsn": NLSN,
+    "dlsn": DLSN,
+    "nlcunet": NLCUNET,
+    "usrnet": USRNET,
 }
