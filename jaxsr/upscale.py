@@ -1,0 +1,285 @@
+"""Upscale your own images with a trained (or converted) model.
+
+  python -m jaxsr.upscale --workdir DIR --input photo.png --output photo_x4.png
+  python -m jaxsr.upscale --workdir DIR --input in_dir/ --output out_dir/ [--tile 256]
+      [--tile_overlap 32] [--chop] [--self_ensemble] [--max_memory 4G]
+      [--config.model.n_hashes=8 ...]
+
+The model config comes from DIR/config.json (written by train mode and by the converter),
+`--config.a.b=v` overrides apply on top of it (unknown keys fail, listing the valid ones),
+the params from DIR's latest checkpoint. `--workdir bicubic` needs no checkpoint (MATLAB
+bicubic; pick the scale with `--config.scale=4`). Any image mode is accepted (grayscale and
+RGBA as in evaluation: `jaxsr.data.images.read_rgb`); outputs are RGB PNGs named like the
+inputs. A folder with unreadable files upscales the others, then lists the bad ones and
+exits with status 1.
+
+From Python: `jaxsr.upscale.upscale(image_array, workdir)` -> SR array, or build an
+`Upscaler` once and call it on many arrays.
+"""
+import ast
+import functools
+import os
+import re
+import sys
+from typing import Optional, Sequence
+
+import numpy as np
+from absl import app, flags, logging
+
+from jaxsr import config_util, inference, metrics, models
+from jaxsr.data import images
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir with config.json and checkpoints, "
+                               "or 'bicubic'.")
+_INPUT = flags.DEFINE_string("input", None, "An image file or a folder of images.")
+_OUTPUT = flags.DEFINE_string("output", None, "Output file (single image) or folder.")
+_TILE = flags.DEFINE_integer("tile", None, "LR tile size (0: whole image, tiled "
+                             "automatically when it does not fit); default config.eval.tile.")
+_OVERLAP = flags.DEFINE_integer("tile_overlap", None, "LR pixels shared by neighbouring "
+                                "tiles; default config.eval.tile_overlap.")
+_CHOP = flags.DEFINE_boolean("chop", None, "EDSR/NLSN official forward_chop (quadrants, "
+                             "shave 10); default config.eval.chop.")
+_X8 = flags.DEFINE_boolean("self_ensemble", None, "x8 dihedral self-ensemble; default "
+                           "config.eval.self_ensemble.")
+_MAX_MEMORY = flags.DEFINE_string("max_memory", "", "Memory budget for one forward, e.g. "
+                                  "'2G', '512M' or bytes (default: the device's free memory).")
+_TILE_BATCH = flags.DEFINE_integer("tile_batch", 4, "Tiles (or chop patches) per forward.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+
+_OVERRIDES: list[str] = []
+
+
+# ---------------------------------------------------------------------------------------
+# Config overrides (--config.a.b=v on top of DIR/config.json)
+# ---------------------------------------------------------------------------------------
+
+def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(['a.b=v', ...], remaining argv); accepts `--config.a.b=v` and `--config.a.b v`."""
+    overrides, rest, i = [], [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a.startswith("--config."):
+            item = a[len("--config."):]
+            if "=" not in item:
+                if i + 1 >= len(argv):
+                    raise ValueError(f"{a} needs a value: {a}=VALUE")
+                item, i = f"{item}={argv[i + 1]}", i + 1
+            overrides.append(item)
+        else:
+            rest.append(a)
+        i += 1
+    return overrides, rest
+
+
+def _parse_value(text: str, old):
+    if isinstance(old, bool):
+        if text.lower() in ("1", "true", "yes"):
+            return True
+        if text.lower() in ("0", "false", "no"):
+            return False
+        raise ValueError(f"expected a boolean, got {text!r}")
+    if isinstance(old, int):
+        return int(text)
+    if isinstance(old, float):
+        return float(text)
+    if isinstance(old, str):
+        return text
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+    return tuple(value) if isinstance(value, list) else value
+
+
+def apply_overrides(config, overrides: Sequence[str]):
+    """Sets each 'a.b=v' on `config` (typed like the current value); unknown keys raise a
+    ValueError that lists the valid keys."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} needs a value: --config.{item}=VALUE")
+        if key not in set(config_util.flat_keys(config)):
+            valid = "\n  ".join(sorted(config_util.flat_keys(config)))
+            raise ValueError(f"unknown config key {key!r}; valid keys:\n  {valid}")
+        *parents, leaf = key.split(".")
+        node = config
+        for p in parents:
+            node = node[p]
+        try:
+            with config.unlocked():
+                node[leaf] = _parse_value(text, node[leaf])
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"--config.{key}={text}: {e}") from None
+    return config
+
+
+def bicubic_config():
+    from jaxsr.config_base import base_config
+    config = base_config()
+    config.model.name = "bicubic"
+    config.model.round_uint8 = True
+    return config
+
+
+# ---------------------------------------------------------------------------------------
+# The Python API
+# ---------------------------------------------------------------------------------------
+
+class Upscaler:
+    """A model + params + inference options; call it on image arrays."""
+
+    def __init__(self, model, params, config, *, tile=None, tile_overlap=None, chop=None,
+                 self_ensemble=None, max_memory=None, tile_batch: int = 4):
+        ev = config.eval
+        pick = lambda v, default: default if v is None else v
+        self.config = config
+        self.scale = int(config.scale)
+        self.options = dict(
+            tile=int(pick(tile, ev.tile)), tile_overlap=int(pick(tile_overlap, ev.tile_overlap)),
+            chop=bool(pick(chop, ev.chop)), self_ensemble=bool(pick(self_ensemble, ev.self_ensemble)),
+            max_memory=parse_bytes(max_memory), tile_batch=int(tile_batch),
+            multiple=models.input_multiple(config), min_size=models.min_input_size(config))
+        self.apply_fn = inference.bind(model, params)
+
+    @classmethod
+    def from_workdir(cls, workdir: str, overrides: Sequence[str] = (),
+                     step: Optional[int] = None, **options) -> "Upscaler":
+        from jaxsr import checkpoint
+        if workdir == "bicubic":
+            config = bicubic_config()
+        else:
+            config = checkpoint.load_config(workdir)
+        config = apply_overrides(config, overrides)
+        model = models.build_model(config)
+        params = {}
+        if models.has_params(config):
+            if workdir == "bicubic":
+                raise ValueError(f"model {config.model.name!r} needs a workdir with params")
+            params, meta = checkpoint.load_params(workdir, step)
+            checkpoint.check_meta(meta, config, workdir)
+        return cls(model, params, config, **options)
+
+    def upscale_float(self, lr: np.ndarray, *, progress: bool = False,
+                      info: Optional[dict] = None) -> np.ndarray:
+        """HxWx3 float32 in [0, 1] -> SR float32 (not clamped)."""
+        return inference.super_resolve(self.apply_fn, lr, scale=self.scale, progress=progress,
+                                       info=info, **self.options)
+
+    def __call__(self, image: np.ndarray, *, progress: bool = False,
+                 info: Optional[dict] = None) -> np.ndarray:
+        """uint8 image of any mode -> HxWx3 uint8 SR; float in [0, 1] -> float32 SR."""
+        image = np.asarray(image)
+        if np.issubdtype(image.dtype, np.floating):
+            return self.upscale_float(_rgb_float(image), progress=progress, info=info)
+        rgb = images.to_rgb_uint8(image)
+        sr = self.upscale_float(rgb.astype(np.float32) / 255.0, progress=progress, info=info)
+        return metrics.quantize(sr)
+
+
+def _rgb_float(image: np.ndarray) -> np.ndarray:
+    """Float HxW / HxWx{1,2,3,4} -> HxWx3 float32, treating modes like `read_rgb`."""
+    x = image if image.ndim == 3 else image[:, :, None]
+    if image.ndim not in (2, 3) or x.shape[2] > 4:
+        raise ValueError(f"expected an HxW or HxWxC (C <= 4) image, got shape {image.shape}")
+    x = np.repeat(x[:, :, :1], 3, axis=2) if x.shape[2] <= 2 else x[:, :, :3]
+    return x.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_upscaler(workdir, overrides, step, options) -> Upscaler:
+    return Upscaler.from_workdir(workdir, overrides, step, **dict(options))
+
+
+def upscale(image: np.ndarray, workdir: str, *, overrides: Sequence[str] = (),
+            step: Optional[int] = None, **options) -> np.ndarray:
+    """Super-resolves one image array with the model in `workdir` (loaded once and cached).
+    Options: tile, tile_overlap, chop, self_ensemble, max_memory, tile_batch."""
+    up = _cached_upscaler(workdir, tuple(overrides), step, tuple(sorted(options.items())))
+    return up(image)
+
+
+def parse_bytes(text) -> Optional[int]:
+    """'2G', '512M', '1.5GiB', '1000000' -> bytes; None/'' -> None."""
+    if text is None or text == "" or text == 0:
+        return None
+    if isinstance(text, (int, float)):
+        return int(text)
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([kKmMgGtT]?)(i?[bB])?\s*", str(text))
+    if not m:
+        raise ValueError(f"--max_memory={text!r}: use bytes or a size like 512M, 2G")
+    unit = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[m.group(2).lower()]
+    return int(float(m.group(1)) * unit)
+
+
+# ---------------------------------------------------------------------------------------
+# Files and folders
+# ---------------------------------------------------------------------------------------
+
+def output_pairs(inp: str, out: str) -> list[tuple[str, str]]:
+    """(input, output) paths: a folder maps to a folder of <name>.png; a file to `out`
+    (or to out/<name>.png when `out` is an existing folder)."""
+    png = lambda p: os.path.splitext(os.path.basename(p))[0] + ".png"
+    if os.path.isdir(inp):
+        files = images.list_images(inp)
+        if not files:
+            raise FileNotFoundError(f"no images ({', '.join(images.IMAGE_EXTENSIONS)}) in {inp}")
+        return [(f, os.path.join(out, png(f))) for f in files]
+    if not os.path.exists(inp):
+        raise FileNotFoundError(f"--input {inp} does not exist")
+    return [(inp, os.path.join(out, png(inp)) if os.path.isdir(out) else out)]
+
+
+def upscale_files(up: Upscaler, pairs, progress: bool = True) -> list[tuple[str, str]]:
+    """Upscales each (input, output) pair; unreadable images are skipped and returned as
+    (path, reason) after the others are done."""
+    from tqdm import tqdm
+    failed = []
+    bar = tqdm(pairs, desc="images", unit="img", disable=not progress or len(pairs) < 2)
+    for src, dst in bar:
+        bar.set_postfix_str(os.path.basename(src))
+        try:
+            lr = images.read_rgb(src)
+        except images.ImageReadError as e:
+            logging.error("%s", e)
+            failed.append((src, str(e)))
+            continue
+        info = {}
+        sr = up(lr, progress=progress, info=info)
+        if info.get("mode") == "auto-tiled":
+            tqdm.write(f"{src}: {lr.shape[1]}x{lr.shape[0]} does not fit in memory "
+                       f"(~{info['estimated_bytes'] / 2**20:.0f} MiB > "
+                       f"{info['budget_bytes'] / 2**20:.0f} MiB): tiled {info['tile']}px")
+        images.write_png(dst, sr)
+    return failed
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        up = Upscaler.from_workdir(
+            _WORKDIR.value, _OVERRIDES, _STEP.value, tile=_TILE.value,
+            tile_overlap=_OVERLAP.value, chop=_CHOP.value, self_ensemble=_X8.value,
+            max_memory=_MAX_MEMORY.value, tile_batch=_TILE_BATCH.value)
+        pairs = output_pairs(_INPUT.value, _OUTPUT.value)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+    failed = upscale_files(up, pairs)
+    print(f"upscaled {len(pairs) - len(failed)} of {len(pairs)} image(s) x{up.scale} "
+          f"-> {_OUTPUT.value}")
+    if failed:
+        sys.exit("could not read:\n  " + "\n  ".join(f"{p}: {r}" for p, r in failed))
+
+
+def _parse_flags(argv):
+    global _OVERRIDES
+    try:
+        _OVERRIDES, rest = split_overrides(argv[1:])
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    return flags.FLAGS([argv[0]] + rest)
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["workdir", "input", "output"])
+    app.run(main, flags_parser=_parse_flags)
