@@ -8,6 +8,11 @@ gives KAIR / MATLAB-on-uint8 behaviour, ~0.01 dB different); PSNR = 10 log10(255
 (inf when MSE = 0); SSIM with an 11x11 Gaussian window (sigma 1.5) over the 'valid'
 region, C1 = (0.01 * 255)^2, C2 = (0.03 * 255)^2, averaged over channels on RGB.
 
+Grayscale ground truths (Set14 bridge.png): pass them single-channel (HxW or HxWx1). They
+are then compared without the Y transform, as the MATLAB evaluation scripts do (the
+published bicubic Set14 row depends on it: 30.23 dB at x2 this way, 30.32 dB when the gray
+image is replicated to RGB and converted to Y, which is what BasicSR/EDSR Python code does).
+
 BasicSR computes Y in float32 before going to float64; doing it in float64 changes PSNR by
 < 1e-5 dB.
 """
@@ -33,14 +38,34 @@ def rgb_to_y(img, round_y: bool = False) -> np.ndarray:
     return np.round(y) if round_y else y
 
 
-def _prepare(img, img2, crop_border: int, test_y_channel: bool, round_y: bool):
-    img, img2 = np.asarray(img), np.asarray(img2)
-    if img.shape != img2.shape:
-        raise ValueError(f"image shapes differ: {img.shape} vs {img2.shape}")
+def rgb_to_gray(img, round_y: bool = False) -> np.ndarray:
+    """HxWx3 RGB (0-255) -> HxW full-range BT.601 luma 0.299 R + 0.587 G + 0.114 B.
+
+    It is (Y - 16) * 255 / 219, and equals the channel value when R = G = B: the value to
+    compare against a grayscale ground truth.
+    """
+    y = (rgb_to_y(img) - 16.0) * (255.0 / 219.0)
+    return np.round(y) if round_y else y
+
+
+def _channels_last(img):
+    img = np.asarray(img)
     if img.ndim == 2:
-        img, img2 = img[:, :, None], img2[:, :, None]
-    if img.ndim != 3:
-        raise ValueError(f"expected HxW or HxWxC images, got shape {img.shape}")
+        img = img[:, :, None]
+    if img.ndim != 3 or img.shape[2] not in (1, 3):
+        raise ValueError(f"expected HxW, HxWx1 or HxWx3 images, got shape {img.shape}")
+    return img
+
+
+def _prepare(img, img2, crop_border: int, test_y_channel: bool, round_y: bool):
+    img, img2 = _channels_last(img), _channels_last(img2)
+    if img.shape[:2] != img2.shape[:2]:
+        raise ValueError(f"image sizes differ: {img.shape} vs {img2.shape}")
+    # A single-channel image is a grayscale ground truth (MATLAB scripts convert to Y only
+    # when size(im, 3) == 3): it is compared as is, and a 3-channel partner becomes luma.
+    if img.shape[2] != img2.shape[2]:
+        img, img2 = [rgb_to_gray(x, round_y)[..., None] if x.shape[2] == 3 else x
+                     for x in (img, img2)]
     if crop_border < 0:
         raise ValueError(f"crop_border must be >= 0, got {crop_border}")
     if crop_border:
@@ -55,7 +80,7 @@ def _prepare(img, img2, crop_border: int, test_y_channel: bool, round_y: bool):
 
 def calculate_psnr(img, img2, crop_border: int = 0, test_y_channel: bool = False,
                    round_y: bool = False) -> float:
-    """PSNR (dB) of two HWC (or HW) images with values on the 0-255 scale."""
+    """PSNR (dB) of two HxWx3 / HxW(x1) images with values on the 0-255 scale."""
     a, b = _prepare(img, img2, crop_border, test_y_channel, round_y)
     mse = np.mean((a - b) ** 2)
     if mse == 0:
@@ -94,6 +119,6 @@ def _ssim_channel(a: np.ndarray, b: np.ndarray) -> float:
 
 def calculate_ssim(img, img2, crop_border: int = 0, test_y_channel: bool = False,
                    round_y: bool = False) -> float:
-    """SSIM of two HWC (or HW) images with values on the 0-255 scale (channel mean)."""
+    """SSIM of two HxWx3 / HxW(x1) images on the 0-255 scale (mean over channels)."""
     a, b = _prepare(img, img2, crop_border, test_y_channel, round_y)
     return float(np.mean([_ssim_channel(a[..., c], b[..., c]) for c in range(a.shape[2])]))

@@ -1,0 +1,1 @@
+"""Command-line tools (`python -m jaxsr.tools.<name>`)."""

@@ -1,0 +1,104 @@
+"""Writes LR benchmark/training images from HR ones (EDSR/SwinIR `LR_bicubic` layout).
+
+    python -m jaxsr.tools.make_lr --hr ../shared/data/benchmarks/B100/HR \\
+        --out /tmp/B100/LR_bicubic --scale 2 --scale 3 --scale 4
+
+writes `<out>/X<s>/<name>x<s>.png` = MATLAB `imresize(modcrop(HR, s), 1/s, 'bicubic')` on
+uint8 data, which reproduces the shipped Set5/Set14 LR files bit for bit. Grayscale HR
+files (Set14 bridge.png) give grayscale LR files, as in the shipped sets.
+
+`--degradation` picks an entry of `DEGRADATIONS`: a function
+`(hr_uint8 HxWx3, scale: int, rng: np.random.Generator) -> lr_uint8`. Other modules can
+add presets by defining a dict `MAKE_LR_PRESETS` of such functions in
+`jaxsr.data.degradations`; it is merged in when the name is not found here.
+"""
+import argparse
+import importlib
+import os
+import sys
+from typing import Callable, Dict
+
+import numpy as np
+from PIL import Image
+
+from jaxsr.data.images import list_images, modcrop, read_rgb, write_png
+from jaxsr.ops.imresize import imresize_np
+
+_GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+
+
+def bicubic_lr(hr: np.ndarray, scale: int, rng: np.random.Generator) -> np.ndarray:
+    """MATLAB bicubic x1/scale on uint8 (rounded after each pass), float64 weights."""
+    del rng
+    return imresize_np(hr, 1.0 / scale)
+
+
+DEGRADATIONS: Dict[str, Callable] = {"bicubic": bicubic_lr}
+
+
+def get_degradation(name: str) -> Callable:
+    if name in DEGRADATIONS:
+        return DEGRADATIONS[name]
+    try:
+        extra = getattr(importlib.import_module("jaxsr.data.degradations"), "MAKE_LR_PRESETS", {})
+    except ImportError:
+        extra = {}
+    if name in extra:
+        return extra[name]
+    raise ValueError(f"--degradation={name!r} is not known; choose one of "
+                     f"{sorted(set(DEGRADATIONS) | set(extra))}")
+
+
+def is_grayscale_file(path: str) -> bool:
+    with Image.open(path) as im:
+        return im.mode in _GRAY_MODES
+
+
+def make_lr(hr_dir: str, out_dir: str, scales, degradation: str = "bicubic",
+            seed: int = 0, verbose: bool = True) -> list:
+    """Writes every HR image of `hr_dir` degraded at each scale; returns the paths written."""
+    paths = list_images(hr_dir)       # FileNotFoundError names the folder
+    if not paths:
+        raise FileNotFoundError(f"--hr: no images in {hr_dir}")
+    fn = get_degradation(degradation)
+    rng = np.random.default_rng(seed)
+    written = []
+    for s in scales:
+        if int(s) != s or s < 1:
+            raise ValueError(f"--scale must be a positive integer, got {s}")
+        s = int(s)
+        for p in paths:
+            name = os.path.splitext(os.path.basename(p))[0]
+            hr = modcrop(read_rgb(p), s)
+            lr = np.asarray(fn(hr, s, rng))
+            if lr.shape[:2] != (hr.shape[0] // s, hr.shape[1] // s):
+                raise RuntimeError(f"{degradation} gave {lr.shape} for {p} at x{s}; "
+                                   f"expected {(hr.shape[0] // s, hr.shape[1] // s)}")
+            out = os.path.join(out_dir, f"X{s}", f"{name}x{s}.png")
+            write_png(out, lr[:, :, 0] if is_grayscale_file(p) else lr)
+            written.append(out)
+        if verbose:
+            print(f"x{s}: wrote {len(paths)} images to {os.path.join(out_dir, f'X{s}')}")
+    return written
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m jaxsr.tools.make_lr", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--hr", required=True, help="folder of HR images")
+    ap.add_argument("--out", required=True, help="output root; files go to <out>/X<s>/")
+    ap.add_argument("--scale", type=float, action="append", required=True,
+                    help="integer scale; repeat for several")
+    ap.add_argument("--degradation", default="bicubic", help="default: bicubic (MATLAB)")
+    ap.add_argument("--seed", type=int, default=0, help="for random degradations")
+    args = ap.parse_args(argv)
+    try:
+        make_lr(args.hr, args.out, args.scale, args.degradation, args.seed)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"make_lr: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
