@@ -45,7 +45,7 @@ class SRObjective:
         new = objectives.keep_if(ok, {"params": params, "opt_state": opt_state},
                                  {"params": state["params"], "opt_state": state["opt_state"]})
         new["step"] = state["step"] + 1
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "finite": ok,
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "finite": ok,
                    "lr": self.schedule(state["step"])}
         return new, metrics
 
