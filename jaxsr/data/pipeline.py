@@ -13,7 +13,7 @@ import grain
 import numpy as np
 from PIL import Image
 
-from jaxsr.data import images
+from jaxsr.data import images, sampling
 
 # The embedded demo data: photos shipped inside scikit-image's wheel (no download).
 SKIMAGE_TRAIN = ("astronaut.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
@@ -67,23 +67,6 @@ def _decode_cached(path: str) -> np.ndarray:
     return images.read_rgb(path)
 
 
-def crop(img: np.ndarray, rng: np.random.Generator, patch: int, mode: str = "random",
-         center_size: int = 512) -> np.ndarray:
-    """A random patch x patch crop; 'center_random' first keeps the central center_size square
-    (NLCUnet's sampling), then crops randomly inside it."""
-    if mode == "center_random":
-        h, w = img.shape[:2]
-        ch, cw = min(center_size, h), min(center_size, w)
-        top, left = (h - ch) // 2, (w - cw) // 2
-        img = img[top:top + ch, left:left + cw]
-    elif mode != "random":
-        raise ValueError(f"config.data.crop={mode!r}: use 'random' or 'center_random'")
-    h, w = img.shape[:2]
-    top = rng.integers(0, h - patch + 1)
-    left = rng.integers(0, w - patch + 1)
-    return img[top:top + patch, left:left + patch]
-
-
 def dihedral(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """EDSR's augmentation: independent p=0.5 horizontal flip, vertical flip, transpose."""
     hflip, vflip, transpose = rng.random(3) < 0.5
@@ -111,7 +94,7 @@ class LoadCrop(grain.transforms.RandomMap):
             return None
         if min(img.shape[:2]) < self.patch:
             return None
-        img = crop(img, rng, self.patch, self.crop_mode, self.center_size)
+        img = sampling.crop_hr(img, rng, self.patch, self.crop_mode, self.center_size)
         if self.augment:
             img = dihedral(img, rng)
         return {"hr": img}
