@@ -238,14 +238,14 @@ def forward_tiled(apply_fn: ApplyFn, lr: np.ndarray, *, scale: int, tile: int,
     sr = run_batch(apply_fn, tiles, scale=scale, batch=tile_batch, progress=bar)
     if bar is not None:
         bar.close()
-    acc = np.zeros((ph * scale, pw * scale, sr.shape[-1]), np.float64)
-    norm = np.zeros((ph * scale, pw * scale, 1), np.float64)
+    acc = np.zeros((ph * scale, pw * scale, sr.shape[-1]), np.float32)
+    norm = np.zeros((ph * scale, pw * scale, 1), np.float32)
     for (i, j), t in zip(coords, sr):
-        wt = (wy[i][:, None] * wx[j][None, :])[..., None]
+        wt = (wy[i][:, None] * wx[j][None, :]).astype(np.float32)[..., None]
         sl = np.s_[ys[i] * scale:(ys[i] + th) * scale, xs[j] * scale:(xs[j] + tw) * scale]
         acc[sl] += wt * t
         norm[sl] += wt
-    return (acc / norm)[: h * scale, : w * scale].astype(np.float32)
+    return (acc / norm)[: h * scale, : w * scale]
 
 
 def _bar(progress, total, desc):

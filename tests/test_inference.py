@@ -20,9 +20,18 @@ SCALE = 2
 @pytest.fixture(scope="module")
 def edsr_fn():
     model = EDSR(scale=SCALE, n_resblocks=2, n_feats=8)
-    init = jax.jit(lambda k: model.init(k, jnp.zeros((1, 16, 16, 3)))["params"])
-    params = init(jax.random.key(0))
-    return inference.bind(model, params)
+    return inference.bind(model, random_params(model))
+
+
+def random_params(model, seed=0):
+    """LeCun-normal kernels and zero biases from the shapes alone (eval_shape: no init
+    compile, which costs seconds on a busy 2-core machine)."""
+    rng = np.random.default_rng(seed)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0),
+                                               jnp.zeros((1, 8, 8, 3))))["params"]
+    return jax.tree.map(lambda s: np.zeros(s.shape, np.float32) if len(s.shape) < 2 else
+                        (rng.standard_normal(s.shape) / np.sqrt(np.prod(s.shape[:-1])))
+                        .astype(np.float32), shapes)
 
 
 def _image(h, w, seed=0):

@@ -11,6 +11,7 @@ from PIL import Image
 
 from jaxsr import checkpoint, inference, metrics, models, upscale
 from jaxsr.config_base import base_config
+from test_inference import random_params
 
 
 def _tiny_config(scale=2):
@@ -29,8 +30,7 @@ def workdir(tmp_path_factory):
     wd = tmp_path_factory.mktemp("edsr_tiny")
     config = _tiny_config()
     model = models.build_model(config)
-    params = jax.jit(lambda k: model.init(k, jnp.zeros((1, 8, 8, 3)))["params"])(
-        jax.random.key(0))
+    params = random_params(model)
     checkpoint.save_params(str(wd), params, config)
     return wd, model, params, config
 
@@ -94,3 +94,19 @@ def test_overrides_are_typed_and_unknown_keys_list_valid_ones():
     assert upscale.split_overrides(["--config.scale", "4", "--tile=8"]) == (["scale=4"],
                                                                             ["--tile=8"])
     assert upscale.parse_bytes("1.5G") == int(1.5 * 2**30) and upscale.parse_bytes("") is None
+
+
+def test_compare_figure_with_bicubic(tmp_path):
+    from jaxsr.tools import compare
+    hr = np.random.default_rng(2).integers(0, 256, (40, 52, 3), np.uint8)
+    hr[8:30, 10:40] = 255 * (np.indices((22, 30)).sum(0) % 2)[..., None]  # hard detail
+    Image.fromarray(hr).save(tmp_path / "hr.png")
+    out = tmp_path / "fig.png"
+    assert compare.main(["--workdir", "bicubic", "--config.scale=2", "--image",
+                         str(tmp_path / "hr.png"), "--output", str(out), "--size", "16"]) == 0
+    assert out.stat().st_size > 0
+    up = upscale.Upscaler.from_workdir("bicubic", ["scale=2"])
+    titled, (y, x, size), _ = compare.panels(up, hr, None, 16, 8)
+    assert size == 16 and 8 <= y <= 14 and 10 <= x <= 24  # inside the checkerboard
+    assert [t.split("\n")[0] for t, _ in titled][1:] == ["bicubic", "bicubic (model)", "HR"]
+    np.testing.assert_array_equal(titled[1][1], titled[2][1])  # bicubic model = bicubic
