@@ -56,10 +56,11 @@ def test_truncated_file_is_skipped_during_iteration(tmp_path, caplog):
     _save(tmp_path / "cut.png", rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
     data = (tmp_path / "cut.png").read_bytes()
     (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])   # header fine, pixels not
-    load = pipeline.LoadCrop(32, "random", 512, True, cache=False)
+    reader = pipeline.ImageReader([str(tmp_path / "cut.png"), str(tmp_path / "ok.png")], cache=False)
+    load = pipeline.LoadCrop(reader, 32, "random", 512, True)
     with caplog.at_level(logging.WARNING):
-        assert load.random_map(str(tmp_path / "cut.png"), np.random.default_rng(0)) is None
-        assert load.random_map(str(tmp_path / "ok.png"), np.random.default_rng(0))["hr"].shape == (32, 32, 3)
+        assert load.random_map(0, np.random.default_rng(0)) is None
+        assert load.random_map(1, np.random.default_rng(0))["hr"].shape == (32, 32, 3)
     assert "cut.png" in caplog.text
 
 

@@ -62,9 +62,23 @@ def train_paths(config) -> list[str]:
     return paths
 
 
-@functools.lru_cache(maxsize=64)
-def _decode_cached(path: str) -> np.ndarray:
-    return images.read_rgb(path)
+class ImageReader:
+    """item index -> HxWx3 uint8; files are decoded (and cached for small sets), a TFDS
+    source is indexed. Errors are ImageReadError naming the file or record."""
+
+    def __init__(self, source, cache: bool):
+        self.source = source
+        self._read = functools.lru_cache(maxsize=64)(self._read_uncached) if cache else self._read_uncached
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def _read_uncached(self, index: int) -> np.ndarray:
+        item = self.source[index]
+        return images.read_rgb(item) if isinstance(item, str) else item
+
+    def __call__(self, index: int) -> np.ndarray:
+        return self._read(index)
 
 
 def dihedral(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -80,15 +94,16 @@ def dihedral(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 class LoadCrop(grain.transforms.RandomMap):
-    """path -> {'hr': uint8 patch} or None when the file turns out to be unreadable."""
+    """index -> {'hr': uint8 patch}, or None when the image turns out to be unreadable."""
 
-    def __init__(self, patch: int, crop_mode: str, center_size: int, augment: bool, cache: bool):
-        self.patch, self.crop_mode, self.center_size = patch, crop_mode, center_size
-        self.augment, self.cache = augment, cache
+    def __init__(self, reader: ImageReader, patch: int, crop_mode: str, center_size: int,
+                 augment: bool):
+        self.reader, self.patch, self.crop_mode = reader, patch, crop_mode
+        self.center_size, self.augment = center_size, augment
 
-    def random_map(self, path, rng: np.random.Generator):
+    def random_map(self, index, rng: np.random.Generator):
         try:
-            img = _decode_cached(path) if self.cache else images.read_rgb(path)
+            img = self.reader(index)
         except images.ImageReadError as e:
             logging.warning("skipping training image: %s", e)
             return None
@@ -110,14 +125,20 @@ def train_dataset(config, process_index: int = 0, process_count: int = 1) -> gra
     if batch % process_count:
         raise ValueError(f"config.train.batch_size={batch} is not divisible by the "
                          f"{process_count} JAX processes")
-    paths = train_paths(config)[process_index::process_count]
-    cache = len(paths) <= 64
-    ds = (grain.MapDataset.source(paths)
+    if config.data.source == "tfds":
+        from jaxsr.data import tfds_source
+        reader = ImageReader(tfds_source.source_from_config(config), cache=False)
+    else:
+        paths = train_paths(config)
+        reader = ImageReader(paths, cache=len(paths) <= 64)
+    # Each process reads its own share of the images (multi-host data parallelism).
+    indices = list(range(len(reader)))[process_index::process_count]
+    ds = (grain.MapDataset.source(indices)
           .seed(config.seed)
           .shuffle()
           .repeat(None)
-          .random_map(LoadCrop(config.train.patch_size, config.data.crop,
-                               config.data.center_size, config.data.augment, cache))
+          .random_map(LoadCrop(reader, config.train.patch_size, config.data.crop,
+                               config.data.center_size, config.data.augment))
           .filter(_not_none))
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.data.num_threads,
                                               prefetch_buffer_size=4 * batch))
