@@ -41,9 +41,38 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.crop = "random"        # 'random' | 'center_random' (NLCUnet: centre crop, then random)
     c.data.center_size = 512
     c.data.augment = True         # dihedral: h/v flips and transpose
+    c.data.tfds_name = ""         # source 'tfds': prepared ArrayRecord dataset, e.g. 'div2k/bicubic_x2'
+    c.data.tfds_data_dir = ""     # its TFDS data_dir ('' = TFDS default)
+    c.data.tfds_split = "train"
+    c.data.tfds_image_key = "hr"  # feature holding the HR image
 
     c.degradation = ml_collections.ConfigDict()
     c.degradation.name = "bicubic"  # how LR is synthesised from HR on device
+    # Preset (jaxsr.data.degradations.PRESETS, docs/degradations.md): bicubic | bd | dn<level>
+    # | nlcunet_iso | nlcunet_aniso | kenet | kair | custom. Each field below left at None
+    # takes the preset's value; a value given here overrides it. Pixel units 0-255.
+    ph = ml_collections.config_dict.placeholder
+    c.degradation.kernel = ph(str)           # 'none' | 'iso' | 'aniso' Gaussian blur
+    c.degradation.kernel_size = ph(int)      # odd
+    c.degradation.sigma_min = ph(float)      # kernel width ~ U(sigma_min, sigma_max)
+    c.degradation.sigma_max = ph(float)
+    c.degradation.theta_min = ph(float)      # rotation (radians) ~ U(theta_min, theta_max)
+    c.degradation.theta_max = ph(float)
+    c.degradation.sample_variance = ph(bool)  # draw sigma^2 uniformly instead (KAIR)
+    c.degradation.kernel_disturb = ph(float)  # taps * (1 + U(0, d)), DAN random_disturb 0.25
+    c.degradation.kernel_shift = ph(str)     # 'none' | 'scale' | 'kair': mean -0.5 (sf - 1)
+    c.degradation.kernel_dihedral = ph(bool)  # random flip/rotation of the kernel (KAIR)
+    c.degradation.blur_padding = ph(str)     # 'reflect' | 'edge' | 'wrap' | 'symmetric'
+    c.degradation.blur_mode = ph(str)        # 'correlate' | 'convolve' (kernel flipped)
+    c.degradation.blur_quantize = ph(str)    # 'none' | 'round' | 'round_clip' | 'floor'
+    c.degradation.blur_impl = ph(str)        # 'auto' (FFT on CPU) | 'fft' | 'direct'
+    c.degradation.downsample = ph(str)       # 'bicubic' (MATLAB) | 'decimate' (upper-left)
+    c.degradation.bicubic_round = ph(bool)   # MATLAB uint8: round after each resize pass
+    c.degradation.noise_min = ph(float)      # AWGN std ~ U(noise_min, noise_max), 0-255
+    c.degradation.noise_max = ph(float)
+    c.degradation.noise_levels = ph(tuple)   # or drawn from these levels
+    c.degradation.noise_zero_prob = ph(float)  # probability of no noise
+    c.degradation.quantize = ph(str)         # final: 'none' | 'round' | 'round_clip'
 
     c.eval = ml_collections.ConfigDict()
     c.eval.benchmarks_dir = "../shared/data/benchmarks"
