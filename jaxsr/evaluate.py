@@ -4,6 +4,7 @@ Writes DIR/eval/results.json (merged with what an earlier evaluation wrote there
   {"<Set>": {"x<s>": {"psnr_y", "ssim_y", "bicubic_psnr_y", "images": {name: {...}}}}}
 and prints the same as a table with the protocol under it.
 """
+import functools
 import json
 import logging
 import os
@@ -37,11 +38,12 @@ def make_apply_fn(model, params):
     @jax.jit
     def apply(lr_batch, **extras):
         return model.apply({"params": params}, lr_batch, train=False, **extras)
+    apply.model, apply.params = model, params     # for models' extra_metrics hooks
     return apply
 
 
 def super_resolve(config, apply_fn, lr_uint8: np.ndarray, extras=None) -> np.ndarray:
-    fn = apply_fn if not extras else (lambda x: apply_fn(x, **extras))
+    fn = apply_fn if not extras else functools.partial(apply_fn, **extras)
     ev = config.eval
     return inference.super_resolve(
         fn, lr_uint8.astype(np.float32) / 255.0, scale=config.scale,
@@ -70,10 +72,15 @@ def evaluate_set(config, apply_fn, name: str) -> dict:
     samples = benchmarks.load_set(ev.benchmarks_dir, name, config.scale,
                                   use_lr_files=ev.use_lr_files, max_images=ev.max_images)
     per_image = {}
+    wanted = models.eval_extras(config)
+    more_metrics = models.extra_metrics_fn(config)
     for s in samples:
         t0 = time.perf_counter()
-        sr = metrics.quantize(super_resolve(config, apply_fn, s.lr, s.extras))
+        extras = {k: v for k, v in s.extras.items() if k in wanted}
+        sr = metrics.quantize(super_resolve(config, apply_fn, s.lr, extras))
         row = score(config, sr, s.hr)
+        if more_metrics is not None:
+            row.update(more_metrics(config, apply_fn.model, apply_fn.params, s.lr, s.extras))
         if ev.get("compare_bicubic", True) and models.has_params(config):
             row["bicubic_psnr_y"] = score(config, bicubic_upscale(s.lr, config.scale), s.hr)["psnr_y"]
         row["seconds"] = time.perf_counter() - t0

@@ -7,8 +7,11 @@ attention draw rotations from the 'lsh' RNG stream when it is given (training) a
 fixed per-layer key otherwise (deterministic evaluation).
 
 A model module may define `input_multiple(config) -> int` (the LR side must be a multiple
-of it; evaluation and inference pad by reflection and crop back) and
-`min_input_size(config) -> int`.
+of it; evaluation and inference pad by reflection and crop back),
+`min_input_size(config) -> int`, `EVAL_EXTRAS` (names of per-image inputs such as
+'kernel' that evaluation passes as keyword arguments when a benchmark set provides them)
+and `extra_metrics(config, model, params, lr, extras) -> dict` (more per-image numbers for
+the results, e.g. kernel PSNR).
 """
 import importlib
 
@@ -54,3 +57,11 @@ def min_input_size(config) -> int:
 
 def has_params(config) -> bool:
     return getattr(model_module(config.model.name), "HAS_PARAMS", True)
+
+
+def eval_extras(config) -> tuple:
+    return tuple(getattr(model_module(config.model.name), "EVAL_EXTRAS", ()))
+
+
+def extra_metrics_fn(config):
+    return getattr(model_module(config.model.name), "extra_metrics", None)
