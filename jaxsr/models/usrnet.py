@@ -16,8 +16,9 @@ Call: `model.apply({'params': p}, lr, kernel=k, sigma=s, sf=None, train=False)`
           channels, convolution convention (KAIR: `scipy.ndimage.convolve(..., 'wrap')`)
   sigma   noise std on the [0, 1] scale, scalar or [N] (default `self.sigma`, 0)
   sf      scale factor, a Python int (default `self.scale`); every value compiles once
-Returns [N, h*sf, w*sf, 3], not clamped. Without a kernel the call fails: USRNet is
-non-blind (`jaxsr.models.blind` pairs it with KENet).
+Returns [N, h*sf, w*sf, 3], not clamped. Without a kernel the call fails (USRNet is
+non-blind; `jaxsr.models.blind` pairs it with KENet), except in `init`, where parameters
+do not depend on the kernel.
 
 Parity choices (architectures.md section 6): the reference is `network_usrnet_v1.py`
 (torch.fft; the legacy file zeroes tiny imaginary parts of the OTF, a round-off-level
@@ -253,27 +254,41 @@ class USRNet(nn.Module):
     @nn.compact
     def __call__(self, lr, kernel=None, sigma=None, sf: int | None = None, train: bool = False):
         del train
-        if kernel is None:
-            raise ValueError("USRNet is non-blind: call it with kernel=[N, kh, kw] (or use "
-                             "model 'kenet_usrnet', which estimates the kernel)")
-        sf = int(self.scale if sf is None else sf)
-        n = lr.shape[0]
-        kernel = jnp.asarray(kernel, jnp.float32)
-        kernel = jnp.broadcast_to(kernel, (n,) + kernel.shape[-2:])
-        sigma = self.sigma if sigma is None else sigma
-        sigma = jnp.broadcast_to(jnp.reshape(jnp.asarray(sigma, jnp.float32), (-1,)), (n,))
-
-        fb, fbc, f2b, fbfy = precompute(lr, kernel, sf)
-        x = jnp.repeat(jnp.repeat(lr, sf, axis=1), sf, axis=2)   # nearest-neighbour init
-        hyper_in = jnp.stack([sigma, jnp.full((n,), float(sf))], axis=-1)[:, None, None, :]
-        ab = HyPaNet(2 * self.n_iter, self.h_nc, name="h")(hyper_in)   # [N, 1, 1, 2 n_iter]
+        kernel = require_kernel(self, kernel, "usrnet")
+        hypanet = HyPaNet(2 * self.n_iter, self.h_nc, name="h")
         prior = ResUNet(self.out_nc, tuple(self.nc), self.nb, name="p")
-        for i in range(self.n_iter):
-            alpha = ab[..., i:i + 1]
-            beta = ab[..., self.n_iter + i:self.n_iter + i + 1]
-            x = data_step(x, fb, fbc, f2b, fbfy, alpha, sf)
-            x = prior(jnp.concatenate([x, jnp.broadcast_to(beta, x.shape[:3] + (1,))], -1))
-        return x
+        sf = int(self.scale if sf is None else sf)
+        return unfold(lr, kernel, self.sigma if sigma is None else sigma, sf, hypanet, prior,
+                      self.n_iter)
+
+
+def require_kernel(module: nn.Module, kernel, model_name: str):
+    """The given kernel; at init time a 1x1 delta stands in (parameters do not depend on it)."""
+    if kernel is not None:
+        return kernel
+    if module.is_initializing():
+        return jnp.ones((1, 1), jnp.float32)
+    raise ValueError(f"model {model_name!r} is non-blind: call it with kernel=[N, kh, kw] "
+                     "(evaluation passes the kernel of blind test sets; 'kenet_usrnet' "
+                     "estimates it instead)")
+
+
+def unfold(lr, kernel, sigma, sf: int, hypanet, prior, n_iter: int):
+    """The USRNet forward given its two networks (shared with jaxsr.models.blind)."""
+    n = lr.shape[0]
+    kernel = jnp.asarray(kernel, jnp.float32)
+    kernel = jnp.broadcast_to(kernel, (n,) + kernel.shape[-2:])
+    sigma = jnp.broadcast_to(jnp.reshape(jnp.asarray(sigma, jnp.float32), (-1,)), (n,))
+    fb, fbc, f2b, fbfy = precompute(lr, kernel, sf)
+    x = jnp.repeat(jnp.repeat(lr, sf, axis=1), sf, axis=2)      # nearest-neighbour init
+    hyper_in = jnp.stack([sigma, jnp.full((n,), float(sf))], axis=-1)[:, None, None, :]
+    ab = hypanet(hyper_in)                                       # [N, 1, 1, 2 n_iter]
+    for i in range(n_iter):
+        alpha = ab[..., i:i + 1]
+        beta = ab[..., n_iter + i:n_iter + i + 1]
+        x = data_step(x, fb, fbc, f2b, fbfy, alpha, sf)
+        x = prior(jnp.concatenate([x, jnp.broadcast_to(beta, x.shape[:3] + (1,))], -1))
+    return x
 
 
 VARIANTS = {
