@@ -74,7 +74,7 @@ def test_write_set_and_read_it_back(shared_data, tmp_path):
             assert e1.get("noise_level") == e2.get("noise_level")
     assert back[0][3]["seed"] != back[1][3]["seed"]                    # kair: one seed per image
     assert "noise_level" in back[0][3] and back[0][3]["kernel"].shape == (25, 25)
-    with pytest.raises(KeyError):
+    with pytest.raises(ValueError, match="DIV2KRK"):
         B.write_set(root, "DIV2KRK", 4, str(tmp_path))
 
 
@@ -155,3 +155,14 @@ def test_tfds_missing_or_unnamed_gives_clear_errors():
     except ImportError:
         with pytest.raises(ImportError, match="pip install tensorflow-datasets"):
             tfds_source.open_source("div2k/bicubic_x2")
+
+
+def test_make_lr_cli_writes_blind_sets(shared_data, tmp_path):
+    from jaxsr.tools import make_lr
+    bench = str(shared_data / "benchmarks")
+    assert make_lr.main(["--blind_set", "Set5_BD", "--scale", "2", "--out", str(tmp_path),
+                         "--benchmarks", bench]) == 0
+    man = json.load(open(tmp_path / "Set5_BD/X2/manifest.json"))
+    assert len(man["images"]) == 5 and man["spec"]["kernel_size"] == 7
+    assert make_lr.main(["--blind_set", "Set5", "--scale", "2", "--out", str(tmp_path),
+                         "--benchmarks", bench]) == 2

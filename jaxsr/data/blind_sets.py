@@ -198,8 +198,8 @@ def write_set(benchmarks_dir: str, name: str, scale: int, out_dir: str, max_imag
     """Writes `<out_dir>/<name>/X<scale>/{HR,LR,kernels}/` and manifest.json; returns it."""
     parsed = parse_name(name)
     if parsed is None or parsed[1] == "div2krk":
-        raise KeyError(f"{name!r} cannot be generated (DIV2KRK ships its own LR; plain sets "
-                       "are bicubic: use make_lr's bicubic mode)")
+        raise ValueError(f"{name!r} is not a set that can be generated (DIV2KRK ships its own "
+                         "LR; plain sets are bicubic: use make_lr --hr)")
     folder = set_folder(out_dir, name, scale)
     ds = _generated(benchmarks_dir, name, *parsed, scale, max_images, seed)
     written, entries = set(), []
@@ -228,3 +228,17 @@ def write_set(benchmarks_dir: str, name: str, scale: int, out_dir: str, max_imag
     with open(os.path.join(folder, MANIFEST), "w") as f:
         json.dump(man, f, indent=1)
     return folder
+
+
+def write_sets(benchmarks_dir: str, names, scales, out_dir: str, seed: int = 0,
+               max_images: int = 0, verbose: bool = True) -> list[str]:
+    """make_lr's `--blind_set` entry: every name at every scale; returns the folders."""
+    folders = []
+    for name in names:
+        for s in scales:
+            if int(s) != s or s < 1:
+                raise ValueError(f"--scale must be a positive integer, got {s}")
+            folders.append(write_set(benchmarks_dir, name, int(s), out_dir, max_images, seed))
+            if verbose:
+                print(f"{name} x{int(s)}: wrote {folders[-1]} (manifest.json)")
+    return folders

@@ -398,3 +398,15 @@ def synthesize_lr_np(hr_uint8, rng: np.random.Generator, config, return_params: 
 def to_uint8(lr01) -> np.ndarray:
     """[0,1] LR -> uint8 (round half away from zero, clip), for writing PNGs."""
     return quantize(np.asarray(lr01, np.float64) * 255.0, "round_clip", np).astype(np.uint8)
+
+
+def _make_lr_fn(name: str):
+    def fn(hr_uint8, scale: int, rng: np.random.Generator) -> np.ndarray:
+        return to_uint8(synthesize_lr_np(hr_uint8, rng, Spec(scale=scale, **preset(name, scale))))
+    return fn
+
+
+# `python -m jaxsr.tools.make_lr --degradation <name>`: one LR file per HR (EDSR layout, no
+# manifest, one random stream over the files). Test sets with manifests: `--blind_set`.
+MAKE_LR_PRESETS = {n: _make_lr_fn(n) for n in ("bd", "dn10", "dn15", "dn20", "dn25", "dn30",
+                                              "nlcunet_iso", "nlcunet_aniso", "kenet", "kair")}

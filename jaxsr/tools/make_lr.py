@@ -85,16 +85,28 @@ def make_lr(hr_dir: str, out_dir: str, scales, degradation: str = "bicubic",
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m jaxsr.tools.make_lr", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--hr", required=True, help="folder of HR images")
+    ap.add_argument("--hr", help="folder of HR images (required unless --blind_set)")
     ap.add_argument("--out", required=True, help="output root; files go to <out>/X<s>/")
     ap.add_argument("--scale", type=float, action="append", required=True,
                     help="integer scale; repeat for several")
     ap.add_argument("--degradation", default="bicubic", help="default: bicubic (MATLAB)")
     ap.add_argument("--seed", type=int, default=0, help="for random degradations")
+    ap.add_argument("--blind_set", action="append", default=[],
+                    help="blind test set, e.g. Set5_gaussian8, Set14_BD, B100_DN15 (see "
+                         "jaxsr.data.blind_sets), made from --benchmarks/<Set>/HR into "
+                         "<out>/<name>/X<s>/ with a manifest.json; repeat for several")
+    ap.add_argument("--benchmarks", default="../shared/data/benchmarks",
+                    help="benchmarks folder for --blind_set")
     args = ap.parse_args(argv)
+    if not args.blind_set and not args.hr:
+        ap.error("--hr is required (or give --blind_set)")
     try:
-        make_lr(args.hr, args.out, args.scale, args.degradation, args.seed)
-    except (FileNotFoundError, ValueError) as e:
+        if args.blind_set:
+            from jaxsr.data import blind_sets
+            blind_sets.write_sets(args.benchmarks, args.blind_set, args.scale, args.out, args.seed)
+        else:
+            make_lr(args.hr, args.out, args.scale, args.degradation, args.seed)
+    except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"make_lr: error: {e}", file=sys.stderr)
         return 2
     return 0
