@@ -396,14 +396,15 @@ def super_resolve(apply_fn: ApplyFn, lr: np.ndarray, *, scale: int, multiple: in
     requirements (`jaxsr.models.input_multiple/min_input_size`). Whole-image unless `tile`
     > 0 or `chop`, or the whole image's estimated peak memory exceeds `max_memory` bytes
     (default: the device's free memory), in which case tiles are chosen automatically.
-    `info`, if a dict, receives the mode used, the tile, and the memory estimates.
+    `info`, if a dict, receives the mode used, the tile, and the memory estimates (and
+    then automatic tiling is not logged: the caller reports it).
     """
     lr = np.asarray(lr)
     if lr.ndim != 3 or not np.issubdtype(lr.dtype, np.floating):
         raise TypeError(f"lr must be an HxWxC float array in [0, 1], got {lr.dtype} "
                         f"{lr.shape}")
     lr = lr.astype(np.float32)
-    info = {} if info is None else info
+    report, info = info is not None, ({} if info is None else info)
     if chop:
         info.update(mode="chop")
         fwd = lambda x: forward_chop(apply_fn, x, scale=scale, multiple=multiple,
@@ -413,7 +414,7 @@ def super_resolve(apply_fn: ApplyFn, lr: np.ndarray, *, scale: int, multiple: in
         if tile <= 0:
             tile = _auto_tile(apply_fn, lr.shape, multiple=multiple, min_size=min_size,
                               tile_overlap=tile_overlap, max_memory=max_memory,
-                              tile_batch=tile_batch, info=info)
+                              tile_batch=tile_batch, info=info, report=report)
             tile_batch = info.get("tile_batch", tile_batch)
         else:
             info.update(mode="tiled", tile=tile, tile_batch=tile_batch)
@@ -432,7 +433,7 @@ def super_resolve(apply_fn: ApplyFn, lr: np.ndarray, *, scale: int, multiple: in
 
 
 def _auto_tile(apply_fn, shape_hwc, *, multiple, min_size, tile_overlap, max_memory,
-               tile_batch, info) -> int:
+               tile_batch, info, report) -> int:
     """0 (whole image) when the compiled whole-image forward fits, else a tile size."""
     ph, pw = (padded_size(s, multiple, min_size) for s in shape_hwc[:2])
     est = forward_memory_bytes(apply_fn, (1, ph, pw, shape_hwc[2]))
@@ -443,8 +444,9 @@ def _auto_tile(apply_fn, shape_hwc, *, multiple, min_size, tile_overlap, max_mem
     tile, batch, est_tile = choose_tile(
         apply_fn, shape_hwc, budget=budget, tile_overlap=tile_overlap, multiple=multiple,
         min_size=min_size, tile_batch=tile_batch, est_whole=est)
-    logging.warning("whole %dx%d image needs ~%s > %s: tiling automatically (tile %d, "
-                    "batch %d, ~%s)", shape_hwc[0], shape_hwc[1], _mib(est), _mib(budget),
-                    tile, batch, _mib(est_tile))
+    if not report:  # a caller that passes `info` reports it itself
+        logging.warning("whole %dx%d image needs ~%s > %s: tiling automatically (tile %d, "
+                        "batch %d, ~%s)", shape_hwc[0], shape_hwc[1], _mib(est),
+                        _mib(budget), tile, batch, _mib(est_tile))
     info.update(mode="auto-tiled", tile=tile, tile_batch=batch, tile_estimated_bytes=est_tile)
     return tile

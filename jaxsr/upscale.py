@@ -216,8 +216,9 @@ def parse_bytes(text) -> Optional[int]:
 # ---------------------------------------------------------------------------------------
 
 def output_pairs(inp: str, out: str) -> list[tuple[str, str]]:
-    """(input, output) paths: a folder maps to a folder of <name>.png; a file to `out`
-    (or to out/<name>.png when `out` is an existing folder)."""
+    """(input, output) paths: a folder maps to a folder of <name>.png; a file to `out`,
+    or to out/<name>.png when `out` is a folder (existing, ending in '/', or without an
+    extension)."""
     png = lambda p: os.path.splitext(os.path.basename(p))[0] + ".png"
     if os.path.isdir(inp):
         files = images.list_images(inp)
@@ -226,7 +227,9 @@ def output_pairs(inp: str, out: str) -> list[tuple[str, str]]:
         return [(f, os.path.join(out, png(f))) for f in files]
     if not os.path.exists(inp):
         raise FileNotFoundError(f"--input {inp} does not exist")
-    return [(inp, os.path.join(out, png(inp)) if os.path.isdir(out) else out)]
+    as_dir = (os.path.isdir(out) or out.endswith(("/", os.sep))
+              or not os.path.splitext(out)[1])
+    return [(inp, os.path.join(out, png(inp)) if as_dir else out)]
 
 
 def upscale_files(up: Upscaler, pairs, progress: bool = True) -> list[tuple[str, str]]:
@@ -256,6 +259,7 @@ def upscale_files(up: Upscaler, pairs, progress: bool = True) -> list[tuple[str,
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)   # no backend-probing INFO lines
     try:
         up = Upscaler.from_workdir(
             _WORKDIR.value, _OVERRIDES, _STEP.value, tile=_TILE.value,
