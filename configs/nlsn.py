@@ -1,0 +1,58 @@
+"""NLSN (Mei et al., CVPR 2021): 32 ResBlocks, 256 features, 5 NLSA (K=144, 4 rounds).
+
+  python -m jaxsr.main --config configs/nlsn.py --workdir workdirs/nlsn_x2
+  python -m jaxsr.main --config configs/nlsn.py:x3 --workdir workdirs/nlsn_x3
+  python -m jaxsr.main --config configs/nlsn.py --workdir workdirs/nlsn_x2 --mode evaluate
+  python -m jaxsr.main --config configs/nlsn.py:small --workdir workdirs/nlsn_small   # 2-core CPU
+Paper/README training: LR patches 48x48 (HR 48*scale), batch 16, Adam 1e-4
+(0.9/0.999, eps 1e-8), L1, 1M iterations, lr halved every 200k (official
+`--decay 200-400-600-800 --epochs 1000`, 1000 iterations per epoch). Test with chop, as
+the official test command (`--chop`). The number of rounds and the chunk size carry no
+parameters: `--config.model.n_hashes=1 --config.model.chunk_size=256` at evaluation.
+Args (comma-separated): x2 (default) | x3 | x4, and small.
+"""
+from jaxsr.config_base import base_config
+
+LR_PATCH = 48
+
+
+def get_config(arg=None):
+    tokens = [t for t in (arg or "").split(",") if t]
+    unknown = [t for t in tokens if t not in ("x2", "x3", "x4", "small")]
+    if unknown:
+        raise ValueError(f"configs/nlsn.py: unknown arg(s) {unknown} (use x2|x3|x4, small)")
+    c = base_config()
+    c.scale = next((int(t[1]) for t in tokens if t[0] == "x"), 2)
+    c.model.name = "nlsn"
+    c.model.n_resblocks = 32
+    c.model.n_feats = 256
+    c.model.res_scale = 0.1
+    c.model.chunk_size = 144
+    c.model.n_hashes = 4
+    c.model.reduction = 4
+    c.model.attn_every = 8
+    c.model.rgb_range = 1.0
+    c.data.train_dirs = ("data/DIV2K/DIV2K_train_HR",)
+    c.train.batch_size = 16
+    c.train.patch_size = c.get_ref("scale") * LR_PATCH   # follows --config.scale
+    c.train.num_steps = 1_000_000
+    c.train.lr = 1e-4
+    c.train.lr_milestones = (200_000, 400_000, 600_000, 800_000)
+    c.train.checkpoint_every = 5000
+    c.train.log_every = 100
+    c.eval.chop = True
+    if "small" in tokens:
+        # 4 blocks, an NLSA every 2 (body_0/3/6), 32 ch, K=32, 2 rounds, LR 24x24.
+        c.model.n_resblocks, c.model.attn_every, c.model.n_feats = 4, 2, 32
+        c.model.chunk_size, c.model.n_hashes = 32, 2
+        c.train.batch_size = 8
+        c.train.patch_size = c.get_ref("scale") * 24
+        c.train.num_steps = 600
+        c.train.lr = 5e-4
+        c.train.lr_milestones = (400,)
+        c.train.checkpoint_every = 200
+        c.train.log_every = 20
+        c.data.train_dirs = ("../shared/data/train/DIV2K_valid_HR_subset",)
+        c.eval.datasets = ("Set5", "Set14")
+        c.eval.chop = False
+    return c

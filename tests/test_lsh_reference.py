@@ -1,0 +1,100 @@
+"""NLSA / GLA against the literal NumPy transcription of the official code
+(tests/lsh_numpy_reference.py), and Super-Bit rotations against torch's orthogonal_."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import lsh_numpy_reference as ref
+from jaxsr.attention import GlobalLearnableAttention, NonLocalSparseAttention, lsh
+
+
+def random_params(module, x, seed):
+    """Random parameters of `module` without compiling its init (shapes from eval_shape);
+    weights ~ N(0, 1/fan_in), biases ~ N(0, 0.1^2)."""
+    shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), x)["params"]
+    rng = np.random.default_rng(seed)
+
+    def draw(s):
+        std = 0.1 if len(s.shape) == 1 else 1.0 / np.sqrt(np.prod(s.shape[:-1]))
+        return (rng.normal(size=s.shape) * std).astype(np.float32)
+
+    return jax.tree.map(draw, shapes)
+
+
+def _run(module, x, seed=0):
+    """Module output with rotations drawn from an 'lsh' key, plus the rotations used."""
+    params = random_params(module, x, seed)
+    apply = jax.jit(lambda p, x, key: module.apply({"params": p}, x, rngs={"lsh": key},
+                                                   mutable=["intermediates"]))
+    y, state = apply(params, x, jax.random.PRNGKey(seed + 1))
+    rot = np.asarray(state["intermediates"]["rotations"][0])
+    return params, np.asarray(y), rot
+
+
+# (H, W, C, K, R): padding + several chunks; M = 2 (back == forward chunk);
+# L < K (extension: dense); no padding and the bucket cap (nb = 128 > Cq).
+NLSA_CASES = [(10, 13, 16, 16, 3), (4, 5, 16, 16, 2), (3, 3, 16, 16, 2), (24, 24, 16, 4, 2)]
+
+
+@pytest.mark.parametrize("h,w,c,k,r", NLSA_CASES)
+def test_nlsa_matches_numpy_reference(h, w, c, k, r):
+    x = np.random.default_rng(h * w).normal(size=(2, h, w, c)).astype(np.float32)
+    module = NonLocalSparseAttention(chunk_size=k, n_hashes=r, res_scale=0.5)
+    params, y, rot = _run(module, jnp.asarray(x))
+    assert rot.shape == (c // 4, r, lsh.num_buckets(h * w, k) // 2)
+    expected = ref.nlsa(x, params, rot, k, 0.5)
+    np.testing.assert_allclose(y, expected, atol=2e-4, rtol=2e-4)
+
+
+# Super-Bit: Cq < nb (orthonormal rows) with padding; Cq >= nb (columns); L < K.
+GLA_CASES = [(10, 13, 16, 16, 3), (9, 8, 32, 16, 2), (3, 4, 16, 16, 2)]
+
+
+@pytest.mark.parametrize("h,w,c,k,r", GLA_CASES)
+def test_gla_matches_numpy_reference(h, w, c, k, r):
+    x = np.random.default_rng(h * w + 1).normal(size=(2, h, w, c)).astype(np.float32)
+    module = GlobalLearnableAttention(chunk_size=k, n_hashes=r)
+    params, y, rot = _run(module, jnp.asarray(x))
+    assert rot.shape == (c // 4, r, lsh.num_buckets(h * w, k))
+    expected = ref.gla(x, params, rot, k, 1.0)
+    np.testing.assert_allclose(y, expected, atol=2e-4, rtol=2e-4)
+
+
+def test_parity_check_detects_a_wrong_padding_rule(monkeypatch):
+    """Mutation check: padding with the round's *first* sorted entries (wrap-around)
+    instead of a copy of its tail must break the parity, so the padded cases above do
+    test the padding rule."""
+    rng = np.random.default_rng(3)
+    q, v = rng.normal(size=(1, 40, 4)), rng.normal(size=(1, 40, 8))   # L=40, K=16: p=8
+    rot = rng.normal(size=(4, 2, 1))
+    expected = ref.lsh_attention(q, v, rot, 16, superbit=False)
+
+    def run():   # jitted: one compile instead of one per primitive
+        fn = jax.jit(lambda q, v, rot: lsh.batched_lsh_attention(q, v, rot, 16,
+                                                                 lsh.CROSS_POLYTOPE))
+        return np.asarray(fn(jnp.asarray(q, jnp.float32), jnp.asarray(v, jnp.float32),
+                             jnp.asarray(rot, jnp.float32)))
+
+    np.testing.assert_allclose(run(), expected, atol=1e-4)
+
+    def wrap_pad_chunks(order, chunk_size):
+        pad = (-order.shape[1]) % chunk_size
+        idx = jnp.concatenate([order, order[:, :pad]], axis=1)
+        return idx.reshape(order.shape[0], -1, chunk_size)
+
+    monkeypatch.setattr(lsh, "chunk_indices", wrap_pad_chunks)
+    assert np.abs(run() - expected).max() > 1e-3
+
+
+@pytest.mark.parametrize("rows,cols", [(8, 5), (4, 10)])
+def test_orthogonal_matches_torch_init(rows, cols):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(7)
+    expected = torch.nn.init.orthogonal_(torch.empty(rows, cols)).numpy()
+    torch.manual_seed(7)
+    gaussian = torch.empty(rows, cols).normal_(0, 1).numpy()
+    got = np.asarray(lsh.orthogonal_from_gaussian(jnp.asarray(gaussian)))
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    gram = got @ got.T if rows < cols else got.T @ got
+    np.testing.assert_allclose(gram, np.eye(min(rows, cols)), atol=1e-5)
