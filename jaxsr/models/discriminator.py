@@ -19,10 +19,15 @@ import jax
 import jax.numpy as jnp
 
 
+# torch's default Conv2d init, kaiming_uniform(a=sqrt(5)) = U(-1/sqrt(fan_in), 1/sqrt(fan_in));
+# Real-ESRGAN's discriminator keeps it. (Biases start at 0 here, not uniform.)
+TORCH_DEFAULT_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
 def _conv(features, k, stride=1, use_bias=True, name=None):
     pad = 1   # torch padding: 1 for both the 3x3 and the 4x4 stride-2 convs
     return nn.Conv(features, (k, k), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
-                   use_bias=use_bias, name=name)
+                   use_bias=use_bias, kernel_init=TORCH_DEFAULT_INIT, name=name)
 
 
 def upsample_bilinear2x(x):

@@ -145,7 +145,19 @@ def read_torch_state_dict(path: str) -> dict:
     return sd.get("state_dict", sd) if isinstance(sd, dict) else sd
 
 
-def load_vgg19_params(loss_cfg, layers=tuple(DEFAULT_LAYER_WEIGHTS), rng=None):
+def random_params(layers=tuple(DEFAULT_LAYER_WEIGHTS), seed: int = 0) -> dict:
+    """He-normal VGG19 weights drawn with NumPy (tests only; no XLA compile needed)."""
+    rng = np.random.default_rng(seed)
+    state_dict, in_ch = {}, 3
+    for idx, _, ch in VGG19_CONVS:
+        std = np.sqrt(2.0 / (in_ch * 9))
+        state_dict[f"features.{idx}.weight"] = rng.normal(0, std, (ch, in_ch, 3, 3))
+        state_dict[f"features.{idx}.bias"] = np.zeros(ch)
+        in_ch = ch
+    return jax.tree.map(jnp.asarray, params_from_torch(state_dict, layers))
+
+
+def load_vgg19_params(loss_cfg, layers=tuple(DEFAULT_LAYER_WEIGHTS), seed=None):
     """VGG19 params for the perceptual loss from `config.loss`.
 
     `vgg19_weights` (path) is required unless `vgg19_random` is set, which gives random
@@ -155,9 +167,7 @@ def load_vgg19_params(loss_cfg, layers=tuple(DEFAULT_LAYER_WEIGHTS), rng=None):
     if loss_cfg.get("vgg19_random", False):
         logging.warning("!!! config.loss.vgg19_random=True: the perceptual loss uses a RANDOM "
                         "VGG19. Only for tests; the result is not a perceptual loss. !!!")
-        vgg = VGG19Features(layers)
-        rng = jax.random.PRNGKey(0) if rng is None else rng
-        return vgg.init(rng, jnp.zeros((1, 16, 16, 3)))["params"]
+        return random_params(layers, seed=0 if seed is None else int(seed))
     if not path or not os.path.isfile(path):
         raise FileNotFoundError(MISSING_WEIGHTS_MSG.format(path=path))
     params = params_from_torch(read_torch_state_dict(path), layers)
