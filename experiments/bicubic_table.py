@@ -14,16 +14,9 @@ import os
 import sys
 import time
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax  # noqa: E402
-
-from jaxsr import config_util, metrics, models  # noqa: E402
-from jaxsr.data.images import list_images, modcrop, read_rgb  # noqa: E402
-from jaxsr.ops.imresize import imresize_np  # noqa: E402
-from jaxsr.tools.make_lr import is_grayscale_file  # noqa: E402
+from jaxsr import config_util, evaluate  # noqa: E402
 
 # ../shared/data/README.md (computed there) and EDSR/RCAN papers: (psnr, ssim) per x2/x3/x4.
 REFERENCE = {
@@ -40,32 +33,14 @@ PUBLISHED = {
 }
 
 
-def make_upscaler(scale: int):
-    """The registered `bicubic` model, jitted: NHWC float [0, 1] -> NHWC float."""
-    cfg = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "bicubic.py")
-    model = models.build_model(config_util.load_config_file(f"{cfg}:x{scale}"))
-    return jax.jit(lambda x: model.apply({}, x, train=False))
-
-
-def score_set(set_dir: str, scale: int, round_y: bool = False, max_images: int = 0):
-    """Mean (psnr, ssim) of the bicubic model over one benchmark set."""
-    upscale = make_upscaler(scale)
-    paths = list_images(os.path.join(set_dir, "HR"))[: max_images or None]
-    if not paths:
-        raise FileNotFoundError(f"no HR images in {set_dir}/HR")
-    psnr, ssim = [], []
-    for p in paths:
-        stem = os.path.splitext(os.path.basename(p))[0]
-        hr = modcrop(read_rgb(p), scale)
-        lr_path = os.path.join(set_dir, "LR_bicubic", f"X{scale}", f"{stem}x{scale}.png")
-        lr = read_rgb(lr_path) if os.path.isfile(lr_path) else imresize_np(hr, 1.0 / scale)
-        sr = metrics.quantize(upscale(lr[None].astype(np.float32) / 255.0)[0])
-        if is_grayscale_file(p):
-            hr = hr[..., 0]
-        kw = dict(crop_border=scale, test_y_channel=True, round_y=round_y)
-        psnr.append(metrics.calculate_psnr(sr, hr, **kw))
-        ssim.append(metrics.calculate_ssim(sr, hr, **kw))
-    return float(np.mean(psnr)), float(np.mean(ssim))
+def score_set(benchmarks_dir: str, name: str, scale: int, round_y: bool = False):
+    """Mean (psnr, ssim) of `configs/bicubic.py` over one set, through evaluate mode's code."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    config = config_util.load_config_file(os.path.join(here, "..", "configs", "bicubic.py"))
+    config.scale, config.eval.benchmarks_dir, config.eval.round_y = scale, benchmarks_dir, round_y
+    model, params = evaluate.load_model_params(config, "")
+    result = evaluate.evaluate_set(config, evaluate.make_apply_fn(model, params), name)
+    return result["psnr_y"], result["ssim_y"]
 
 
 def main(argv=None):
@@ -83,7 +58,7 @@ def main(argv=None):
     print("|---|---|---|---|---|---|")
     for name in args.datasets:
         for s in args.scales:
-            p, q = score_set(os.path.join(args.benchmarks_dir, name), s, args.round_y)
+            p, q = score_set(args.benchmarks_dir, name, s, args.round_y)
             ref = REFERENCE.get(name, [None] * 3)[s - 2] if 2 <= s <= 4 else None
             pub = PUBLISHED.get(name, [None] * 3)[s - 2] if 2 <= s <= 4 else None
             fmt = lambda r: f"{r[0]:.2f} / {r[1]:.4f}" if r else "-"

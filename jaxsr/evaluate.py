@@ -10,7 +10,6 @@ import logging
 import os
 import time
 
-import jax
 import numpy as np
 
 from jaxsr import checkpoint, inference, metrics, models
@@ -30,16 +29,13 @@ def load_model_params(config, workdir: str):
         return model, {}
     params, meta = checkpoint.load_params(workdir)
     checkpoint.check_meta(meta, config, workdir)
-    return model, jax.device_put(params)
+    return model, params
 
 
-def make_apply_fn(model, params):
-    """A jitted LR batch -> SR batch function (eval: no 'lsh' rng, deterministic)."""
-    @jax.jit
-    def apply(lr_batch, **extras):
-        return model.apply({"params": params}, lr_batch, train=False, **extras)
-    apply.model, apply.params = model, params     # for models' extra_metrics hooks
-    return apply
+def make_apply_fn(model, params) -> inference.BoundApply:
+    """LR batch (+ extras) -> SR batch, jitted with params as an argument (eval: no 'lsh'
+    rng, deterministic); `.model` and `.params` serve models' extra_metrics hooks."""
+    return inference.bind(model, params)
 
 
 def super_resolve(config, apply_fn, lr_uint8: np.ndarray, extras=None) -> np.ndarray:

@@ -45,15 +45,16 @@ class BoundApply:
     constants), callable as `f(lr_nhwc)` and lowerable as `f.lower(spec)`."""
 
     def __init__(self, model, params, **apply_kwargs):
-        self.params = params
+        self.model, self.params = model, params
         kwargs = dict(train=False, **apply_kwargs)
-        self._fn = jax.jit(lambda p, x: model.apply({"params": p}, x, **kwargs))
+        # Per-image inputs (e.g. a blur kernel) are keyword arguments of the call.
+        self._fn = jax.jit(lambda p, x, **extras: model.apply({"params": p}, x, **kwargs, **extras))
 
-    def __call__(self, x):
-        return self._fn(self.params, x)
+    def __call__(self, x, **extras):
+        return self._fn(self.params, x, **extras)
 
-    def lower(self, x):
-        return self._fn.lower(self.params, x)
+    def lower(self, x, **extras):
+        return self._fn.lower(self.params, x, **extras)
 
 
 def bind(model, params, **apply_kwargs) -> BoundApply:
@@ -71,6 +72,9 @@ def _split(apply_fn: ApplyFn):
     every image whose arguments have the same shapes."""
     if isinstance(apply_fn, BoundApply):
         return apply_fn._fn, (apply_fn.params,), {}
+    if isinstance(apply_fn, functools.partial) and isinstance(apply_fn.func, BoundApply):
+        bound = apply_fn.func
+        return bound._fn, (bound.params,) + apply_fn.args, dict(apply_fn.keywords)
     if isinstance(apply_fn, functools.partial) and hasattr(apply_fn.func, "lower"):
         return apply_fn.func, apply_fn.args, dict(apply_fn.keywords)
     return apply_fn, (), {}

@@ -9,9 +9,9 @@ import pytest
 
 from jaxsr import metrics, models
 from jaxsr.config_base import base_config
-from jaxsr.data.images import list_images, modcrop, read_rgb
 from jaxsr.ops import imresize_np
-from jaxsr.tools.make_lr import is_grayscale_file
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _literal_y(img):
@@ -136,31 +136,20 @@ README_BICUBIC = {
 }
 
 
-def _bicubic_scores(set_dir, scale):
-    config = base_config()
+def _bicubic_scores(benchmarks_dir: str, name: str, scale: int):
+    """Mean (PSNR_Y, SSIM_Y) of `configs/bicubic.py` through the evaluate-mode code path."""
+    from jaxsr import config_util, evaluate
+    config = config_util.load_config_file(os.path.join(REPO, "configs", "bicubic.py"))
     config.scale = scale
-    config.model.name = "bicubic"
-    assert not models.has_params(config)
-    model = models.build_model(config)
-    upscale = jax.jit(lambda x: model.apply({}, x, train=False))
-    psnr, ssim = [], []
-    for p in list_images(os.path.join(set_dir, "HR")):
-        stem = os.path.splitext(os.path.basename(p))[0]
-        hr = modcrop(read_rgb(p), scale)
-        lr_path = os.path.join(set_dir, "LR_bicubic", f"X{scale}", f"{stem}x{scale}.png")
-        lr = read_rgb(lr_path) if os.path.isfile(lr_path) else imresize_np(hr, 1.0 / scale)
-        sr = metrics.quantize(upscale(lr[None].astype(np.float32) / 255.0)[0])
-        assert sr.shape == hr.shape
-        if is_grayscale_file(p):
-            hr = hr[..., 0]
-        psnr.append(metrics.calculate_psnr(sr, hr, scale, test_y_channel=True))
-        ssim.append(metrics.calculate_ssim(sr, hr, scale, test_y_channel=True))
-    return np.mean(psnr), np.mean(ssim)
+    config.eval.benchmarks_dir = benchmarks_dir
+    model, params = evaluate.load_model_params(config, "")
+    result = evaluate.evaluate_set(config, evaluate.make_apply_fn(model, params), name)
+    return result["psnr_y"], result["ssim_y"]
 
 
 @pytest.mark.parametrize("name,scale", sorted(README_BICUBIC))
 def test_bicubic_table(shared_data, name, scale):
-    psnr, ssim = _bicubic_scores(str(shared_data / "benchmarks" / name), scale)
+    psnr, ssim = _bicubic_scores(str(shared_data / "benchmarks"), name, scale)
     ref_psnr, ref_ssim = README_BICUBIC[(name, scale)]
     assert abs(psnr - ref_psnr) <= 0.01, (name, scale, psnr)
     assert abs(ssim - ref_ssim) <= 0.001, (name, scale, ssim)

@@ -16,7 +16,7 @@ from jaxsr.data import images
 
 class Sample(NamedTuple):
     name: str
-    hr: np.ndarray          # uint8 HxWx3, modcropped to the scale
+    hr: np.ndarray          # uint8 HxWx3 (HxWx1 for a grayscale file), modcropped
     lr: np.ndarray          # uint8 (H/s)x(W/s)x3
     extras: dict            # e.g. {'kernel': ...} for blind sets
 
@@ -44,16 +44,19 @@ def _lr_file(set_dir: str, stem: str, scale: int) -> str | None:
 def _pair(hr_path: str, set_dir: str, scale: int, use_lr_files: bool) -> Sample:
     stem = os.path.splitext(os.path.basename(hr_path))[0]
     hr = images.modcrop(images.read_rgb(hr_path), scale)
+    # A grayscale ground truth is scored on its one channel (the MATLAB scripts behind the
+    # published tables); the model still sees an RGB LR.
+    gt = hr[:, :, :1] if images.is_grayscale_file(hr_path) else hr
     lr_path = _lr_file(set_dir, stem, scale) if use_lr_files else None
     if lr_path is None:
-        return Sample(stem, hr, bicubic_lr(hr, scale), {})
+        return Sample(stem, gt, bicubic_lr(hr, scale), {})
     lr = images.read_rgb(lr_path)
     if (lr.shape[0] * scale, lr.shape[1] * scale) != hr.shape[:2]:
         raise ValueError(f"LR file {lr_path} is {lr.shape[1]}x{lr.shape[0]}, but its HR {hr_path} "
                          f"modcropped to x{scale} is {hr.shape[1]}x{hr.shape[0]}: the LR was made "
                          "from a different HR (e.g. a GTmod12 pack); regenerate it with "
                          "`python -m jaxsr.tools.make_lr` or set config.eval.use_lr_files=False")
-    return Sample(stem, hr, lr, {})
+    return Sample(stem, gt, lr, {})
 
 
 def available_sets(root: str) -> list[str]:

@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
 
 
 class ImageReadError(ValueError):
@@ -57,6 +58,13 @@ def read_rgb(path: str) -> np.ndarray:
         return to_rgb_uint8(arr)
     except ImageReadError as e:
         raise ImageReadError(f"cannot read image {path}: {e}") from None
+
+
+def is_grayscale_file(path: str) -> bool:
+    """True for single-channel files (Set14 bridge.png): the SR protocol scores them on
+    their one channel, not on the Y of an RGB copy."""
+    with Image.open(path) as im:
+        return im.mode in GRAY_MODES
 
 
 def write_png(path: str, img: np.ndarray) -> None:

@@ -19,12 +19,10 @@ import sys
 from typing import Callable, Dict
 
 import numpy as np
-from PIL import Image
 
-from jaxsr.data.images import list_images, modcrop, read_rgb, write_png
+from jaxsr.data.images import is_grayscale_file, list_images, modcrop, read_rgb, write_png
 from jaxsr.ops.imresize import imresize_np
 
-_GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
 
 
 def bicubic_lr(hr: np.ndarray, scale: int, rng: np.random.Generator) -> np.ndarray:
@@ -47,11 +45,6 @@ def get_degradation(name: str) -> Callable:
         return extra[name]
     raise ValueError(f"--degradation={name!r} is not known; choose one of "
                      f"{sorted(set(DEGRADATIONS) | set(extra))}")
-
-
-def is_grayscale_file(path: str) -> bool:
-    with Image.open(path) as im:
-        return im.mode in _GRAY_MODES
 
 
 def make_lr(hr_dir: str, out_dir: str, scales, degradation: str = "bicubic",
