@@ -6,6 +6,7 @@
     import_file(config, "model.pth", workdir)            # .pth/.safetensors -> checkpoint
 """
 import functools
+import json
 import logging
 import math
 
@@ -37,7 +38,22 @@ def _init_side(config) -> int:
 
 def abstract_params(config) -> dict:
     """{flax path: ShapeDtypeStruct} of the model the config describes (no compute)."""
+    return dict(_abstract_params(config.to_json(sort_keys=True)))
+
+
+def _tuples(x):
+    """JSON lists back to the tuples config files use."""
+    if isinstance(x, dict):
+        return {k: _tuples(v) for k, v in x.items()}
+    return tuple(_tuples(v) for v in x) if isinstance(x, list) else x
+
+
+@functools.lru_cache(maxsize=16)
+def _abstract_params(config_json: str) -> tuple:
+    # Tracing a big model takes seconds; a conversion needs the tree 1-3 times per config.
+    import ml_collections
     from jaxsr import models
+    config = ml_collections.ConfigDict(_tuples(json.loads(config_json)))
     if not models.has_params(config):
         raise core.ConversionError(f"model {config.model.name!r} has no parameters to convert")
     model = models.build_model(config)
@@ -45,7 +61,7 @@ def abstract_params(config) -> dict:
     x = jax.ShapeDtypeStruct((1, side, side, 3), jnp.float32)
     rngs = {"params": jax.random.key(0), "lsh": jax.random.key(1)}
     variables = jax.eval_shape(functools.partial(model.init, train=False), rngs, x)
-    return core.flatten(variables["params"])
+    return tuple(core.flatten(variables["params"]).items())
 
 
 def check_params(params, config, source: str = "params") -> None:

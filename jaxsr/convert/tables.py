@@ -158,14 +158,18 @@ NLSN = Table(
 _GLA_MATCH = r"body\.(\d+)\.body\.\d+\.conv_match\.0\.weight"
 _GLA_FC0 = r"body\.\d+\.body\.\d+\.fc\.0\.weight"
 
+def gla_rules(torch_prefix: str, flax_prefix: str) -> tuple[Rule, ...]:
+    """DLSN's GLA module (conv_match/conv_assembly/conv_assembly_fc BasicBlocks, fc MLP)."""
+    return tuple(Rule(f"{torch_prefix}.{n}.0", f"{flax_prefix}/{n}")
+                 for n in ("conv_match", "conv_assembly", "conv_assembly_fc")) + (
+        Rule(f"{torch_prefix}.fc.{{k}}", f"{flax_prefix}/fc_{{k}}", "linear"),)
+
+
 DLSN = Table(
     name="dlsn",
     rules=_edsr_family(
         Rule("body.{i}.body.{j}.body.{k}", "body_{i}/body_{j}/body_{k}"),      # LFFB convs
-        Rule("body.{i}.body.{j}.conv_match.0", "body_{i}/body_{j}/conv_match"),
-        Rule("body.{i}.body.{j}.conv_assembly.0", "body_{i}/body_{j}/conv_assembly"),
-        Rule("body.{i}.body.{j}.conv_assembly_fc.0", "body_{i}/body_{j}/conv_assembly_fc"),
-        Rule("body.{i}.body.{j}.fc.{k}", "body_{i}/body_{j}/fc_{k}", "linear"),  # LSS MLP
+        *gla_rules("body.{i}.body.{j}", "body_{i}/body_{j}"),                  # GLA
         Rule("body.{i}.body.{j}", "body_{i}/body_{j}"),                        # GLAFFM conv
         Rule("body.{i}", "body_{i}"),                                          # final conv
     ),
