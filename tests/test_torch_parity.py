@@ -167,3 +167,17 @@ def test_usrnet_parity():
     back, _ = convert.state_dict_to_params(convert.params_to_state_dict(params, c), c)
     for p, v in core.flatten(params).items():
         np.testing.assert_array_equal(core.flatten(back)[p], v, err_msg=p)
+
+
+def test_rcan_parity():
+    from torch_refs.rcan import RCAN
+    kw = dict(n_resgroups=2, n_resblocks=1, n_feats=16, reduction=4)
+    check_both_directions(make_config("rcan", 4, **kw), lambda: RCAN(4, **kw), (5, 6), 0)
+
+
+@pytest.mark.parametrize("scale", [2, 3])
+def test_fsrcnn_parity(scale):
+    """The 9x9 stride-s deconvolution with output_padding s - 1 (3-channel variant)."""
+    from torch_refs.fsrcnn import FSRCNN
+    c = make_config("fsrcnn", scale, d=8, s=4, m=2, color="rgb")
+    check_both_directions(c, lambda: FSRCNN(scale, 3, d=8, s=4, m=2), (6, 7), 0)

@@ -120,9 +120,12 @@ def export_workdir(config, workdir: str, output: str, fmt: str | None = None) ->
                                    f"config.model.name={config.model.name!r}")
     check_params(params, config, source=f"params in {workdir}")
     sd = params_to_state_dict(params, config)
+    warnings = core.unofficial(table_for(config), config)
+    for w in warnings:
+        logging.warning("%s", w)
     fmt = torchio.save_state_dict(sd, output, fmt)
     return {"keys": len(sd), "params": int(sum(v.size for v in sd.values())),
-            "format": fmt, "step": meta.get("step")}
+            "format": fmt, "step": meta.get("step"), "warnings": warnings}
 
 
 def import_file(config, path: str, workdir: str, param_key: str | None = None) -> dict:

@@ -68,6 +68,8 @@ LAYOUTS: dict[str, tuple[Leaf, ...]] = {
     "conv_transpose": (Leaf("kernel", "weight", perm=(2, 3, 0, 1), flip_axes=(0, 1)), _BIAS),
     # ConvTranspose2d -> flax ConvTranspose(transpose_kernel=True): kernel [kh, kw, O, I].
     "conv_transpose_t": (Leaf("kernel", "weight", perm=(2, 3, 1, 0)), _BIAS),
+    # nn.PReLU(C): one slope per channel, a param named `weight` on both sides.
+    "prelu": (Leaf("weight", "weight"),),
 }
 
 
@@ -128,8 +130,9 @@ class Table:
 # Templates -> regexes
 # ----------------------------------------------------------------------------------------
 
-# `{name}` matches a decimal index; `{name:a|b}` one of the listed names (the list may be
-# given on either side of a rule and applies to both).
+# `{name}` matches a decimal index; `{name:a|b}` one of the listed names, or any regex
+# (`{i:\\d*[02468]}`: even indices); the pattern may be given on either side of a rule and
+# applies to both.
 _PLACEHOLDER = re.compile(r"\{(\w+)(?::([^{}]+))?\}")
 
 
@@ -255,7 +258,8 @@ def torch_order(table: Table) -> Callable[[str], tuple]:
         pats = _placeholder_patterns(r.torch, r.flax)
         for seg in r.torch.split("."):
             # a `{x:a|b}` placeholder ranks its names in the listed order
-            alt = next((m for m in _PLACEHOLDER.finditer(seg) if m.group(2)), None)
+            alt = next((m for m in _PLACEHOLDER.finditer(seg)
+                        if m.group(2) and re.fullmatch(r"[\w|]+", m.group(2))), None)
             names = ([seg.replace(alt.group(0), a) for a in alt.group(2).split("|")]
                      if alt else [seg])
             ranked += [re.compile(_to_regex(n, pats, named=False)) for n in names]

@@ -103,6 +103,18 @@ _PROBE_FEATS = Probe("model.n_feats", _n_feats, "head.0.weight")
 _PROBE_SCALE = Probe("scale", _upsampler_scale("tail.0", _n_feats), "tail.0.* upsampler convs")
 
 
+def gla_rules(torch_prefix: str, flax_prefix: str) -> tuple[Rule, ...]:
+    """DLSN's GLA module (conv_match/conv_assembly/conv_assembly_fc BasicBlocks, fc MLP)."""
+    return tuple(Rule(f"{torch_prefix}.{n}.0", f"{flax_prefix}/{n}")
+                 for n in ("conv_match", "conv_assembly", "conv_assembly_fc")) + (
+        Rule(f"{torch_prefix}.fc.{{k}}", f"{flax_prefix}/fc_{{k}}", "linear"),)
+
+
+# GLA plug-in blocks (jaxsr.models.plugin, DLSN section 4.3.3) of EDSR/RCAN/FSRCNN: no
+# official torch class has them; they get DLSN's GLA key names under `gla_<p>`.
+PLUGIN_GLA = gla_rules("gla_{p}", "gla_{p}")
+_PLUGIN_OFFICIAL = (("model.attention", "none"),)
+
 # ----------------------------------------------------------------------------------------
 # EDSR
 # ----------------------------------------------------------------------------------------
@@ -112,11 +124,13 @@ EDSR = Table(
     rules=_edsr_family(
         Rule("body.{i}.body.{j}", "body_{i}/body_{j}"),   # ResBlock convs 0 and 2
         Rule("body.{i}", "body_{i}"),                     # final body conv
+        *PLUGIN_GLA,
     ),
     consts=MEAN_SHIFT,
     probes=(_PROBE_FEATS, _PROBE_SCALE,
             Probe("model.n_resblocks", _count(r"body\.(\d+)\.body\.0\.weight"),
                   "body.{i}.body.0.weight")),
+    official=_PLUGIN_OFFICIAL,
 )
 
 
@@ -157,13 +171,6 @@ NLSN = Table(
 
 _GLA_MATCH = r"body\.(\d+)\.body\.\d+\.conv_match\.0\.weight"
 _GLA_FC0 = r"body\.\d+\.body\.\d+\.fc\.0\.weight"
-
-def gla_rules(torch_prefix: str, flax_prefix: str) -> tuple[Rule, ...]:
-    """DLSN's GLA module (conv_match/conv_assembly/conv_assembly_fc BasicBlocks, fc MLP)."""
-    return tuple(Rule(f"{torch_prefix}.{n}.0", f"{flax_prefix}/{n}")
-                 for n in ("conv_match", "conv_assembly", "conv_assembly_fc")) + (
-        Rule(f"{torch_prefix}.fc.{{k}}", f"{flax_prefix}/fc_{{k}}", "linear"),)
-
 
 DLSN = Table(
     name="dlsn",
@@ -269,10 +276,71 @@ USRNET = Table(
 )
 
 
+# ----------------------------------------------------------------------------------------
+# RCAN (EDSR-PyTorch model/rcan.py): groups body.g of RCABs body.g.body.j (+ group conv)
+# ----------------------------------------------------------------------------------------
+
+_RCAB_DU0 = r"body\.\d+\.body\.\d+\.body\.3\.conv_du\.0\.weight"
+
+RCAN = Table(
+    name="rcan",
+    rules=_edsr_family(
+        Rule("body.{g}.body.{j}.body.3.conv_du.{k}", "body_{g}/body_{j}/body_3/conv_du_{k}"),
+        Rule("body.{g}.body.{j}.body.{k}", "body_{g}/body_{j}/body_{k}"),     # RCAB convs
+        Rule("body.{g}.body.{j}", "body_{g}/body_{j}"),                       # group conv
+        Rule("body.{g}", "body_{g}"),                                         # final conv
+        *PLUGIN_GLA,
+    ),
+    consts=MEAN_SHIFT,
+    probes=(_PROBE_FEATS, _PROBE_SCALE,
+            Probe("model.n_resgroups", _count(r"body\.(\d+)\.body\.0\.body\.0\.weight"),
+                  "body.{g}.body.0"),
+            Probe("model.n_resblocks", _count(r"body\.0\.body\.(\d+)\.body\.0\.weight"),
+                  "body.0.body.{j}"),
+            Probe("model.reduction", _reduction(_RCAB_DU0), "conv_du.0.weight", default=16)),
+    official=_PLUGIN_OFFICIAL,
+    signature=(_RCAB_DU0,),
+)
+
+# ----------------------------------------------------------------------------------------
+# FSRCNN (the yjn870/FSRCNN-pytorch layout): Sequential convs at even, PReLUs at odd indices
+# ----------------------------------------------------------------------------------------
+
+
+def _fsrcnn_color(shapes):
+    c = _shape(shapes, "first_part.0.weight", 1)
+    return {1: "y", 3: "rgb"}.get(c)
+
+
+FSRCNN = Table(
+    name="fsrcnn",
+    rules=(
+        Rule("first_part.0", "first_part_0"),
+        Rule("first_part.1", "first_part_1", "prelu"),
+        Rule(r"mid_part.{i:\d*[02468]}", "mid_part_{i}"),
+        Rule(r"mid_part.{i:\d*[13579]}", "mid_part_{i}", "prelu"),
+        Rule("last_part", "last_part", "conv_transpose_t"),        # 9x9, stride = scale
+        *PLUGIN_GLA,
+    ),
+    # The scale is only the deconvolution's stride: no tensor shape depends on it.
+    probes=(Probe("model.d", _first(r"first_part\.0\.weight", 0), "first_part.0.weight",
+                  default=56),
+            Probe("model.s", _first(r"mid_part\.0\.weight", 0), "mid_part.0.weight", default=12),
+            Probe("model.m", lambda sh: len(_indices(sh, r"mid_part\.(\d+)\.bias")) - 2 or None,
+                  "number of mid_part convs - 2", default=4),
+            Probe("model.color", _fsrcnn_color, "first_part.0.weight input channels",
+                  default="y")),
+    official=_PLUGIN_OFFICIAL,
+    signature=(r"first_part\.0\.weight",),
+)
+
+
 TABLES: dict[str, Table] = {
     "edsr": EDSR,
     "nlsn": NLSN,
     "dlsn": DLSN,
     "nlcunet": NLCUNET,
     "usrnet": USRNET,
+    "rcan": RCAN,
+    "fsrcnn": FSRCNN,
 }
