@@ -102,6 +102,9 @@ def test_mean_shift_of_another_rgb_range_is_an_error():
     sd["sub_mean.bias"] = sd["sub_mean.bias"] * 255
     msg = error_of(sd, c)
     assert "wrong constants (1)" in msg and "rgb_range 255" in msg
+    _, sd = state_dict(make_config("nlsn", 2, **NLSN_KW))
+    with pytest.raises(ConversionError, match="not supported .*not scale-equivariant"):
+        convert.state_dict_to_params(sd, make_config("nlsn", 2, **NLSN_KW), rgb_range=255)
 
 
 def test_dlsn_unused_a_only_warns_and_is_not_stored():

@@ -181,3 +181,26 @@ def test_fsrcnn_parity(scale):
     from torch_refs.fsrcnn import FSRCNN
     c = make_config("fsrcnn", scale, d=8, s=4, m=2, color="rgb")
     check_both_directions(c, lambda: FSRCNN(scale, 3, d=8, s=4, m=2), (6, 7), 0)
+
+
+@pytest.mark.parametrize("name", ["edsr", "rcan"])
+def test_rgb_range_255_release_checkpoints(name):
+    """EDSR-PyTorch/RCAN release models use rgb_range 255: rescaled exactly into range 1."""
+    from torch_refs.rcan import RCAN
+    kw = (dict(n_resblocks=2, n_feats=8) if name == "edsr" else
+          dict(n_resgroups=1, n_resblocks=1, n_feats=16, reduction=4))
+    torch.manual_seed(0)
+    ref = (EDSR if name == "edsr" else RCAN)(2, rgb_range=255, **kw).eval()
+    c = make_config(name, 2, rgb_range=1.0, **kw, **({"res_scale": 1.0} if name == "edsr" else {}))
+    sd = {k: v.numpy() for k, v in ref.state_dict().items()}
+    with pytest.raises(convert.ConversionError, match="pass --rgb_range=255"):
+        convert.state_dict_to_params(sd, c)
+    params, _ = convert.state_dict_to_params(sd, c, rgb_range=255)
+    x = np.random.default_rng(2).random((1, 6, 5, 3), dtype=np.float32)
+    y_jax, _ = jax_forward(c, params, x)
+    err = np.abs(torch_forward(ref, x * 255) / 255 - y_jax).max()
+    assert err <= TOL, err
+    back = convert.params_to_state_dict(params, c, rgb_range=255)
+    assert list(back) == list(sd)
+    for k in sd:
+        np.testing.assert_allclose(back[k], sd[k], rtol=1e-6, atol=1e-7, err_msg=k)

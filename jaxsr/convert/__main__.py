@@ -3,7 +3,7 @@
   python -m jaxsr.convert to-torch   --config configs/X.py --workdir DIR --output model.pth \
                                      [--format pth|safetensors]
   python -m jaxsr.convert from-torch --config configs/X.py --input model.pth --workdir DIR \
-                                     [--param_key params_ema]
+                                     [--param_key params_ema] [--rgb_range 255]
 
 to-torch writes a state_dict that the official PyTorch class loads with strict=True
 (--config may be left out when DIR has the config.json written by training).
@@ -27,6 +27,10 @@ _OUTPUT = flags.DEFINE_string("output", None, "to-torch: the .pth/.safetensors f
 _INPUT = flags.DEFINE_string("input", None, "from-torch: the .pth/.pt/.safetensors to read.")
 _FORMAT = flags.DEFINE_enum("format", None, ["pth", "safetensors"],
                             "to-torch file format (default: from the --output extension).")
+_RGB_RANGE = flags.DEFINE_float(
+    "rgb_range", None, "Pixel range of the PyTorch file when it differs from the config's "
+    "(EDSR-PyTorch and RCAN release models: 255); EDSR/RCAN/FSRCNN tensors are rescaled "
+    "exactly.")
 _PARAM_KEY = flags.DEFINE_string(
     "param_key", None, "from-torch: entry holding the state_dict (default: 'params_ema', "
     "'params', 'state_dict' or 'model' when present, else the file itself).")
@@ -56,14 +60,14 @@ def main(argv):
             if not _OUTPUT.value:
                 raise app.UsageError("to-torch needs --output FILE.pth|FILE.safetensors")
             summary = convert.export_workdir(_config(False), _WORKDIR.value, _OUTPUT.value,
-                                             _FORMAT.value)
+                                             _FORMAT.value, _RGB_RANGE.value)
             print(f"wrote {_OUTPUT.value}: {summary['keys']} tensors, {summary['params']:,} "
                   f"values ({summary['format']}, from step {summary['step']})")
         else:
             if not _INPUT.value:
                 raise app.UsageError("from-torch needs --input FILE.pth")
             summary = convert.import_file(_config(True), _INPUT.value, _WORKDIR.value,
-                                          _PARAM_KEY.value)
+                                          _PARAM_KEY.value, _RGB_RANGE.value)
             print(f"wrote {summary['checkpoint']}: {summary['keys']} tensors, "
                   f"{summary['params']:,} params from {_INPUT.value}")
     except (convert.ConversionError, FileNotFoundError, FileExistsError) as e:

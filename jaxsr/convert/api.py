@@ -82,9 +82,29 @@ def check_params(params, config, source: str = "params") -> None:
         raise core.ConversionError("\n".join(parts))
 
 
-def params_to_state_dict(params, config) -> dict[str, np.ndarray]:
-    """Flax params -> official PyTorch state_dict (float32 NumPy arrays, official key order)."""
-    return core.to_torch(table_for(config), params, config)
+def _model_range(config) -> float:
+    return float(config.model.get("rgb_range", 1.0))
+
+
+def _with_range(config, rgb_range: float):
+    """A copy of the config whose MeanShift constants are those of `rgb_range`."""
+    c = config.copy_and_resolve_references()
+    with c.unlocked():
+        c.model.rgb_range = float(rgb_range)
+    return c
+
+
+def params_to_state_dict(params, config, rgb_range: float | None = None) -> dict[str, np.ndarray]:
+    """Flax params -> official PyTorch state_dict (float32 NumPy arrays, official key order).
+
+    `rgb_range`: write the tensors for this pixel range (e.g. 255 for EDSR-PyTorch's test
+    scripts) instead of the config's; exact for the tables that define `range_scaling`.
+    """
+    table = table_for(config)
+    if rgb_range is None or float(rgb_range) == _model_range(config):
+        return core.to_torch(table, params, config)
+    sd = core.to_torch(table, params, _with_range(config, rgb_range))
+    return core.rescale_range(table, sd, _model_range(config) / float(rgb_range))
 
 
 def guess_architectures(keys) -> list[str]:
@@ -92,10 +112,18 @@ def guess_architectures(keys) -> list[str]:
     return [name for name, t in tables.TABLES.items() if core.fits(t, list(keys))]
 
 
-def state_dict_to_params(state_dict, config, source: str = "checkpoint"):
-    """Strict torch state_dict -> (Flax params, warnings); ConversionError lists every problem."""
+def state_dict_to_params(state_dict, config, source: str = "checkpoint",
+                         rgb_range: float | None = None):
+    """Strict torch state_dict -> (Flax params, warnings); ConversionError lists every problem.
+
+    `rgb_range`: the pixel range the checkpoint was made for (EDSR-PyTorch/RCAN releases:
+    255) when it differs from the config's; the tensors are rescaled exactly.
+    """
     table = table_for(config)
     expected = abstract_params(config)
+    if rgb_range is not None and float(rgb_range) != _model_range(config):
+        state_dict = core.rescale_range(table, state_dict, float(rgb_range) / _model_range(config))
+        config = _with_range(config, rgb_range)     # MeanShift constants of the file's range
     try:
         return core.from_torch(table, state_dict, config, expected, source)
     except core.ConversionError:
@@ -110,7 +138,8 @@ def state_dict_to_params(state_dict, config, source: str = "checkpoint"):
         return core.from_torch(table, state_dict, config, expected, source, hint=hint)
 
 
-def export_workdir(config, workdir: str, output: str, fmt: str | None = None) -> dict:
+def export_workdir(config, workdir: str, output: str, fmt: str | None = None,
+                   rgb_range: float | None = None) -> dict:
     """Latest checkpoint of `workdir` -> `output` (.pth or .safetensors); returns a summary."""
     from jaxsr import checkpoint
     from jaxsr.convert import torchio
@@ -119,7 +148,7 @@ def export_workdir(config, workdir: str, output: str, fmt: str | None = None) ->
         raise core.ConversionError(f"{workdir} holds a {meta.get('model')!r} checkpoint but "
                                    f"config.model.name={config.model.name!r}")
     check_params(params, config, source=f"params in {workdir}")
-    sd = params_to_state_dict(params, config)
+    sd = params_to_state_dict(params, config, rgb_range)
     warnings = core.unofficial(table_for(config), config)
     for w in warnings:
         logging.warning("%s", w)
@@ -128,12 +157,13 @@ def export_workdir(config, workdir: str, output: str, fmt: str | None = None) ->
             "format": fmt, "step": meta.get("step"), "warnings": warnings}
 
 
-def import_file(config, path: str, workdir: str, param_key: str | None = None) -> dict:
+def import_file(config, path: str, workdir: str, param_key: str | None = None,
+                rgb_range: float | None = None) -> dict:
     """`path` (.pth/.pt/.safetensors) -> params-only checkpoint in `workdir`; returns a summary."""
     from jaxsr import checkpoint
     from jaxsr.convert import torchio
     sd = torchio.load_state_dict(path, param_key)
-    params, warnings = state_dict_to_params(sd, config, source=str(path))
+    params, warnings = state_dict_to_params(sd, config, source=str(path), rgb_range=rgb_range)
     for w in warnings:
         logging.warning("%s: %s", path, w)
     where = checkpoint.save_params(workdir, params, config)

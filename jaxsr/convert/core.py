@@ -124,6 +124,12 @@ class Table:
     # (config field, value) pairs the official torch class hard-codes; other values still
     # convert, but the official class cannot load the result (reported as a warning).
     official: tuple[tuple[str, Any], ...] = ()
+    # How tensors scale with the pixel range (EDSR-PyTorch's rgb_range): (torch key regex,
+    # power p), first match wins, unmatched keys p = 0. A checkpoint made for range R equals
+    # the model for range r with every value times (R / r) ** p, exactly, when the network
+    # is positively homogeneous (convs, ReLU/PReLU, pixel shuffle). Empty: not supported;
+    # power None: a layer that is not scale-equivariant (rescaling is refused when present).
+    range_scaling: tuple[tuple[str, int | None], ...] = ()
 
 
 # ----------------------------------------------------------------------------------------
@@ -398,6 +404,29 @@ def unofficial(table: Table, config) -> list[str]:
             out.append(f"config.{field}={got!r}: the official {table.name} class hard-codes "
                        f"{value!r}, so it cannot load this state_dict (the key names follow "
                        f"the same scheme)")
+    return out
+
+
+def rescale_range(table: Table, state_dict: Mapping[str, np.ndarray], ratio: float) -> dict:
+    """Multiplies each tensor by ratio ** power (see Table.range_scaling); constants untouched."""
+    if not table.range_scaling:
+        raise ConversionError(
+            f"{table.name}: converting between rgb_range values is not supported (its "
+            f"attention/normalisation layers are not scale-equivariant)")
+    consts = {c.key for c in table.consts}
+    out, refused = {}, []
+    for k, v in state_dict.items():
+        power = 0 if k in consts else next(
+            (p for rx, p in table.range_scaling if re.fullmatch(rx, k)), 0)
+        if power is None:
+            refused.append(k)
+        elif power:
+            out[k] = (np.asarray(v, np.float32) * np.float32(ratio) ** power).astype(np.float32)
+        else:
+            out[k] = v
+    if refused:
+        raise ConversionError(f"{table.name}: cannot convert between rgb_range values with "
+                              f"layers that are not scale-equivariant: {refused[:5]}")
     return out
 
 

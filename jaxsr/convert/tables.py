@@ -33,8 +33,9 @@ def _explain_mean_bias(sign: float):
     def explain(got):
         implied = got.ravel() / (sign * np.asarray(DIV2K_RGB_MEAN))
         if np.allclose(implied, implied.mean(), rtol=1e-3):
-            return (f"the checkpoint was made with rgb_range {implied.mean():g}; "
-                    f"set --config.model.rgb_range={implied.mean():g} if the model supports it")
+            return (f"the checkpoint was made with rgb_range {implied.mean():g} (EDSR-PyTorch "
+                    f"and RCAN release models use 255): pass --rgb_range={implied.mean():g} "
+                    f"to rescale it exactly to the config's range")
         return "not the DIV2K mean: the model was trained with other MeanShift constants"
     return explain
 
@@ -131,6 +132,7 @@ EDSR = Table(
             Probe("model.n_resblocks", _count(r"body\.(\d+)\.body\.0\.weight"),
                   "body.{i}.body.0.weight")),
     official=_PLUGIN_OFFICIAL,
+    range_scaling=((r"gla_\d+\..*", None), (r".*\.bias", -1)),   # GLA: not homogeneous
 )
 
 
@@ -299,6 +301,10 @@ RCAN = Table(
                   "body.0.body.{j}"),
             Probe("model.reduction", _reduction(_RCAB_DU0), "conv_du.0.weight", default=16)),
     official=_PLUGIN_OFFICIAL,
+    # The channel attention's sigmoid needs the same logits: conv_du.0 sees the pooled
+    # features (range-scaled) so its weight takes the inverse factor, its output is fixed.
+    range_scaling=((r"gla_\d+\..*", None), (r".*\.conv_du\.0\.weight", 1),
+                   (r".*\.conv_du\.\d+\.bias", 0), (r".*\.bias", -1)),
     signature=(_RCAB_DU0,),
 )
 
@@ -331,6 +337,7 @@ FSRCNN = Table(
             Probe("model.color", _fsrcnn_color, "first_part.0.weight input channels",
                   default="y")),
     official=_PLUGIN_OFFICIAL,
+    range_scaling=((r"gla_\d+\..*", None), (r".*\.bias", -1)),   # PReLU is homogeneous
     signature=(r"first_part\.0\.weight",),
 )
 
