@@ -17,6 +17,13 @@ def get_config(arg=None):
     c.model.n_feats = 64
     c.model.res_scale = 1.0
     c.model.rgb_range = 1.0
+    # GLA plug-in (DLSN 4.3.3; jaxsr.models.plugin): 'gla' adds GLA blocks after
+    # `attention_positions` ResBlocks (empty: n_resblocks // 2).
+    c.model.attention = "none"
+    c.model.attention_positions = ()
+    c.model.chunk_size = 128
+    c.model.n_hashes = 3
+    c.model.gla_reduction = 4
     c.data.train_dirs = ("data/DIV2K/DIV2K_train_HR",)
     c.train.batch_size = 16
     c.train.patch_size = 96                # LR 48x48 at x2, as EDSR

@@ -3,10 +3,16 @@ res_scale 1) and the large model (32 blocks, 256 features, res_scale 0.1).
 
 Input and output are NHWC RGB in [0, rgb_range]; the MeanShift convs of the torch model
 are constants here (they are frozen there) and are written back by the converter.
+
+GLA plug-in (DLSN 4.3.3): `config.model.attention='gla'` adds a GLA block `gla_<p>` after
+the first p ResBlocks for each p in `config.model.attention_positions` (0..n_resblocks;
+default n_resblocks // 2); see `jaxsr.models.plugin`. 'none' (default) is plain EDSR.
 """
+from typing import Optional
+
 import flax.linen as nn
 
-from jaxsr.models import common
+from jaxsr.models import common, plugin
 
 
 class EDSR(nn.Module):
@@ -15,15 +21,17 @@ class EDSR(nn.Module):
     n_feats: int = 64
     res_scale: float = 1.0
     rgb_range: float = 1.0
+    gla: Optional[plugin.GLASpec] = None
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        del train
+        plugin.check_positions(self.gla, self.n_resblocks, "EDSR (0..n_resblocks)")
         x = common.mean_shift(x, -1.0, self.rgb_range)
         x = common.conv(self.n_feats, name="head_0")(x)
-        res = x
+        res = plugin.maybe_gla(self.gla, 0, x, train)
         for i in range(self.n_resblocks):
             res = common.ResBlock(self.n_feats, self.res_scale, name=f"body_{i}")(res)
+            res = plugin.maybe_gla(self.gla, i + 1, res, train)
         res = common.conv(self.n_feats, name=f"body_{self.n_resblocks}")(res)
         x = res + x
         x = common.Upsampler(self.scale, self.n_feats, name="tail_0")(x)
@@ -34,4 +42,5 @@ class EDSR(nn.Module):
 def build(config):
     m = config.model
     return EDSR(scale=config.scale, n_resblocks=m.n_resblocks, n_feats=m.n_feats,
-                res_scale=m.res_scale, rgb_range=m.get("rgb_range", 1.0))
+                res_scale=m.res_scale, rgb_range=m.get("rgb_range", 1.0),
+                gla=plugin.spec_from_config(m, default_positions=(m.n_resblocks // 2,)))

@@ -1,0 +1,121 @@
+"""FSRCNN (Dong, Loy, Tang, ECCV 2016): d=56, s=12, m=4, PReLU, 9x9 transposed-conv tail.
+
+    first_part   conv5 1->d, PReLU                    (feature extraction)
+    mid_part     conv1 d->s, PReLU                    (shrinking)
+                 m x [conv3 s->s, PReLU]              (mapping)
+                 conv1 s->d, PReLU                    (expanding)
+    last_part    ConvTranspose 9x9 d->1, stride scale (deconvolution; torch padding 4,
+                 output_padding scale-1, so the output is exactly scale x the input)
+
+Submodule names follow the widely used PyTorch port (yjn870/FSRCNN-pytorch):
+`first_part.0.weight` -> `first_part_0/kernel`, the PReLU `first_part.1.weight` ->
+`first_part_1/weight`, `mid_part.<i>.*` -> `mid_part_<i>/*`, `last_part.weight` ->
+`last_part/kernel` (torch ConvTranspose2d weight [in, out, 9, 9] -> transpose (2, 3, 1, 0),
+like a conv, because the Flax layer uses `transpose_kernel=True`).
+
+Colour. As in the paper, the network sees only luma: the RGB input in [0, 1] is converted
+to BT.601 YCbCr (MATLAB `rgb2ycbcr`: Y = 16/255 + (65.481 R + 128.553 G + 24.966 B)/255),
+Y goes through the network, Cb/Cr are upscaled with MATLAB-exact bicubic
+(`jaxsr.ops.imresize`), and the result is converted back, so the model keeps the project's
+RGB-in/RGB-out convention and the Y channel of its output is exactly the network's Y (the
+number the Y-PSNR tables measure). `color='rgb'` makes a 3-channel network instead.
+Training uses the project's RGB L1 loss; its gradient reaches Y only (chroma is fixed).
+
+GLA plug-in (`config.model.attention='gla'`, see `jaxsr.models.plugin`): position p puts a
+GLA after the first p layers of `mid_part` (0: on the d-channel extracted features;
+1..m+1: on s-channel features; m+2, the default: on the expanded d-channel features,
+right before the deconvolution).
+
+Parameters (Y, any scale): 12,809 = the paper's 12,464 weights + 173 biases + 172 PReLU
+slopes. Initialisation as the reference code: He normal (fan_out) convs, N(0, 0.001)
+deconvolution, zero biases, PReLU slopes 0.25.
+"""
+from typing import Optional
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsr.models import plugin
+from jaxsr.ops.imresize import imresize
+
+# MATLAB rgb2ycbcr for [0, 1] data: ycc = RGB2YCC @ rgb + OFFSET (rows Y, Cb, Cr).
+RGB2YCC = np.array([[65.481, 128.553, 24.966],
+                    [-37.797, -74.203, 112.0],
+                    [112.0, -93.786, -18.214]]) / 255.0
+YCC_OFFSET = np.array([16.0, 128.0, 128.0]) / 255.0
+YCC2RGB = np.linalg.inv(RGB2YCC)
+
+
+def rgb_to_ycbcr(x):
+    return x @ jnp.asarray(RGB2YCC.T, x.dtype) + jnp.asarray(YCC_OFFSET, x.dtype)
+
+
+def ycbcr_to_rgb(x):
+    return (x - jnp.asarray(YCC_OFFSET, x.dtype)) @ jnp.asarray(YCC2RGB.T, x.dtype)
+
+
+class PReLU(nn.Module):
+    """torch.nn.PReLU(num_parameters=C): one learnable slope per channel (`weight`)."""
+    init: float = 0.25
+
+    @nn.compact
+    def __call__(self, x):
+        a = self.param("weight", nn.initializers.constant(self.init), (x.shape[-1],))
+        return jnp.where(x >= 0, x, a.astype(x.dtype) * x)
+
+
+def _conv(features: int, k: int, name: str) -> nn.Conv:
+    pad = k // 2
+    return nn.Conv(features, (k, k), padding=((pad, pad), (pad, pad)), name=name,
+                   kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"))
+
+
+class FSRCNN(nn.Module):
+    scale: int
+    d: int = 56
+    s: int = 12
+    m: int = 4
+    color: str = "y"
+    gla: Optional[plugin.GLASpec] = None
+
+    def mid_layers(self):
+        """(features, kernel) of the mid_part convs, in order."""
+        return [(self.s, 1)] + [(self.s, 3)] * self.m + [(self.d, 1)]
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        if self.color not in ("y", "rgb"):
+            raise ValueError(f"config.model.color={self.color!r}: use 'y' or 'rgb'")
+        plugin.check_positions(self.gla, self.m + 2, "FSRCNN (0..m+2)")
+        ycc = rgb_to_ycbcr(x) if self.color == "y" else None
+        h = ycc[..., :1] if self.color == "y" else x
+        h = PReLU(name="first_part_1")(_conv(self.d, 5, "first_part_0")(h))
+        h = plugin.maybe_gla(self.gla, 0, h, train)
+        for j, (features, k) in enumerate(self.mid_layers()):
+            h = _conv(features, k, f"mid_part_{2 * j}")(h)
+            h = PReLU(name=f"mid_part_{2 * j + 1}")(h)
+            h = plugin.maybe_gla(self.gla, j + 1, h, train)
+        out = self._deconv(h, 1 if self.color == "y" else 3)
+        if self.color == "rgb":
+            return out
+        cbcr = imresize(ycc[..., 1:], float(self.scale))
+        return ycbcr_to_rgb(jnp.concatenate([out, cbcr], axis=-1))
+
+    def _deconv(self, h, channels: int):
+        # torch ConvTranspose2d(k=9, stride=s, padding=4, output_padding=s-1) as a
+        # dilated conv: pad (k-1-4) before and (k-1-4)+(s-1) after -> exactly s*H.
+        lo = 9 - 1 - 4
+        return nn.ConvTranspose(
+            channels, (9, 9), strides=(self.scale, self.scale),
+            padding=((lo, lo + self.scale - 1), (lo, lo + self.scale - 1)),
+            transpose_kernel=True, kernel_init=nn.initializers.normal(0.001),
+            name="last_part")(h)
+
+
+def build(config):
+    m = config.model
+    mm = m.get("m", 4)
+    return FSRCNN(scale=config.scale, d=m.get("d", 56), s=m.get("s", 12), m=mm,
+                  color=m.get("color", "y"),
+                  gla=plugin.spec_from_config(m, default_positions=(mm + 2,)))
