@@ -8,9 +8,11 @@
 Call: `model.apply({'params': p}, lr, kernel=None, sigma=None, train=False,
 return_kernel=False)` -> SR [N, h*s, w*s, 3] (not clamped), or `(sr, kernel_used)` with
 `return_kernel=True`. `kernel` is [kh, kw] or [N, kh, kw] in USRNet's convention:
-LR = (HR convolved with k, circular) sampled at [0::s, 0::s]. The evaluate loop passes the
-`extra['kernel']` of blind test sets (`jaxsr.data.blind_sets.load_set`); for the metric use
-`kernel_metrics(kernel_used, extra)` -> {'kernel_psnr': dB} (gt_usrnet: inf by definition).
+LR = (HR convolved with k, circular) sampled at [0::s, 0::s]. `jaxsr.evaluate` passes the
+`extras['kernel']` of blind test sets (`EVAL_EXTRAS`; `jaxsr.data.blind_sets.load_set`) and
+adds `extra_metrics(...)` -> {'kernel_psnr': dB} to each image's row (gt_usrnet: inf, the
+kernel is the truth). DIV2KRK's stored kernels follow KernelGAN's convention (correlation,
+shifted centre of mass); `div2krk_kernel_for_usrnet` converts one.
 
 Parameters: {'p': ..., 'h': ...} exactly as the plain 'usrnet' model (so a KAIR checkpoint
 converted for 'usrnet' also loads here through `config.init_from`), plus {'kenet': ...}
@@ -88,11 +90,66 @@ def min_input_size(config) -> int:
     return 1
 
 
+# Evaluation hooks (jaxsr.evaluate): the set's kernel goes into the call; kernel PSNR after.
+EVAL_EXTRAS = ("kernel",)
+_ESTIMATORS = {}
+
+
+def _estimator(model, params):
+    key = (id(model), id(params))
+    if key not in _ESTIMATORS:
+        _ESTIMATORS.clear()          # one evaluation at a time: keep only the latest
+        _ESTIMATORS[key] = jax.jit(lambda lr: model.apply({"params": params}, lr,
+                                                          method="estimate_kernel"))
+    return _ESTIMATORS[key]
+
+
+def extra_metrics(config, model, params, lr_uint8, extras) -> dict:
+    """{'kernel_psnr': dB} of the kernel USRNet used (gt_usrnet: inf, the true kernel)."""
+    if not extras or extras.get("kernel") is None:
+        return {}
+    if model.kenet is None:
+        return {"kernel_psnr": math.inf}
+    lr = jnp.asarray(np.asarray(lr_uint8, np.float32)[None] / 255.0)
+    return kernel_metrics(_estimator(model, params)(lr), dict(extras, scale=config.scale))
+
+
+def prepare_extras(config, extras: dict) -> dict:
+    """The set's extras with the kernel in USRNet's convention (converts DIV2KRK's).
+
+    For an evaluation loop to call before passing `kernel=` (gt_usrnet on DIV2KRK)."""
+    if extras and extras.get("source") == "DIV2KRK" and extras.get("kernel") is not None:
+        k = div2krk_kernel_for_usrnet(extras["kernel"], config.scale)
+        return dict(extras, kernel=k.astype(np.float32), source="DIV2KRK (USRNet convention)")
+    return extras
+
+
+def div2krk_kernel_for_usrnet(kernel: np.ndarray, scale: int) -> np.ndarray:
+    """A DIV2KRK kernel in USRNet's convention (LR = (HR conv k)[0::s, 0::s]).
+
+    DIV2KRK's LR is (approximately, data/README.md) floor(correlate(HR, kernel_shift(k, s)))
+    [::s, ::s], with KernelGAN's `kernel_shift` moving the centre of mass to
+    size//2 + 0.5 (s - size % 2) (after zero-padding so nothing is lost); correlation with
+    a kernel is convolution with the flipped kernel. Odd output size, sums to 1.
+    """
+    from scipy import ndimage
+    k = np.asarray(kernel, np.float64)
+    shape = np.array(k.shape)
+    wanted = shape // 2 + 0.5 * (scale - shape % 2)
+    shift = wanted - np.array(ndimage.center_of_mass(k))
+    pad = int(np.ceil(np.max(np.abs(shift)))) + 1
+    k = ndimage.shift(np.pad(k, pad), shift)
+    k = np.clip(k[::-1, ::-1], 0.0, None)
+    return k / k.sum()
+
+
 def kernel_metrics(kernel_used, extra: dict | None) -> dict:
     """{'kernel_psnr': mean dB over the batch} when the set gives the true kernel, else {}."""
     if not extra or extra.get("kernel") is None:
         return {}
     k_true = np.asarray(extra["kernel"], np.float64)
+    if extra.get("source") == "DIV2KRK" and extra.get("scale"):
+        k_true = div2krk_kernel_for_usrnet(k_true, int(extra["scale"]))
     k_used = np.asarray(kernel_used, np.float64)
     if k_true.ndim == 2:
         k_true = k_true[None]

@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 HAS_PARAMS = True
+EVAL_EXTRAS = ("kernel",)      # jaxsr.evaluate passes a blind set's kernel as kernel=
 
 
 # ---------------------------------------------------------------------------------------

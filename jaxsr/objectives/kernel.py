@@ -92,7 +92,7 @@ class KernelObjective:
         new = {"step": state["step"] + 1, "params": self.merge(state["params"], kept["t"]),
                "opt_state": kept["o"]}
         metrics = {"loss": loss, "kernel_psnr": jnp.mean(kenet_lib.kernel_psnr(k_est, k_true)),
-                   "grad_norm": optax.global_norm(grads), "finite": ok,
+                   "grad_norm": optax.tree.norm(grads), "finite": ok,
                    "lr": self.schedule(state["step"])}
         return new, metrics
 
