@@ -34,9 +34,10 @@ def checkpoint_dir(workdir: str) -> str:
 def manager(workdir: str, *, keep: int = 3, async_save: bool = False,
             read_only: bool = False) -> ocp.CheckpointManager:
     """A CheckpointManager over DIR/checkpoints (absolute path: Orbax rejects relative ones)."""
+    # read_only only stops creating the folder: Orbax's own read_only mode logs a warning
+    # on every evaluation, and readers never save anyway.
     opts = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=not read_only, enable_async_checkpointing=async_save,
-        read_only=read_only)
+        max_to_keep=keep, create=not read_only, enable_async_checkpointing=async_save)
     return ocp.CheckpointManager(checkpoint_dir(workdir), options=opts)
 
 
