@@ -17,11 +17,22 @@ import numpy as np
 from jaxsr.convert import core, tables
 
 
+# Models without a table, and why (shown instead of a bare "no table").
+NO_TABLE = {
+    "kenet": "KENet has no public PyTorch implementation, hence no official key names",
+    "lnln": "LNLN has no public PyTorch implementation, hence no official key names",
+    "kenet_usrnet": ("KENet has no PyTorch implementation; convert the USRNet part with "
+                     "model 'usrnet' and combine it with a KENet by `python -m jaxsr.models.blind`"),
+    "bicubic": "the bicubic baseline has no parameters",
+}
+
+
 def table_for(config) -> core.Table:
     name = config.model.name
     if name not in tables.TABLES:
+        why = f" ({NO_TABLE[name]})" if name in NO_TABLE else ""
         raise core.ConversionError(
-            f"no PyTorch conversion table for config.model.name={name!r}; "
+            f"no PyTorch conversion table for config.model.name={name!r}{why}; "
             f"tables exist for {sorted(tables.TABLES)}")
     return tables.TABLES[name]
 

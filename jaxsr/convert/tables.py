@@ -348,6 +348,7 @@ TABLES: dict[str, Table] = {
     "dlsn": DLSN,
     "nlcunet": NLCUNET,
     "usrnet": USRNET,
+    "gt_usrnet": USRNET,          # jaxsr.models.blind: the same {'p', 'h'} params as usrnet
     "rcan": RCAN,
     "fsrcnn": FSRCNN,
 }
