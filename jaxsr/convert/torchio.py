@@ -4,6 +4,7 @@ torch is an optional dependency (`pip install -e .[torch]`): it is imported insi
 functions, so `import jaxsr.convert` works without it. state_dicts cross this boundary as
 dicts of NumPy arrays.
 """
+import logging
 import pathlib
 from typing import Mapping
 
@@ -68,6 +69,8 @@ def unwrap_state_dict(obj, source: str = "checkpoint", param_key: str | None = N
     else:
         for k in NESTING_KEYS:
             if k in obj and isinstance(obj[k], Mapping):
+                logging.info("%s: using the state_dict under %r (of %s)", source, k,
+                             [n for n in NESTING_KEYS if n in obj])
                 obj = obj[k]
                 break
     bad = [f"{k} ({type(v).__name__})" for k, v in obj.items() if not hasattr(v, "shape")]
