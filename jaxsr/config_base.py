@@ -81,6 +81,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.test_y_channel = True
     c.eval.round_y = False        # BasicSR/EDSR: Y not rounded; KAIR/MATLAB round it
     c.eval.use_lr_files = True    # use <Set>/LR_bicubic/X<s> when present
+    c.eval.blind_sets_dir = ""    # where make_lr --blind_set wrote blurred/noisy sets ('' = make on the fly)
     c.eval.tile = 0
     c.eval.tile_overlap = 32
     c.eval.chop = False

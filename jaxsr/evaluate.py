@@ -19,7 +19,7 @@ PROTOCOL = ("Protocol: PSNR/SSIM on the Y channel of BT.601 YCbCr (Y = 16 + (65.
             "128.553 G + 24.966 B)/255, {y_round}), {crop} pixels cropped from every border, "
             "SR clamped to [0, 1] and rounded to uint8 before the metrics, SSIM with an 11x11 "
             "Gaussian window (sigma 1.5) as BasicSR; HR modcropped to the scale; LR from "
-            "<Set>/LR_bicubic when present, else MATLAB-exact bicubic of the HR.")
+            "<Set>/LR_bicubic when present, else MATLAB-exact bicubic of the HR; blurred/noisy sets and DIV2KRK as named (jaxsr.data.blind_sets).")
 
 
 def load_model_params(config, workdir: str):
@@ -66,7 +66,8 @@ def bicubic_upscale(lr_uint8: np.ndarray, scale: int) -> np.ndarray:
 def evaluate_set(config, apply_fn, name: str) -> dict:
     ev = config.eval
     samples = benchmarks.load_set(ev.benchmarks_dir, name, config.scale,
-                                  use_lr_files=ev.use_lr_files, max_images=ev.max_images)
+                                  use_lr_files=ev.use_lr_files, max_images=ev.max_images,
+                                  generated_dir=ev.blind_sets_dir)
     per_image = {}
     wanted = models.eval_extras(config)
     more_metrics = models.extra_metrics_fn(config)

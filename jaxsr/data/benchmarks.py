@@ -66,7 +66,7 @@ def available_sets(root: str) -> list[str]:
 
 
 def load_set(root: str, name: str, scale: int, *, use_lr_files: bool = True,
-             max_images: int = 0) -> list[Sample]:
+             max_images: int = 0, generated_dir: str = "") -> list[Sample]:
     """All (HR, LR) pairs of one benchmark set, sorted by name."""
     if name == "skimage_val":
         from jaxsr.data import pipeline
@@ -78,7 +78,7 @@ def load_set(root: str, name: str, scale: int, *, use_lr_files: bool = True,
     set_dir = os.path.join(root, name)
     hr_dir = _hr_dir(set_dir)
     if hr_dir is None:
-        return _load_derived_set(root, name, scale, max_images)
+        return _load_derived_set(root, name, scale, max_images, generated_dir)
     paths = images.list_images(hr_dir)
     if not paths:
         raise FileNotFoundError(f"benchmark set {name}: no images in {hr_dir}")
@@ -87,16 +87,18 @@ def load_set(root: str, name: str, scale: int, *, use_lr_files: bool = True,
     return [_pair(p, set_dir, scale, use_lr_files) for p in paths]
 
 
-def _load_derived_set(root: str, name: str, scale: int, max_images: int) -> list[Sample]:
-    """Blurred / noisy / DIV2KRK sets, or a clear error listing what exists."""
+def _load_derived_set(root: str, name: str, scale: int, max_images: int,
+                      generated_dir: str) -> list[Sample]:
+    """Blurred / noisy / DIV2KRK sets (read from `generated_dir` when written there by
+    make_lr, else made on the fly, seeded), or a clear error listing what exists."""
     try:
         from jaxsr.data import blind_sets
-        samples = blind_sets.load_set(root, name, scale)
+        samples = blind_sets.load_set(root, name, scale, generated_dir=generated_dir,
+                                      max_images=max_images)
     except (ImportError, KeyError):
         sets = available_sets(root)
         raise FileNotFoundError(
             f"benchmark set {name!r} not found: no folder {os.path.join(root, name)}/HR "
             f"(config.eval.benchmarks_dir={root!r} has: {', '.join(sets) or 'nothing'}; "
             "blind sets are named e.g. Set5_gaussian8, Set14_BD, Set5_DN15, DIV2KRK)") from None
-    samples = [Sample(*s) if not isinstance(s, Sample) else s for s in samples]
-    return samples[:max_images] if max_images else samples
+    return [Sample(*s) for s in samples]
