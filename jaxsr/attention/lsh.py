@@ -22,8 +22,11 @@ Memory is O(R * L * 3K): the L x L score matrix is never formed; each embedding 
 gathered once into sorted order (an index gather, no copies per padding step) and the
 look-around is a concatenation of rolled chunks.
 """
+import zlib
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 MAX_BUCKETS = 128   # official cap on the number of buckets
 KEY_EPS = 5e-5      # F.normalize eps used on the keys
@@ -78,13 +81,35 @@ def orthogonal(key, rows: int, cols: int, dtype=jnp.float32):
 
 def sample_rotations(key, kind: str, dim: int, n_hashes: int, n_buckets: int,
                      dtype=jnp.float32):
-    """Draws the rotation tensor of `rotation_shape(kind, ...)` from `key`."""
+    """Draws the rotation tensor of `rotation_shape(kind, ...)` from a JAX key."""
     shape = rotation_shape(kind, dim, n_hashes, n_buckets)
     if kind == CROSS_POLYTOPE:
         return jax.random.normal(key, shape, dtype)
-    keys = jax.random.split(key, n_hashes)          # one orthogonal matrix per round
-    mats = jax.vmap(lambda k: orthogonal(k, dim, n_buckets, dtype))(keys)   # [R, Cq, nb]
-    return jnp.transpose(mats, (1, 0, 2))
+    # one Gaussian draw for all rounds, then one orthogonal_ (QR + sign fix) per round
+    a = jax.random.normal(key, (n_hashes, dim, n_buckets), jnp.float32)
+    mats = jax.vmap(orthogonal_from_gaussian)(a)                    # [R, Cq, nb]
+    return jnp.transpose(mats, (1, 0, 2)).astype(dtype)
+
+
+def fixed_rotations(seed: int, name: str, kind: str, dim: int, n_hashes: int,
+                    n_buckets: int) -> np.ndarray:
+    """Deterministic rotations for evaluation, computed with NumPy at trace time (a
+    constant in the compiled program: no RNG code, reproducible outside JAX).
+
+    The generator is `np.random.default_rng([seed, crc32(name)])` (name: the module path,
+    e.g. 'body_9'); Super-Bit rounds are orthogonalised like torch's orthogonal_.
+    """
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+    shape = rotation_shape(kind, dim, n_hashes, n_buckets)
+    if kind == CROSS_POLYTOPE:
+        return rng.standard_normal(shape).astype(np.float32)
+    mats = []
+    for a in rng.standard_normal((n_hashes, dim, n_buckets)):     # static: R rounds
+        t = a.T if dim < n_buckets else a
+        q, r = np.linalg.qr(t)
+        q = q * np.sign(np.diagonal(r))[None, :]
+        mats.append(q.T if dim < n_buckets else q)
+    return np.stack(mats, axis=1).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- hashing
@@ -98,7 +123,12 @@ def hash_codes(q, rotations, n_buckets: int, kind: str):
     proj = jnp.einsum("lc,crb->rlb", q, rotations.astype(q.dtype),
                       preferred_element_type=jnp.float32)
     if kind == CROSS_POLYTOPE:
-        proj = jnp.concatenate([proj, -proj], axis=-1)
+        # argmax over concat([proj, -proj]) without building the concatenation; ties go
+        # to the first half, as argmax returns the first maximum.
+        take_pos = jnp.max(proj, axis=-1) >= -jnp.min(proj, axis=-1)
+        codes = jnp.where(take_pos, jnp.argmax(proj, axis=-1),
+                          jnp.argmin(proj, axis=-1) + proj.shape[-1])
+        return codes.astype(jnp.int32)
     return jnp.argmax(proj, axis=-1).astype(jnp.int32)
 
 
@@ -144,30 +174,95 @@ def _take_rows(x, idx):
     return x.at[idx].get(mode="promise_in_bounds")
 
 
+def look_around_transpose(d):
+    """Adjoint of `look_around`: [R, M, 3K, ...] -> [R, M, K, ...]."""
+    k = d.shape[2] // 3
+    return (d[:, :, :k] + jnp.roll(d[:, :, k:2 * k], -1, axis=1)
+            + jnp.roll(d[:, :, 2 * k:], 1, axis=1))
+
+
+def _scatter_rows(d, ids, length):
+    """Adjoint of `_take_rows`: sums the rows of d [R, M, K, ...] into [L, ...]."""
+    out = jnp.zeros((length,) + d.shape[3:], jnp.float32)
+    return out.at[ids].add(d.astype(jnp.float32), mode="promise_in_bounds")
+
+
+def _gather_chunks(q, k, v, ids, key_bias):
+    qs = _take_rows(q, ids)                                      # [R, M, K, Cq]
+    ks = look_around(_take_rows(k, ids))                         # [R, M, 3K, Cq]
+    vs = look_around(_take_rows(v, ids))                         # [R, M, 3K, C]
+    g = None
+    if key_bias is not None:                                     # [R, M, 3K, K]
+        g = look_around(_take_rows(key_bias[:, :ids.shape[-1]], ids))
+    return qs, ks, vs, g
+
+
+def _attend_forward(q, k, v, ids, key_bias):
+    qs, ks, vs, g = _gather_chunks(q, k, v, ids, key_bias)
+    s = jnp.einsum("rmic,rmjc->rmij", qs, ks, preferred_element_type=jnp.float32)
+    if g is not None:
+        s = s + jnp.swapaxes(g, -1, -2).astype(jnp.float32)
+    # softmax and logsumexp as two reductions: the fused form exp(s - lse) is equal but
+    # makes XLA:CPU compile the forward pass ~3x slower.
+    p = jax.nn.softmax(s, axis=-1)
+    lse = jax.nn.logsumexp(s, axis=-1)
+    o = jnp.einsum("rmij,rmjc->rmic", p.astype(v.dtype), vs,
+                   preferred_element_type=jnp.float32)
+    return o, lse, p
+
+
+@jax.custom_vjp
+def _attend(q, k, v, ids, key_bias):
+    o, lse, _ = _attend_forward(q, k, v, ids, key_bias)
+    return o, lse
+
+
+def _attend_fwd(q, k, v, ids, key_bias):
+    o, lse, p = _attend_forward(q, k, v, ids, key_bias)
+    # Residuals: the L-row inputs (re-gathered in the backward pass, cheaper to keep
+    # than their 3x look-around copies) and the probabilities p [R, M, K, 3K].
+    return (o, lse), (q, k, v, ids, key_bias, p)
+
+
+def _attend_bwd(res, cotangents):
+    """Explicit softmax-attention backward; XLA:CPU compiles it ~2x faster than the
+    autodiff of the forward and it avoids differentiating through the gathers."""
+    q, k, v, ids, key_bias, p = res
+    do, dlse = cotangents
+    length = q.shape[0]
+    qs, ks, vs, _ = _gather_chunks(q, k, v, ids, None)
+    do = do.astype(jnp.float32)
+    dvs = jnp.einsum("rmij,rmic->rmjc", p, do)
+    dp = jnp.einsum("rmic,rmjc->rmij", do, vs, preferred_element_type=jnp.float32)
+    # d lse / d s = p, so the lse cotangent enters like a shift of dp.
+    ds = p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True) + dlse[..., None])
+    dqs = jnp.einsum("rmij,rmjc->rmic", ds, ks, preferred_element_type=jnp.float32)
+    dks = jnp.einsum("rmij,rmic->rmjc", ds, qs, preferred_element_type=jnp.float32)
+    dq = _scatter_rows(dqs, ids, length).astype(q.dtype)
+    dk = _scatter_rows(look_around_transpose(dks), ids, length).astype(k.dtype)
+    dv = _scatter_rows(look_around_transpose(dvs), ids, length).astype(v.dtype)
+    dbias = None
+    if key_bias is not None:
+        dg = _scatter_rows(look_around_transpose(jnp.swapaxes(ds, -1, -2)), ids, length)
+        dbias = jnp.pad(dg, ((0, 0), (0, key_bias.shape[1] - ids.shape[-1])))
+        dbias = dbias.astype(key_bias.dtype)
+    return dq, dk, dv, np.zeros(ids.shape, jax.dtypes.float0), dbias
+
+
+_attend.defvjp(_attend_fwd, _attend_bwd)
+
+
 def attend_chunks(q, k, v, chunk_ids, key_bias=None):
     """Per-chunk softmax attention with scores and softmax in float32.
 
     q [L,Cq] raw queries, k [L,Cq] normalised keys, v [L,C], chunk_ids [R,M,K] (sorted,
     padded positions); key_bias [L, >=K] (DLSN's learnable score: s[i, j] += key_bias[key
     j, query slot i]) or None. Each tensor is gathered once into sorted order and the
-    look-around is built from rolled chunks (cheaper than gathering 3K rows per chunk,
-    also in the backward pass, where the gather becomes a scatter-add).
-    Returns o [R, M*K, C] and lse [R, M*K] in sorted-padded order.
+    look-around is built from rolled chunks (cheaper than gathering 3K rows per chunk).
+    Returns o [R, M*K, C] (float32) and lse [R, M*K] in sorted-padded order.
     """
-    n_rounds, _, chunk = chunk_ids.shape
-    qs = _take_rows(q, chunk_ids)                                # [R, M, K, Cq]
-    ks = look_around(_take_rows(k, chunk_ids))                   # [R, M, 3K, Cq]
-    vs = look_around(_take_rows(v, chunk_ids))                   # [R, M, 3K, C]
-    s = jnp.einsum("rmic,rmjc->rmij", qs, ks, preferred_element_type=jnp.float32)
-    if key_bias is not None:
-        g = look_around(_take_rows(key_bias[:, :chunk], chunk_ids))   # [R, M, 3K, K]
-        s = s + jnp.swapaxes(g, -1, -2).astype(jnp.float32)
-    # softmax and logsumexp as two reductions: the fused form exp(s - lse) is equal but
-    # makes XLA:CPU compile the forward pass ~10x slower (1.5 s vs 0.15 s, tiny shapes).
-    p = jax.nn.softmax(s, axis=-1)
-    lse = jax.nn.logsumexp(s, axis=-1)
-    o = jnp.einsum("rmij,rmjc->rmic", p.astype(v.dtype), vs,
-                   preferred_element_type=jnp.float32)
+    n_rounds = chunk_ids.shape[0]
+    o, lse = _attend(q, k, v, chunk_ids, key_bias)
     return o.reshape(n_rounds, -1, v.shape[-1]), lse.reshape(n_rounds, -1)
 
 

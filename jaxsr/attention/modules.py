@@ -12,9 +12,11 @@ this order of precedence:
    `model.apply({'params': p, 'lsh_rotations': st['intermediates']}, x)` uses the same
    rotations in every layer (a sown tuple is accepted: its last entry is used);
 3. the 'lsh' RNG stream when the caller passes one (`rngs={'lsh': key}`, training);
-4. otherwise a fixed key: fold_in(PRNGKey(eval_seed), crc32 of the module path), so
-   evaluation is deterministic and independent of batch composition and order (the
-   official code redraws at every call, also in eval: NLSN issue #4).
+4. otherwise fixed rotations drawn with NumPy from `default_rng([eval_seed, crc32(path)])`
+   (path: the module path inside the model, e.g. 'body_9'; `lsh.fixed_rotations`), a
+   constant of the compiled program. Evaluation is thus deterministic and independent of
+   batch composition, evaluation order and device (the official code redraws at every
+   call, also in eval: NLSN issue #4). They depend on the feature size only through nb.
 
 The rotations used are sown into 'intermediates'/'rotations' (when that collection is
 mutable). Shapes, with Cq = C // reduction, R = n_hashes, nb = `lsh.num_buckets(H*W, K)`:
@@ -28,7 +30,6 @@ index is appended with `_`): `conv_match.0.weight` -> `conv_match/kernel`,
 `conv_assembly.0.*` -> `conv_assembly/*`, `conv_assembly_fc.0.*` -> `conv_assembly_fc/*`,
 `fc.0.*` -> `fc_0/*`, `fc.2.*` -> `fc_2/*`.
 """
-import zlib
 from typing import Optional
 
 import flax.linen as nn
@@ -41,15 +42,11 @@ from jaxsr.models import common
 ROTATIONS_COLLECTION = "lsh_rotations"
 
 
-def _fixed_key(module: nn.Module, seed: int):
-    path = "/".join(str(p) for p in module.path)
-    return jax.random.fold_in(jax.random.PRNGKey(seed), zlib.crc32(path.encode()) & 0x7FFFFFFF)
-
-
 def select_rotations(module: nn.Module, explicit, kind: str, dim: int, n_hashes: int,
                      n_buckets: int, seed: int):
     """Applies the precedence described in the module docstring and sows the result."""
     shape = lsh.rotation_shape(kind, dim, n_hashes, n_buckets)
+    path = "/".join(str(p) for p in module.path)
     if explicit is None and module.has_variable(ROTATIONS_COLLECTION, "rotations"):
         explicit = module.get_variable(ROTATIONS_COLLECTION, "rotations")
         if isinstance(explicit, (tuple, list)):
@@ -57,12 +54,13 @@ def select_rotations(module: nn.Module, explicit, kind: str, dim: int, n_hashes:
     if explicit is not None:
         rot = jnp.asarray(explicit, jnp.float32)
         if rot.shape != shape:
-            raise ValueError(f"{'/'.join(module.path)}: injected rotations have shape "
-                             f"{rot.shape}, expected {shape} ([Cq, n_hashes, "
+            raise ValueError(f"{path or type(module).__name__}: injected rotations have "
+                             f"shape {rot.shape}, expected {shape} ([Cq, n_hashes, "
                              f"{'nb/2' if kind == lsh.CROSS_POLYTOPE else 'nb'}])")
+    elif module.has_rng("lsh"):
+        rot = lsh.sample_rotations(module.make_rng("lsh"), kind, dim, n_hashes, n_buckets)
     else:
-        key = module.make_rng("lsh") if module.has_rng("lsh") else _fixed_key(module, seed)
-        rot = lsh.sample_rotations(key, kind, dim, n_hashes, n_buckets)
+        rot = jnp.asarray(lsh.fixed_rotations(seed, path, kind, dim, n_hashes, n_buckets))
     if not module.is_initializing():
         module.sow("intermediates", "rotations", rot)
     return rot
