@@ -70,10 +70,11 @@ def evaluate_set(config, apply_fn, name: str) -> dict:
                                   generated_dir=ev.blind_sets_dir)
     per_image = {}
     wanted = models.eval_extras(config)
+    prepare = models.prepare_extras_fn(config)
     more_metrics = models.extra_metrics_fn(config)
     for s in samples:
         t0 = time.perf_counter()
-        extras = {k: v for k, v in s.extras.items() if k in wanted}
+        extras = {k: v for k, v in prepare(config, s.extras).items() if k in wanted}
         sr = metrics.quantize(super_resolve(config, apply_fn, s.lr, extras))
         row = score(config, sr, s.hr)
         if more_metrics is not None:
@@ -122,10 +123,16 @@ def write_results(workdir: str, results: dict) -> str:
     return path
 
 
+STANDARD_KEYS = ("psnr_y", "ssim_y", "bicubic_psnr_y", "images")
+
+
 def format_table(results: dict, config) -> str:
-    has_bic = any("bicubic_psnr_y" in r for s in results.values() for r in s.values())
+    rows = [r for s in results.values() for r in s.values()]
+    has_bic = any("bicubic_psnr_y" in r for r in rows)
+    more = sorted({k for r in rows for k in r if k not in STANDARD_KEYS})   # e.g. kernel_psnr
     head = f"{'set':<14}{'scale':>6}{'images':>8}{'PSNR_Y':>9}{'SSIM_Y':>9}"
     head += f"{'bicubic':>9}{'gain':>8}" if has_bic else ""
+    head += "".join(f"{k:>14}" for k in more)
     lines = [f"model: {config.model.name}", head, "-" * len(head)]
     for set_name, by_scale in results.items():
         for scale, r in by_scale.items():
@@ -133,6 +140,7 @@ def format_table(results: dict, config) -> str:
                     f"{r['psnr_y']:>9.2f}{r['ssim_y']:>9.4f}")
             if has_bic and "bicubic_psnr_y" in r:
                 line += f"{r['bicubic_psnr_y']:>9.2f}{r['psnr_y'] - r['bicubic_psnr_y']:>+8.2f}"
+            line += "".join(f"{r[k]:>14.3f}" if k in r else f"{'-':>14}" for k in more)
             lines.append(line)
     crop = config.scale if config.eval.crop_border < 0 else config.eval.crop_border
     y_round = "Y rounded" if config.eval.round_y else "Y not rounded, as BasicSR/EDSR"

@@ -10,8 +10,9 @@ A model module may define `input_multiple(config) -> int` (the LR side must be a
 of it; evaluation and inference pad by reflection and crop back),
 `min_input_size(config) -> int`, `EVAL_EXTRAS` (names of per-image inputs such as
 'kernel' that evaluation passes as keyword arguments when a benchmark set provides them)
-and `extra_metrics(config, model, params, lr, extras) -> dict` (more per-image numbers for
-the results, e.g. kernel PSNR).
+`prepare_extras(config, extras) -> extras` (e.g. a kernel converted to the model's
+convention) and `extra_metrics(config, model, params, lr, extras) -> dict` (more per-image
+numbers for the results, e.g. kernel PSNR).
 """
 import importlib
 
@@ -61,6 +62,10 @@ def has_params(config) -> bool:
 
 def eval_extras(config) -> tuple:
     return tuple(getattr(model_module(config.model.name), "EVAL_EXTRAS", ()))
+
+
+def prepare_extras_fn(config):
+    return getattr(model_module(config.model.name), "prepare_extras", lambda config, e: e)
 
 
 def extra_metrics_fn(config):
