@@ -42,7 +42,8 @@ def study_defaults(preset: str = "cpu") -> ml_collections.ConfigDict:
     s.train_rounds = (1, 2, 4)
     s.test_rounds = (1, 2, 3, 4)
     s.chunk_sizes = ()          # empty: the config's chunk_size only
-    s.grid = "star"             # 'full': every (R, K); 'star': all R at K0, all K at R0
+    s.grid = "star"             # 'full': every (R, K); 'star': all R at K0 (tested at
+    #                             every R_test), all K at R0 (tested at R_test = R0 only)
     s.star_rounds = 0           # R0 of the star (0: the config's n_hashes)
     s.datasets = ("Set5", "Set14")
     s.scale = 0                 # 0: the config's
@@ -77,6 +78,15 @@ def training_settings(study, config) -> list[tuple[int, int]]:
     r0 = int(study.star_rounds or config.model.n_hashes)
     cells = [(r, chunks[0]) for r in rounds]
     return cells + [(r0, k) for k in chunks[1:] if (r0, k) not in cells]
+
+
+def test_rounds_for(study, config, chunk: int) -> tuple:
+    """Every R_test, except on the chunk arm of a star grid: there only R_test = R0 (the
+    chunk-size curve compares K at R_test = R_train)."""
+    chunks = [int(k) for k in study.chunk_sizes] or [int(config.model.chunk_size)]
+    if study.grid == "star" and chunk != chunks[0]:
+        return (int(study.star_rounds or config.model.n_hashes),)
+    return tuple(int(t) for t in study.test_rounds)
 
 
 def cell_name(r_train: int, chunk: int, r_test: int | None = None) -> str:
@@ -116,7 +126,7 @@ def run_training_setting(base, study, workdir: str, r_train: int, chunk: int) ->
         info["seconds"] += prev.get("seconds", 0.0)
         common.write_json(info_path, info)
     rows = []
-    for r_test in study.test_rounds:
+    for r_test in test_rounds_for(study, base, chunk):
         path = os.path.join(workdir, "cells", cell_name(r_train, chunk, r_test) + ".json")
         if os.path.isfile(path):
             rows.append(common.read_json(path))
@@ -173,6 +183,15 @@ def table_ii(rows: list[dict], chunk: int, dataset: str) -> str:
     return common.markdown_table([f"{dataset}, K={chunk}"] + [f"R_test={b}" for b in te], body)
 
 
+def chunk_table(rows: list[dict], sets: list[str]) -> str:
+    body = []
+    for r in sorted((r for r in rows if r["train_rounds"] == r["test_rounds"]),
+                    key=lambda r: (r["train_rounds"], r["chunk_size"])):
+        body.append([r["chunk_size"], r["train_rounds"]] +
+                    [f"{r[f'{s}_psnr_y']:.2f} / {r[f'{s}_ssim_y']:.4f}" for s in sets])
+    return common.markdown_table(["K", "R"] + sets, body)
+
+
 def latency_table(rows: list[dict]) -> str:
     keys = sorted({(r["chunk_size"], r["test_rounds"]) for r in rows})
     body = []
@@ -194,9 +213,14 @@ def write_report(workdir: str, machine: dict, note: str = "") -> str:
     sets = [k[:-len("_psnr_y")] for k in rows[0] if k.endswith("_psnr_y")]
     parts = [f"# Hashing rounds study: {rows[0]['model']} x{rows[0]['scale']}", "",
              note or "", f"Machine: {machine}", ""]
-    for k in sorted({r["chunk_size"] for r in rows}):
-        for s in sets:
-            parts += [table_ii(rows, k, s), ""]
+    chunks = sorted({r["chunk_size"] for r in rows})
+    for k in chunks:
+        if len({(r["train_rounds"], r["test_rounds"]) for r in rows if r["chunk_size"] == k}) > 1:
+            for s in sets:
+                parts += [table_ii(rows, k, s), ""]
+    if len(chunks) > 1:
+        parts += ["PSNR_Y / SSIM_Y vs chunk size (R_test = R_train):", "",
+                  chunk_table(rows, sets), ""]
     parts += ["Latency and memory (median over training settings):", "", latency_table(rows)]
     text = "\n".join(parts) + "\n"
     common.write_text(os.path.join(workdir, "hash_rounds.md"), text)
@@ -313,7 +337,8 @@ def main(argv):
     study = resolve_study(f.preset, f.study, sys.argv)
     if f.list:
         for i, (r, k) in enumerate(training_settings(study, f.config)):
-            print(f"{i}: R_train={r} K={k} -> test rounds {tuple(study.test_rounds)}")
+            print(f"{i}: R_train={r} K={k} -> test rounds "
+                  f"{test_rounds_for(study, f.config, k)}")
         return
     run(f.config, study, f.workdir, f.cell, f.stage, f.note)
 

@@ -69,6 +69,8 @@ def test_study_grid_and_overrides():
     s = hash_rounds.study_defaults("cpu")
     s.update(dict(train_rounds=(1, 2, 4), chunk_sizes=(32, 16, 64), star_rounds=2))
     assert hash_rounds.training_settings(s, c) == [(1, 32), (2, 32), (4, 32), (2, 16), (2, 64)]
+    assert hash_rounds.test_rounds_for(s, c, 32) == (1, 2, 3, 4)
+    assert hash_rounds.test_rounds_for(s, c, 64) == (2,)        # chunk arm: R_test = R0
     s.grid = "full"
     assert len(hash_rounds.training_settings(s, c)) == 9
     argv = ["prog", "--study.test_rounds=(1,)", "--config.seed=1"]
