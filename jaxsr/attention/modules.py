@@ -33,7 +33,6 @@ index is appended with `_`): `conv_match.0.weight` -> `conv_match/kernel`,
 from typing import Optional
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from jaxsr.attention import lsh
