@@ -13,15 +13,17 @@ memory the warm-up call adds (Linux VmHWM, reset before the call; plotted), 'xla
 XLA's compiled memory analysis (arguments + outputs + temporaries - aliased; it does not
 see the scratch of XLA:CPU's YNNPACK fusions, which dense attention gets), and the
 device's own peak counter where the backend has one (GPU/TPU).
-A configuration whose compiled memory exceeds `--max_gb` is recorded as 'skipped' and
-larger sizes of that method/mode are not tried (dense attention stops there: its score
-matrix is L x L); neither are they after a call slower than `--max_seconds`.
+A configuration whose compiled memory, or whose peak memory or time per call extrapolated
+from the two previous sizes, exceeds `--max_gb` / `--max_seconds` is recorded as
+'skipped', and larger sizes of that method/mode are not tried (dense attention stops
+there: its score matrix is L x L). `--resume` keeps the rows of an interrupted run.
 
 Writes experiments/results/attention_scaling.csv and .png (log-log) and prints the
 fitted exponents b of time ~ L^b (L = S*S) over S in [--fit_from, --fit_to] (dense: over
 its largest three measured sizes).
 """
 import argparse
+import csv
 import ctypes
 import gc
 import math
@@ -129,6 +131,34 @@ def measure(method: str, size: int, channels: int, mode: str, repeats: int,
     return row
 
 
+def predict(rows, method, mode, pixels, key):
+    """Extrapolates `key` (seconds / rss_peak_bytes) of the next size from the last two
+    measured sizes (local power law, exponent at least 1); None without two points."""
+    pts = sorted((r["pixels"], float(r[key])) for r in rows
+                 if r["method"] == method and r["mode"] == mode and r["status"] == "ok"
+                 and r.get(key))
+    if len(pts) < 2:
+        return None
+    (l1, v1), (l2, v2) = pts[-2:]
+    b = max(1.0, math.log(v2 / v1) / math.log(l2 / l1)) if v1 > 0 and v2 > 0 else 1.0
+    return v2 * (pixels / l2) ** b
+
+
+def read_rows(path):
+    """Rows of an earlier (possibly interrupted) run, numbers parsed."""
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for k, v in r.items():
+            try:
+                r[k] = int(v) if v.isdigit() else float(v)
+            except (ValueError, AttributeError):
+                r[k] = v if v != "" else None
+    return rows
+
+
 def fit_exponent(rows, method, mode, lo, hi):
     """Least-squares slope of log(seconds) vs log(pixels) over sizes in [lo, hi]."""
     pts = [(r["pixels"], r["seconds"]) for r in rows
@@ -167,6 +197,23 @@ def plot(rows, path):
     fig.savefig(path, dpi=120)
 
 
+def next_row(rows, method, mode, size, args) -> dict:
+    """Measures one configuration unless the extrapolation from the smaller sizes says
+    it would exceed the memory or time limit (dense attention on large maps would take
+    tens of GB or many minutes: its fused forward hides its L x L scratch from XLA's
+    memory analysis, so the compiled-size check alone is not enough)."""
+    pixels = size * size
+    mem = predict(rows, method, mode, pixels, "rss_peak_bytes")
+    sec = predict(rows, method, mode, pixels, "seconds")
+    base = {"method": method, "mode": mode, "size": size, "pixels": pixels,
+            "channels": args.channels}
+    if mem is not None and mem > args.max_gb * 2 ** 30:
+        return dict(base, status=f"skipped (predicted {mem / 2 ** 30:.0f} GB)")
+    if sec is not None and sec > args.max_seconds:
+        return dict(base, status=f"skipped (predicted {sec:.0f} s per call)")
+    return measure(method, size, args.channels, mode, args.repeats, args.max_gb * 2 ** 30)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="32,48,64,96,128,192,256,384,512")
@@ -174,31 +221,32 @@ def main(argv=None):
     ap.add_argument("--methods", default="dense,nlsa,gla")
     ap.add_argument("--modes", default="fwd,fwdbwd")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--max_gb", type=float, default=8.0,
-                    help="skip configurations whose compiled memory exceeds this")
+    ap.add_argument("--max_gb", type=float, default=10.0,
+                    help="skip configurations whose compiled or predicted memory exceeds this")
     ap.add_argument("--max_seconds", type=float, default=60.0,
-                    help="after a call slower than this, larger sizes of that method/mode "
-                         "are not run")
+                    help="do not run a size whose predicted time per call exceeds this")
     ap.add_argument("--fit_from", type=int, default=128)
     ap.add_argument("--fit_to", type=int, default=512)
     ap.add_argument("--out", default=os.path.join(RESULTS, "attention_scaling"))
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the rows of an earlier run in OUT.csv, measure the rest")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     info = common.machine_info()
     print("machine:", info, flush=True)
-    rows, stopped = [], set()
+    rows = read_rows(args.out + ".csv") if args.resume else []
+    done = {(r["method"], r["mode"], r["size"]) for r in rows}
+    stopped = {(r["method"], r["mode"]) for r in rows if r["status"] != "ok"}
     for size in sizes:
         for method in args.methods.split(","):
             for mode in args.modes.split(","):
-                if (method, mode) in stopped:
+                if (method, mode) in stopped or (method, mode, size) in done:
                     continue
-                row = measure(method, size, args.channels, mode, args.repeats,
-                              args.max_gb * 2 ** 30)
+                row = next_row(rows, method, mode, size, args)
                 row["loadavg_1min"] = round(os.getloadavg()[0], 2)
                 rows.append(row)
                 print({k: row[k] for k in row if k != "channels"}, flush=True)
-                if (row["status"] != "ok" or row["seconds"] > args.max_seconds
-                        or (row["rss_peak_bytes"] or 0) > args.max_gb * 2 ** 30):
+                if row["status"] != "ok":
                     stopped.add((method, mode))       # larger sizes: no fit / too slow
                 common.write_csv(args.out + ".csv", rows)
     plot(rows, args.out + ".png")
