@@ -21,6 +21,8 @@ Config: `config.loss.{pixel_weight, perceptual_weight, gan_weight, layer_weights
 vgg19_weights, vgg19_random}`, `config.discriminator.{num_feat, skip_connection, lr, b1,
 b2}`; the generator's optimizer is the shared `config.train` Adam (lr 1e-4, constant).
 """
+import logging
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -132,4 +134,8 @@ def make(config, model):
         if section not in config:
             raise ValueError(f"config.train.objective='gan' needs config.{section} "
                              "(see configs/nlcunet_gan.py)")
+    if not config.get("init_from", ""):
+        logging.warning("config.init_from is empty: the GAN stage starts from a random "
+                        "generator unless the workdir has a checkpoint to resume (NLCUnetGAN "
+                        "starts from the PSNR-stage model).")
     return GANObjective(config, model)
