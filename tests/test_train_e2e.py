@@ -72,8 +72,11 @@ def test_resume_equals_uninterrupted_and_evaluate(tmp_path):
 
 
 def test_checkpoint_of_other_scale_is_refused(tmp_path):
+    from jaxsr.models import build_model
     wd = tmp_path / "wd"
-    train.train(tiny_config(tmp_path, 2), str(wd))
+    x2 = tiny_config(tmp_path, 2)
+    params = build_model(x2).init(jax.random.PRNGKey(0), np.zeros((1, 8, 8, 3), np.float32))["params"]
+    checkpoint.save_params(str(wd), params, x2, step=2)
     cfg = tiny_config(tmp_path, 4)
     cfg.scale = 3
     cfg.train.patch_size = 30
