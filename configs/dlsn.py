@@ -33,7 +33,6 @@ def get_config(arg=None):
     c.model.chunk_size = 128
     c.model.n_hashes = 3
     c.model.reduction = 4
-    c.model.rgb_range = 1.0
     c.data.train_dirs = ("data/DIV2K/DIV2K_train_HR",)
     c.train.batch_size = 16
     c.train.patch_size = c.get_ref("scale") * LR_PATCH   # follows --config.scale

@@ -16,7 +16,6 @@ def get_config(arg=None):
     c.model.n_resblocks = 16
     c.model.n_feats = 64
     c.model.res_scale = 1.0
-    c.model.rgb_range = 1.0
     # GLA plug-in (DLSN 4.3.3; jaxsr.models.plugin): 'gla' adds GLA blocks after
     # `attention_positions` ResBlocks (empty: n_resblocks // 2).
     c.model.attention = "none"

@@ -29,7 +29,6 @@ def get_config(arg=None):
     c.model.n_blocks = 37          # fitted to the paper's LRG 0.38M / total 2.04M
     c.model.reduction = 16         # channel attention
     c.model.nl_reduction = 2       # non-local embedding width C/2
-    c.model.rgb_range = 1.0
     c.degradation.name = "bicubic"
     c.data.train_dirs = ("data/DIV2K/DIV2K_train_HR",)
     c.data.augment = True

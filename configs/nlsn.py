@@ -31,7 +31,6 @@ def get_config(arg=None):
     c.model.n_hashes = 4
     c.model.reduction = 4
     c.model.attn_every = 8
-    c.model.rgb_range = 1.0
     c.data.train_dirs = ("data/DIV2K/DIV2K_train_HR",)
     c.train.batch_size = 16
     c.train.patch_size = c.get_ref("scale") * LR_PATCH   # follows --config.scale

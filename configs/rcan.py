@@ -25,7 +25,6 @@ def get_config(arg=None):
     c.model.n_resblocks = 20
     c.model.n_feats = 64
     c.model.reduction = 16                    # channel attention
-    c.model.rgb_range = 1.0
     c.model.attention = "gla" if "gla" in tokens else "none"
     c.model.attention_positions = ()          # empty: n_resgroups // 2
     c.model.chunk_size = 128

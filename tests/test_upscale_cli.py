@@ -21,7 +21,6 @@ def _tiny_config(scale=2):
     c.model.n_resblocks = 2
     c.model.n_feats = 8
     c.model.res_scale = 1.0
-    c.model.rgb_range = 1.0
     return c
 
 

@@ -38,10 +38,25 @@ def pixel_unshuffle(x: jnp.ndarray, r: int) -> jnp.ndarray:
     return x.reshape(n, h // r, w // r, c * r * r)
 
 
-def mean_shift(x: jnp.ndarray, sign: float, rgb_range: float = 1.0,
+def mean_shift(x: jnp.ndarray, sign: float,
                mean: Sequence[float] = DIV2K_RGB_MEAN) -> jnp.ndarray:
-    """EDSR's frozen MeanShift (identity weight, std 1): x + sign * rgb_range * mean."""
-    return x + sign * rgb_range * jnp.asarray(mean, x.dtype)
+    """EDSR's frozen MeanShift (identity weight, std 1) at rgb_range 1: x + sign * mean.
+
+    Models take [0, 1] images (rgb_range 1, as NLSN/DLSN train); checkpoints trained at
+    rgb_range 255 are rescaled by the converter (`--rgb_range 255`).
+    """
+    return x + sign * jnp.asarray(mean, x.dtype)
+
+
+def edsr_frame(x, body, *, scale: int, n_feats: int, n_body: int):
+    """The frame EDSR, NLSN, DLSN and RCAN share, called from a module's compact method:
+    MeanShift, `head_0`, `body(features)` followed by the conv `body_<n_body>` and the
+    global skip, `tail_0` upsampler, `tail_1` conv to RGB, MeanShift back."""
+    x = mean_shift(x, -1.0)
+    x = conv(n_feats, name="head_0")(x)
+    res = conv(n_feats, name=f"body_{n_body}")(body(x))
+    x = Upsampler(scale, n_feats, name="tail_0")(res + x)
+    return mean_shift(conv(3, name="tail_1")(x), 1.0)
 
 
 class ResBlock(nn.Module):

@@ -46,26 +46,21 @@ class DLSN(nn.Module):
     chunk_size: int = 128
     n_hashes: int = 3
     reduction: int = 4
-    rgb_range: float = 1.0
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        x = common.mean_shift(x, -1.0, self.rgb_range)
-        x = common.conv(self.n_feats, name="head_0")(x)
-        res = x
-        for i in range(self.n_resgroups):
-            res = GLAFFM(self.n_feats, self.n_resblocks, self.res_scale, self.chunk_size,
-                         self.n_hashes, self.reduction, name=f"body_{i}")(res, train=train)
-        res = common.conv(self.n_feats, name=f"body_{self.n_resgroups}")(res)
-        x = res + x
-        x = common.Upsampler(self.scale, self.n_feats, name="tail_0")(x)
-        x = common.conv(3, name="tail_1")(x)
-        return common.mean_shift(x, 1.0, self.rgb_range)
+        def body(res):
+            for i in range(self.n_resgroups):
+                res = GLAFFM(self.n_feats, self.n_resblocks, self.res_scale, self.chunk_size,
+                             self.n_hashes, self.reduction, name=f"body_{i}")(res, train=train)
+            return res
+
+        return common.edsr_frame(x, body, scale=self.scale, n_feats=self.n_feats,
+                                 n_body=self.n_resgroups)
 
 
 def build(config):
     m = config.model
     return DLSN(scale=config.scale, n_resgroups=m.n_resgroups, n_resblocks=m.n_resblocks,
                 n_feats=m.n_feats, res_scale=m.res_scale, chunk_size=m.chunk_size,
-                n_hashes=m.n_hashes, reduction=m.get("reduction", 4),
-                rgb_range=m.get("rgb_range", 1.0))
+                n_hashes=m.n_hashes, reduction=m.get("reduction", 4))

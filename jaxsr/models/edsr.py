@@ -1,7 +1,7 @@
 """EDSR (Lim et al. 2017), as in EDSR-PyTorch: the baseline (16 blocks, 64 features,
 res_scale 1) and the large model (32 blocks, 256 features, res_scale 0.1).
 
-Input and output are NHWC RGB in [0, rgb_range]; the MeanShift convs of the torch model
+Input and output are NHWC RGB in [0, 1] (rgb_range 1); the MeanShift convs of the torch model
 are constants here (they are frozen there) and are written back by the converter.
 
 GLA plug-in (DLSN 4.3.3): `config.model.attention='gla'` adds a GLA block `gla_<p>` after
@@ -20,27 +20,25 @@ class EDSR(nn.Module):
     n_resblocks: int = 16
     n_feats: int = 64
     res_scale: float = 1.0
-    rgb_range: float = 1.0
     gla: Optional[plugin.GLASpec] = None
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         plugin.check_positions(self.gla, self.n_resblocks, "EDSR (0..n_resblocks)")
-        x = common.mean_shift(x, -1.0, self.rgb_range)
-        x = common.conv(self.n_feats, name="head_0")(x)
-        res = plugin.maybe_gla(self.gla, 0, x, train)
-        for i in range(self.n_resblocks):
-            res = common.ResBlock(self.n_feats, self.res_scale, name=f"body_{i}")(res)
-            res = plugin.maybe_gla(self.gla, i + 1, res, train)
-        res = common.conv(self.n_feats, name=f"body_{self.n_resblocks}")(res)
-        x = res + x
-        x = common.Upsampler(self.scale, self.n_feats, name="tail_0")(x)
-        x = common.conv(3, name="tail_1")(x)
-        return common.mean_shift(x, 1.0, self.rgb_range)
+
+        def body(res):
+            res = plugin.maybe_gla(self.gla, 0, res, train)
+            for i in range(self.n_resblocks):
+                res = common.ResBlock(self.n_feats, self.res_scale, name=f"body_{i}")(res)
+                res = plugin.maybe_gla(self.gla, i + 1, res, train)
+            return res
+
+        return common.edsr_frame(x, body, scale=self.scale, n_feats=self.n_feats,
+                                 n_body=self.n_resblocks)
 
 
 def build(config):
     m = config.model
     return EDSR(scale=config.scale, n_resblocks=m.n_resblocks, n_feats=m.n_feats,
-                res_scale=m.res_scale, rgb_range=m.get("rgb_range", 1.0),
+                res_scale=m.res_scale,
                 gla=plugin.spec_from_config(m, default_positions=(m.n_resblocks // 2,)))

@@ -157,12 +157,11 @@ class LNLN(nn.Module):
     n_blocks: int = 37
     reduction: int = 16
     nl_reduction: int = 2
-    rgb_range: float = 1.0
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         del train
-        x = common.mean_shift(x, -1.0, self.rgb_range)
+        x = common.mean_shift(x, -1.0)
         f0 = DSConv(self.n_feats, name="head")(x)
         f0 = RegionNonLocal(self.nl_reduction, name="nl_head")(f0)
         feats, outs = [f0], []
@@ -176,14 +175,14 @@ class LNLN(nn.Module):
         y = RegionNonLocal(self.nl_reduction, name="nl_tail")(y)
         y = Upsampler(self.scale, self.n_feats, name="tail_0")(y)
         y = common.conv(3, 3, name="tail_1")(y)
-        return common.mean_shift(y, 1.0, self.rgb_range)
+        return common.mean_shift(y, 1.0)
 
 
 def build(config):
     m = config.model
     return LNLN(scale=config.scale, n_feats=m.get("n_feats", 64), n_groups=m.get("n_groups", 5),
                 n_blocks=m.get("n_blocks", 37), reduction=m.get("reduction", 16),
-                nl_reduction=m.get("nl_reduction", 2), rgb_range=m.get("rgb_range", 1.0))
+                nl_reduction=m.get("nl_reduction", 2))
 
 
 def min_input_size(config) -> int:

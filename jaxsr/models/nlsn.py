@@ -25,7 +25,6 @@ class NLSN(nn.Module):
     n_hashes: int = 4
     reduction: int = 4
     attn_every: int = 8
-    rgb_range: float = 1.0
 
     def _nlsa(self, index: int) -> NonLocalSparseAttention:
         return NonLocalSparseAttention(chunk_size=self.chunk_size, n_hashes=self.n_hashes,
@@ -34,26 +33,25 @@ class NLSN(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        x = common.mean_shift(x, -1.0, self.rgb_range)
-        x = common.conv(self.n_feats, name="head_0")(x)
-        idx = 0
-        res = self._nlsa(idx)(x, train=train)
-        for i in range(self.n_resblocks):
-            idx += 1
-            res = common.ResBlock(self.n_feats, self.res_scale, name=f"body_{idx}")(res)
-            if (i + 1) % self.attn_every == 0:
+        n_attn = self.n_resblocks // self.attn_every
+
+        def body(res):
+            idx = 0
+            res = self._nlsa(idx)(res, train=train)
+            for i in range(self.n_resblocks):
                 idx += 1
-                res = self._nlsa(idx)(res, train=train)
-        res = common.conv(self.n_feats, name=f"body_{idx + 1}")(res)
-        x = res + x
-        x = common.Upsampler(self.scale, self.n_feats, name="tail_0")(x)
-        x = common.conv(3, name="tail_1")(x)
-        return common.mean_shift(x, 1.0, self.rgb_range)
+                res = common.ResBlock(self.n_feats, self.res_scale, name=f"body_{idx}")(res)
+                if (i + 1) % self.attn_every == 0:
+                    idx += 1
+                    res = self._nlsa(idx)(res, train=train)
+            return res
+
+        return common.edsr_frame(x, body, scale=self.scale, n_feats=self.n_feats,
+                                 n_body=self.n_resblocks + n_attn + 1)
 
 
 def build(config):
     m = config.model
     return NLSN(scale=config.scale, n_resblocks=m.n_resblocks, n_feats=m.n_feats,
                 res_scale=m.res_scale, chunk_size=m.chunk_size, n_hashes=m.n_hashes,
-                reduction=m.get("reduction", 4), attn_every=m.get("attn_every", 8),
-                rgb_range=m.get("rgb_range", 1.0))
+                reduction=m.get("reduction", 4), attn_every=m.get("attn_every", 8))

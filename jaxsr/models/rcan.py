@@ -69,29 +69,26 @@ class RCAN(nn.Module):
     n_resblocks: int = 20
     n_feats: int = 64
     reduction: int = 16
-    rgb_range: float = 1.0
     gla: Optional[plugin.GLASpec] = None
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         plugin.check_positions(self.gla, self.n_resgroups, "RCAN (0..n_resgroups)")
-        x = common.mean_shift(x, -1.0, self.rgb_range)
-        x = common.conv(self.n_feats, name="head_0")(x)
-        res = plugin.maybe_gla(self.gla, 0, x, train)
-        for g in range(self.n_resgroups):
-            res = ResidualGroup(self.n_feats, self.n_resblocks, self.reduction,
-                                name=f"body_{g}")(res)
-            res = plugin.maybe_gla(self.gla, g + 1, res, train)
-        res = common.conv(self.n_feats, name=f"body_{self.n_resgroups}")(res)
-        x = res + x
-        x = common.Upsampler(self.scale, self.n_feats, name="tail_0")(x)
-        x = common.conv(3, name="tail_1")(x)
-        return common.mean_shift(x, 1.0, self.rgb_range)
+
+        def body(res):
+            res = plugin.maybe_gla(self.gla, 0, res, train)
+            for g in range(self.n_resgroups):
+                res = ResidualGroup(self.n_feats, self.n_resblocks, self.reduction,
+                                    name=f"body_{g}")(res)
+                res = plugin.maybe_gla(self.gla, g + 1, res, train)
+            return res
+
+        return common.edsr_frame(x, body, scale=self.scale, n_feats=self.n_feats,
+                                 n_body=self.n_resgroups)
 
 
 def build(config):
     m = config.model
     return RCAN(scale=config.scale, n_resgroups=m.n_resgroups, n_resblocks=m.n_resblocks,
                 n_feats=m.n_feats, reduction=m.get("reduction", 16),
-                rgb_range=m.get("rgb_range", 1.0),
                 gla=plugin.spec_from_config(m, default_positions=(m.n_resgroups // 2,)))
