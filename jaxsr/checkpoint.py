@@ -11,7 +11,6 @@ A 'params' checkpoint (from `save_params`, e.g. written by `jaxsr.convert from-t
 only {'params': ...}; evaluation reads it like any other, and train mode starts a fresh
 optimizer from it (fine-tuning).
 """
-import json
 import logging
 import os
 
@@ -19,6 +18,8 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+
+from jaxsr import config_util
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -146,14 +147,6 @@ def save_config(workdir: str, config) -> None:
     os.replace(tmp, path)
 
 
-def _tuples(x):
-    if isinstance(x, dict):
-        return {k: _tuples(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return tuple(_tuples(v) for v in x)
-    return x
-
-
 def load_config(workdir: str) -> ml_collections.ConfigDict:
     """The ConfigDict saved by train mode (lists come back as tuples, as configs define them)."""
     path = os.path.join(workdir, "config.json")
@@ -161,7 +154,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         raise FileNotFoundError(f"{path} not found: pass --config, or a workdir made by "
                                 "`python -m jaxsr.main --mode train` or `jaxsr.convert from-torch`")
     with open(path) as f:
-        return ml_collections.ConfigDict(_tuples(json.load(f)))
+        return config_util.config_from_json(f.read())
 
 
 # ---------------------------------------------------------------------------------------

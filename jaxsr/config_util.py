@@ -5,6 +5,7 @@ AttributeError traceback; `check_overrides` runs first and fails with a message 
 the valid keys instead.
 """
 import importlib.util
+import json
 import os
 import sys
 
@@ -20,6 +21,15 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     return module.get_config(arg) if arg else module.get_config()
+
+
+def config_from_json(text: str) -> ml_collections.ConfigDict:
+    """A ConfigDict from JSON (e.g. DIR/config.json); lists become the tuples configs use."""
+    def tuples(x):
+        if isinstance(x, dict):
+            return {k: tuples(v) for k, v in x.items()}
+        return tuple(tuples(v) for v in x) if isinstance(x, list) else x
+    return ml_collections.ConfigDict(tuples(json.loads(text)))
 
 
 def flat_keys(config, prefix: str = "") -> list[str]:

@@ -6,7 +6,6 @@
     import_file(config, "model.pth", workdir)            # .pth/.safetensors -> checkpoint
 """
 import functools
-import json
 import logging
 import math
 
@@ -52,19 +51,11 @@ def abstract_params(config) -> dict:
     return dict(_abstract_params(config.to_json(sort_keys=True)))
 
 
-def _tuples(x):
-    """JSON lists back to the tuples config files use."""
-    if isinstance(x, dict):
-        return {k: _tuples(v) for k, v in x.items()}
-    return tuple(_tuples(v) for v in x) if isinstance(x, list) else x
-
-
 @functools.lru_cache(maxsize=16)
 def _abstract_params(config_json: str) -> tuple:
     # Tracing a big model takes seconds; a conversion needs the tree 1-3 times per config.
-    import ml_collections
-    from jaxsr import models
-    config = ml_collections.ConfigDict(_tuples(json.loads(config_json)))
+    from jaxsr import config_util, models
+    config = config_util.config_from_json(config_json)
     if not models.has_params(config):
         raise core.ConversionError(f"model {config.model.name!r} has no parameters to convert")
     model = models.build_model(config)
