@@ -19,8 +19,8 @@ from the two previous sizes, exceeds `--max_gb` / `--max_seconds` is recorded as
 there: its score matrix is L x L). `--resume` keeps the rows of an interrupted run.
 
 Writes experiments/results/attention_scaling.csv and .png (log-log) and prints the
-fitted exponents b of time ~ L^b (L = S*S) over S in [--fit_from, --fit_to] (dense: over
-its largest three measured sizes).
+fitted exponents b of time ~ L^b and of peak memory (L = S*S) over S in [--fit_from,
+--fit_to] (dense: over its largest three measured sizes).
 """
 import argparse
 import csv
@@ -159,13 +159,15 @@ def read_rows(path):
     return rows
 
 
-def fit_exponent(rows, method, mode, lo, hi):
-    """Least-squares slope of log(seconds) vs log(pixels) over sizes in [lo, hi]."""
-    pts = [(r["pixels"], r["seconds"]) for r in rows
-           if r["method"] == method and r["mode"] == mode and r["status"] == "ok"
-           and lo <= r["size"] <= hi]
-    if method == "dense":
-        pts = sorted(pts)[-3:]
+def fit_exponent(rows, method, mode, lo, hi, key="seconds"):
+    """Least-squares slope of log(key) vs log(pixels) over sizes in [lo, hi]."""
+    pts = sorted((r["pixels"], r[key]) for r in rows
+                 if r["method"] == method and r["mode"] == mode and r["status"] == "ok"
+                 and r.get(key))
+    if method == "dense":           # it stops early: its three largest measured sizes
+        pts = pts[-3:]
+    else:
+        pts = [p for p in pts if lo * lo <= p[0] <= hi * hi]
     if len(pts) < 2:
         return float("nan"), pts
     lx, ly = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])
@@ -254,8 +256,11 @@ def main(argv=None):
     for method in args.methods.split(","):
         for mode in args.modes.split(","):
             b, pts = fit_exponent(rows, method, mode, args.fit_from, args.fit_to)
+            m, _ = fit_exponent(rows, method, mode, args.fit_from, args.fit_to,
+                                "rss_peak_bytes")
             span = f"{int(math.sqrt(pts[0][0]))}..{int(math.sqrt(pts[-1][0]))}" if pts else "-"
-            print(f"time exponent {method:5s} {mode:6s}: L^{b:.2f} (sizes {span})")
+            print(f"{method:5s} {mode:6s}: time ~ L^{b:.2f}, peak memory ~ L^{m:.2f} "
+                  f"(sizes {span})")
 
 
 if __name__ == "__main__":
