@@ -16,7 +16,8 @@ the compiled forward; plus the device counter on GPU/TPU).
   --config.<field>=... overrides the model config (e.g. --config.train.num_steps=300).
 
 Resumable: training resumes from its checkpoint and stops at num_steps; a finished
-evaluation cell (DIR/cells/<cell>.json) is skipped. Cells are independent, so a sweep can be
+evaluation cell (DIR/cells/<cell>.json) is skipped. Checkpoints go to DIR/train/<R>_<K>
+(or --study.train_dir, e.g. a folder outside the repository). Cells are independent, so a sweep can be
 spread over jobs (`--cell i`, i < the number of training settings) and reported once all
 are done. Output in DIR: hash_rounds.csv, hash_rounds.md (tables shaped like DLSN's Table
 II: rows R_train, columns R_test), psnr_vs_rounds.png, latency_vs_rounds.png,
@@ -51,6 +52,7 @@ def study_defaults(preset: str = "cpu") -> ml_collections.ConfigDict:
     s.max_images = 0            # >0: first N images of each set
     s.latency_size = 128        # LR side of the timed forward
     s.latency_repeats = 5
+    s.train_dir = ""            # checkpoints of the training settings ('': DIR/train)
     if preset == "paper":
         s.train_rounds = (1, 2, 3, 4)
         s.test_rounds = (1, 2, 3, 4)
@@ -118,7 +120,8 @@ def cell_config(base, study, r_train: int, chunk: int, r_test: int | None = None
 def run_training_setting(base, study, workdir: str, r_train: int, chunk: int) -> list[dict]:
     """Trains (or reuses) one setting, then evaluates every missing test cell."""
     tcfg = cell_config(base, study, r_train, chunk)
-    twd = os.path.join(workdir, "train", cell_name(r_train, chunk))
+    twd = os.path.join(study.train_dir or os.path.join(workdir, "train"),
+                       cell_name(r_train, chunk))
     info = common.train_if_needed(tcfg, twd)
     info_path = os.path.join(workdir, "cells", f"train_{cell_name(r_train, chunk)}.json")
     if info["trained"] or not os.path.isfile(info_path):
@@ -158,7 +161,7 @@ def flat_rows(cells: list[dict]) -> list[dict]:
     rows = []
     for c in cells:
         row = {k: c[k] for k in ("model", "scale", "train_rounds", "chunk_size", "test_rounds",
-                                 "latency_size", "latency_s", "compile_s", "peak_bytes",
+                                 "latency_size", "latency_s", "peak_bytes",
                                  "device_peak_bytes", "train_steps") if k in c}
         for s, r in c["sets"].items():
             row[f"{s}_psnr_y"], row[f"{s}_ssim_y"] = round(r["psnr_y"], 4), round(r["ssim_y"], 5)
@@ -205,14 +208,15 @@ def latency_table(rows: list[dict]) -> str:
         ["K", "R_test", f"forward ms ({size}x{size} LR)", "peak MiB (XLA)"], body)
 
 
-def write_report(workdir: str, machine: dict, note: str = "") -> str:
+def write_report(workdir: str, machine: dict, note: str = "", order=()) -> str:
     rows = flat_rows(collect(workdir))
     if not rows:
         raise FileNotFoundError(f"no finished cells under {workdir}/cells")
     common.write_csv(os.path.join(workdir, "hash_rounds.csv"), rows)
     sets = [k[:-len("_psnr_y")] for k in rows[0] if k.endswith("_psnr_y")]
+    sets = [s for s in order if s in sets] + [s for s in sets if s not in order]
     parts = [f"# Hashing rounds study: {rows[0]['model']} x{rows[0]['scale']}", "",
-             note or "", f"Machine: {machine}", ""]
+             note or "", "", f"Machine: {machine}", ""]
     chunks = sorted({r["chunk_size"] for r in rows})
     for k in chunks:
         if len({(r["train_rounds"], r["test_rounds"]) for r in rows if r["chunk_size"] == k}) > 1:
@@ -240,7 +244,8 @@ def plot(rows: list[dict], sets: list[str], workdir: str) -> None:
         for a in sorted({r["train_rounds"] for r in sub}):
             pts = sorted((r["test_rounds"], r[f"{s}_psnr_y"]) for r in sub if r["train_rounds"] == a)
             ax.plot(*zip(*pts), marker="o", label=f"R_train={a}")
-        ax.set(xlabel="R_test (hash rounds at test)", ylabel="PSNR_Y (dB)", title=f"{s}, K={k0}")
+        ax.set(xlabel="R_test (hash rounds at test)", ylabel="PSNR_Y (dB)", title=f"{s}, K={k0}",
+               xticks=sorted({r["test_rounds"] for r in sub}))
         ax.legend()
     _save(fig, workdir, "psnr_vs_rounds.png")
     fig, ax = plt.subplots(figsize=(5, 4))
@@ -252,7 +257,7 @@ def plot(rows: list[dict], sets: list[str], workdir: str) -> None:
         xs = sorted(pts)
         ax.plot(xs, [sorted(pts[x])[len(pts[x]) // 2] for x in xs], marker="o", label=f"K={k}")
     ax.set(xlabel="R_test", ylabel=f"forward ms ({rows[0]['latency_size']}px LR)",
-           title="latency vs rounds")
+           title="latency vs rounds", xticks=sorted({r["test_rounds"] for r in rows}))
     ax.legend()
     _save(fig, workdir, "latency_vs_rounds.png")
     fig, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 4), squeeze=False)
@@ -266,7 +271,8 @@ def plot(rows: list[dict], sets: list[str], workdir: str) -> None:
                 ax.plot(*zip(*pts), marker="o", label=f"R={rt}")
         if not ax.lines and diag:
             ax.plot(*zip(*diag), marker="o")
-        ax.set(xlabel="chunk size K", ylabel="PSNR_Y (dB)", title=f"{s} (R_test = R_train)")
+        ax.set(xlabel="chunk size K", ylabel="PSNR_Y (dB)", title=f"{s} (R_test = R_train)",
+               xticks=chunks)
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
     _save(fig, workdir, "psnr_vs_chunk.png")
@@ -303,7 +309,7 @@ def run(config, study, workdir: str, cell: int = -1, stage: str = "all",
                 run_training_setting(config, study, workdir, r, k)
     if stage in ("all", "report") and cell == -1:
         meta = common.read_json(os.path.join(workdir, "study.json"))
-        text = write_report(workdir, meta["machine"], note)
+        text = write_report(workdir, meta["machine"], note, tuple(study.datasets))
         print(text)
         return text
     return None
