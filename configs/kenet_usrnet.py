@@ -17,7 +17,9 @@ test sets carry their kernels (`jaxsr.data.blind_sets`); USRNet gets noise level
 `model.sigma` (0: the sets are noise-free apart from 8-bit rounding).
 Args (comma-separated): x2 (default) | x4; gt; tiny (KAIR's usrnet_tiny weights); small
 (2-core CPU: tiny KENet and a 2-iteration 8-16-32-32 USRNet); usrnet_only (the plain
-'usrnet' model, for converting KAIR weights).
+'usrnet' model, for converting KAIR weights); train_usrnet (train USRNet itself, non-blind,
+objective 'nonblind': `python -m jaxsr.main --config configs/kenet_usrnet.py:x2,train_usrnet
+--workdir workdirs/usrnet_x2`).
 """
 import importlib.util
 import os
@@ -34,7 +36,7 @@ def _kenet_config():
 
 def get_config(arg=None):
     tokens = [t for t in (arg or "").split(",") if t]
-    known = ("x2", "x4", "gt", "tiny", "small", "usrnet_only")
+    known = ("x2", "x4", "gt", "tiny", "small", "usrnet_only", "train_usrnet")
     unknown = [t for t in tokens if t not in known]
     if unknown:
         raise ValueError(f"configs/kenet_usrnet.py: unknown arg(s) {unknown} (use {known})")
@@ -50,8 +52,18 @@ def get_config(arg=None):
     c.train.num_steps = 100_000    # fine-tuning KENet inside the pipeline
     c.train.lr = 1e-4
     c.train.lr_milestones = ()
+    if "train_usrnet" in tokens:
+        # USRNet itself, non-blind, as KAIR's train_usrnet.json: HR patch 96, batch 48,
+        # Adam 1e-4 halved at 100k/200k/300k/400k, L1; kernels (+ noise) of the preset.
+        c.model.name = "usrnet"
+        c.train.objective = "nonblind"
+        c.train.patch_size, c.train.batch_size = 96, 48
+        c.train.num_steps = 500_000
+        c.train.lr_milestones = (100_000, 200_000, 300_000, 400_000)
     if "small" in tokens:
         c.model.n_iter, c.model.h_nc, c.model.nc, c.model.nb = 2, 8, (8, 16, 32, 32), 1
         c.train.num_steps = 200
         c.eval.datasets = ("Set5_kenet",)
+        if "train_usrnet" in tokens:
+            c.train.patch_size, c.train.batch_size, c.train.num_steps = 48, 4, 100
     return c

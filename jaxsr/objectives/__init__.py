@@ -1,7 +1,7 @@
 """Training objectives: what one optimisation step does.
 
 `config.train.objective` names a module here (`sr`: L1 on synthesised LR; `gan`: NLCUnetGAN;
-`kernel`: KENet). Each has `make(config, model) -> Objective` with
+`kernel`: KENet; `nonblind`: USRNet given the true kernel and noise level). Each has `make(config, model) -> Objective` with
 
   init_state(rng, hr_batch_uint8) -> state   # dict: 'step', 'params' (SR model), 'opt_state', ...
   train_step(state, hr_batch_uint8, rng) -> (state, metrics)   # pure; jitted by train.py
@@ -24,7 +24,7 @@ def make(config, model):
         if e.name != f"jaxsr.objectives.{name}":
             raise
         raise ValueError(f"config.train.objective={name!r} is unknown "
-                         "(one of 'sr', 'gan', 'kernel')") from None
+                         "(one of 'sr', 'gan', 'kernel', 'nonblind')") from None
     return module.make(config, model)
 
 

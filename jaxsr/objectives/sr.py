@@ -30,12 +30,17 @@ class SRObjective:
         hr = objectives.hr_to_float(hr_uint8)
         return hr, degradations.synthesize_lr(hr, rng, self.config)
 
+    def degrade(self, hr_uint8, rng):
+        """(HR, LR, extra keyword inputs of the model) for one step."""
+        return (*self.synthesize(hr_uint8, rng), {})
+
     def train_step(self, state, hr_uint8, rng):
         deg_rng, lsh_rng = jax.random.split(rng)
-        hr, lr = self.synthesize(hr_uint8, deg_rng)
+        hr, lr, inputs = self.degrade(hr_uint8, deg_rng)
 
         def loss_fn(params):
-            sr = self.model.apply({"params": params}, lr, train=True, rngs={"lsh": lsh_rng})
+            sr = self.model.apply({"params": params}, lr, train=True, rngs={"lsh": lsh_rng},
+                                  **inputs)
             return objectives.pixel_loss(self.config.train.loss, sr, hr)
 
         loss, grads = jax.value_and_grad(loss_fn)(state["params"])
