@@ -41,7 +41,7 @@ from jaxsr import inference, models, objectives, summary  # noqa: E402
 NETWORKS = ("edsr", "nlsn", "dlsn", "rcan", "fsrcnn")
 PRESETS = {
     # variant -> (forward sizes, repeats, train step?)
-    "cpu": {"small": ((64, 128, 256), 5, True), "paper": ((64,), 1, False)},
+    "cpu": {"small": ((64, 128, 256), 5, True), "paper": ((64, 128), 1, False)},
     "gpu": {"small": ((64, 128, 256), 20, True), "paper": ((64, 128, 256), 10, True)},
     "tiny": {"small": ((16,), 1, True)},
 }
@@ -82,7 +82,8 @@ def torch_model(network: str, config):
     if network == "edsr":
         return ref.EDSR(s, m.n_resblocks, m.n_feats, m.res_scale)
     if network == "nlsn":
-        return ref.NLSN(s, m.n_resblocks, m.n_feats, m.res_scale, m.chunk_size, m.n_hashes)
+        net = ref.NLSN(s, m.n_resblocks, m.n_feats, m.res_scale, m.chunk_size, m.n_hashes)
+        return _nlsn_attn_every(net, m.get("attn_every", 8))
     if network == "dlsn":
         return ref.DLSN(s, m.n_resgroups, m.n_resblocks, m.n_feats, m.res_scale,
                         m.chunk_size, m.n_hashes, m.get("reduction", 4))
@@ -91,6 +92,28 @@ def torch_model(network: str, config):
     if network == "fsrcnn":
         return _FSRCNNRGB(ref.FSRCNN(s, d=m.d, s=m.s, m=m.m), s)
     return None
+
+
+def _nlsn_attn_every(net, every: int):
+    """The reference NLSN puts an NLSA after every 8th block; rebuild its body with the
+    config's `attn_every` (the :small config uses 2) from the same blocks."""
+    import torch
+    if every == 8:
+        return net
+    blocks = [b for b in net.body if b.__class__.__name__ == "ResBlock"]
+    nlsa = net.attention_layers()[0]
+    body = [copy_module(nlsa)]
+    for i, b in enumerate(blocks):
+        body.append(b)
+        if (i + 1) % every == 0:
+            body.append(copy_module(nlsa))
+    net.body = torch.nn.Sequential(*body, net.body[-1])
+    return net
+
+
+def copy_module(m):
+    import copy
+    return copy.deepcopy(m)
 
 
 def _FSRCNNRGB(y_net, scale: int):  # noqa: N802 (a torch module factory)
@@ -230,7 +253,7 @@ def attention_pair(network: str, config):
         kw = dict(chunk_size=m.chunk_size, n_hashes=m.n_hashes, reduction=m.get("reduction", 4))
         return (NonLocalSparseAttention(res_scale=m.res_scale, **kw),
                 tlsh.NonLocalSparseAttention(channels=m.n_feats, res_scale=m.res_scale, **kw),
-                1 + m.n_resblocks // 8)
+                1 + m.n_resblocks // m.get("attn_every", 8))
     return None
 
 
@@ -264,6 +287,48 @@ def attention_rows(network: str, config, size: int, repeats: int) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------
+# Profiles (common.SPLIT: convolutions / attention convs / attention core / other)
+
+def profile_rows(config, model, params, tnet, size: int, train: bool) -> list[dict]:
+    """Op-time shares of the forward (JAX and torch) and of the JAX train step."""
+    root, attn = type(model).__name__, common.attention_paths(params)
+    fn = inference.bind(model, params)
+    x = jnp.asarray(np.random.default_rng(1).random((1, size, size, 3), np.float32))
+    compiled = fn.lower(jax.ShapeDtypeStruct(x.shape, x.dtype)).compile()
+    row = {"what": "profile_fwd", "size": size, "batch": 1, "jax_s": None}
+    row.update(_prefixed("jax", common.jax_split(
+        compiled, lambda: jax.block_until_ready(compiled(fn.params, x)), root, attn)))
+    if tnet is not None and hasattr(tnet, "attention_layers"):
+        import torch
+        tx = torch.rand(1, 3, size, size)
+        tnet.eval()
+
+        def run():
+            with torch.no_grad():
+                tnet(tx)
+        row.update(_prefixed("torch", common.torch_split(tnet, tnet.attention_layers(), run)))
+    rows = [row]
+    if train:
+        objective = objectives.make(config, model)
+        b, p = config.train.batch_size, config.train.patch_size
+        hr = jnp.asarray(np.random.default_rng(2).integers(0, 256, (b, p, p, 3), np.uint8))
+        box = [train_state(objective, model, hr, p // config.scale)]
+        step = jax.jit(objective.train_step, donate_argnums=0)
+        compiled = step.lower(box[0], hr, jax.random.PRNGKey(1)).compile()
+
+        def one():
+            box[0], metrics = compiled(box[0], hr, jax.random.PRNGKey(1))
+            jax.block_until_ready(metrics["loss"])
+        rows.append({"what": "profile_train", "size": p // config.scale, "batch": b,
+                     "jax_s": None, **_prefixed("jax", common.jax_split(compiled, one, root, attn))})
+    return rows
+
+
+def _prefixed(prefix: str, shares: dict) -> dict:
+    return {f"{prefix}_{k.replace(' ', '_')}": v for k, v in shares.items()}
+
+
+# ---------------------------------------------------------------------------------------
 # The table
 
 def bench_variant(network: str, variant: str, sizes, repeats: int, train_step: bool,
@@ -291,8 +356,12 @@ def bench_variant(network: str, variant: str, sizes, repeats: int, train_step: b
         if variant == "small":
             size = min(ATTN_SIZE, max(sizes))
             rows += [{**base, **a} for a in attention_rows(network, config, size, repeats)]
+    if common.attention_paths(params):
+        size = min(ATTN_SIZE, max(sizes))
+        rows += [{**base, **r} for r in
+                 profile_rows(config, model, params, tnet, size, train_step and variant == "small")]
     for r in rows:
-        r["ratio"] = r["torch_s"] / r["jax_s"] if r.get("torch_s") else None
+        r["ratio"] = r["torch_s"] / r["jax_s"] if r.get("torch_s") and r.get("jax_s") else None
     add_shares(rows)
     del torch
     return rows
@@ -315,6 +384,8 @@ def markdown(rows: list[dict]) -> str:
         return "-" if v is None else f"{v * 1000:.1f}"
     body = []
     for r in rows:
+        if r["what"].startswith("profile"):
+            continue
         what = r["what"] + (f" (x{r['attention_layers']})" if "attention_layers" in r else "")
         shape = f"{r['batch']}x{r['size']}x{r['size']}"
         share = ""
@@ -326,9 +397,30 @@ def markdown(rows: list[dict]) -> str:
                      ms(r["jax_s"]), ms(r.get("torch_s")),
                      "-" if not r.get("ratio") else f"{r['ratio']:.2f}",
                      "-" if not r.get("peak_bytes") else f"{r['peak_bytes'] / 2**20:.0f}", share])
-    return common.markdown_table(
+    table = common.markdown_table(
         ["network", "config", "params", "what", "input (NxHxW LR)", "MFLOP/px", "compile s",
          "JAX ms", "torch ms", "torch/JAX", "peak MiB", "attention share JAX / torch"], body)
+    return table + "\n\n" + split_table(rows)
+
+
+def split_table(rows: list[dict]) -> str:
+    """Op-time shares from the profiles: JAX (XLA:CPU thunks) / torch (self CPU time)."""
+    body = []
+    for r in rows:
+        if not r["what"].startswith("profile"):
+            continue
+        cells = []
+        for k in common.SPLIT:
+            key = k.replace(" ", "_")
+            j, t = r.get(f"jax_{key}"), r.get(f"torch_{key}")
+            cells.append(f"{j:.0%}" + (f" / {t:.0%}" if t is not None else ""))
+        body.append([r["network"], r["variant"], r["what"][len("profile_"):],
+                     f"{r['batch']}x{r['size']}x{r['size']}"] + cells)
+    if not body:
+        return ""
+    return ("Where the time goes (share of op time, JAX / torch; torch: forward only):\n\n"
+            + common.markdown_table(["network", "config", "pass", "input"] + list(common.SPLIT),
+                                    body))
 
 
 def run(preset: str, networks, out: str) -> list[dict]:

@@ -176,3 +176,103 @@ def device_peak_bytes():
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
+
+
+# ---------------------------------------------------------------------------------------
+# Profiles: where the time goes (convolutions vs attention)
+
+SPLIT = ("convolutions", "attention convs", "attention core", "other")
+
+
+def attention_paths(params) -> list[tuple]:
+    """Module paths (tuples of names) of the attention blocks: those owning `conv_match`."""
+    paths = set()
+    for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
+        names = [getattr(k, "key", str(k)) for k in path]
+        if "conv_match" in names:
+            paths.add(tuple(names[:names.index("conv_match")]))
+    return sorted(paths)
+
+
+def classify_op(op_name: str, root: str, attn: list[tuple]) -> str:
+    """SPLIT category of an HLO op from its metadata op_name, e.g.
+    'jit(f)/transpose(jvp(DLSN))/body_0/body_2/conv_match/conv_general_dilated'."""
+    parts = op_name.split("/")
+    start = next((i + 1 for i, p in enumerate(parts) if root in p), None)
+    is_conv = "conv_general_dilated" in op_name
+    if start is not None and any(tuple(parts[start:start + len(a)]) == a for a in attn):
+        return "attention convs" if is_conv else "attention core"
+    return "convolutions" if is_conv else "other"
+
+
+def hlo_op_names(compiled) -> dict:
+    """Instruction name -> metadata op_name, from the compiled HLO text."""
+    import re
+    out = {}
+    for m in re.finditer(r'%([\w.\-]+) = [^\n]*?metadata=\{op_name="([^"]*)"', compiled.as_text()):
+        out[m.group(1)] = m.group(2)
+    return out
+
+
+def jax_split(compiled, run, root: str, attn: list[tuple], repeats: int = 3) -> dict:
+    """Shares of XLA:CPU op time per SPLIT category, from a jax.profiler trace of
+    `repeats` calls of `run()` (which executes `compiled`)."""
+    import glob
+    import tempfile
+    names = hlo_op_names(compiled)
+    run()
+    with tempfile.TemporaryDirectory() as d:
+        jax.profiler.start_trace(d)
+        for _ in range(repeats):
+            run()
+        jax.profiler.stop_trace()
+        data = jax.profiler.ProfileData.from_file(
+            glob.glob(os.path.join(d, "**", "*.xplane.pb"), recursive=True)[0])
+        totals = dict.fromkeys(SPLIT, 0.0)
+        for plane in data.planes:
+            for line in plane.lines:
+                for ev in line.events:
+                    if ev.name in names:
+                        totals[classify_op(names[ev.name], root, attn)] += ev.duration_ns
+    return _shares(totals)
+
+
+def torch_split(net, attn_modules, run, repeats: int = 3) -> dict:
+    """Shares of PyTorch self CPU time per SPLIT category for `run()` (a forward): ops
+    under an attention module (marked by hooks) vs the rest; conv = aten ops named *conv*."""
+    import torch
+    from torch.autograd.profiler import record_function
+    hooks = []
+    for m in attn_modules:
+        def pre(mod, args):
+            mod._bench_range = record_function("bench_attention")
+            mod._bench_range.__enter__()
+
+        def post(mod, args, out):
+            mod._bench_range.__exit__(None, None, None)
+        hooks += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
+    try:
+        run()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            for _ in range(repeats):
+                run()
+    finally:
+        for h in hooks:
+            h.remove()
+    totals = dict.fromkeys(SPLIT, 0.0)
+    for ev in prof.events():
+        if ev.name == "bench_attention":
+            continue
+        parent, in_attn = ev.cpu_parent, False
+        while parent is not None and not in_attn:
+            in_attn, parent = parent.name == "bench_attention", parent.cpu_parent
+        conv = "conv" in ev.name
+        key = ("attention convs" if conv else "attention core") if in_attn else \
+            ("convolutions" if conv else "other")
+        totals[key] += ev.self_cpu_time_total
+    return _shares(totals)
+
+
+def _shares(totals: dict) -> dict:
+    total = sum(totals.values()) or 1.0
+    return {k: v / total for k, v in totals.items()}

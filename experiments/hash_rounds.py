@@ -12,6 +12,7 @@ the compiled forward; plus the device counter on GPU/TPU).
   python experiments/hash_rounds.py --config configs/dlsn.py --workdir DIR --preset paper \\
       --cell 3            # only training setting #3 (e.g. a job-array index), then:
   python experiments/hash_rounds.py --config configs/dlsn.py --workdir DIR --stage report
+  --stage latency re-times the finished cells (e.g. on an idle machine), then report.
   --list prints the cells; --study.<field>=... overrides the study (fields below);
   --config.<field>=... overrides the model config (e.g. --config.train.num_steps=300).
 
@@ -145,6 +146,28 @@ def run_training_setting(base, study, workdir: str, r_train: int, chunk: int) ->
         logging.info("cell %s: %s", os.path.basename(path), row)
         rows.append(row)
     return rows
+
+
+def retime(base, study, workdir: str, settings, cell: int = -1) -> None:
+    """Measures latency and memory of every finished cell again (no evaluation), e.g. on
+    an idle machine after a sweep that shared its CPU; the cells are updated in place."""
+    from jaxsr import evaluate
+    for i, (r, k) in enumerate(settings):
+        if cell not in (-1, i):
+            continue
+        twd = os.path.join(study.train_dir or os.path.join(workdir, "train"), cell_name(r, k))
+        for t in test_rounds_for(study, base, k):
+            path = os.path.join(workdir, "cells", cell_name(r, k, t) + ".json")
+            if not os.path.isfile(path):
+                continue
+            row = common.read_json(path)
+            model, params = evaluate.load_model_params(cell_config(base, study, r, k, t), twd)
+            size = int(study.latency_size)
+            timing = common.time_forward(evaluate.make_apply_fn(model, params),
+                                         (1, size, size, 3), study.latency_repeats)
+            row.update(timing, latency_size=size, retimed=common.machine_info())
+            common.write_json(path, row)
+            logging.info("retimed %s: %.1f ms", os.path.basename(path), 1000 * row["latency_s"])
 
 
 # ---------------------------------------------------------------------------------------
@@ -307,6 +330,8 @@ def run(config, study, workdir: str, cell: int = -1, stage: str = "all",
         for i, (r, k) in enumerate(settings):
             if cell in (-1, i):
                 run_training_setting(config, study, workdir, r, k)
+    if stage == "latency":
+        retime(config, study, workdir, settings, cell)
     if stage in ("all", "report") and cell == -1:
         meta = common.read_json(os.path.join(workdir, "study.json"))
         text = write_report(workdir, meta["machine"], note, tuple(study.datasets))
@@ -329,7 +354,8 @@ def define_flags():
     config_flags.DEFINE_config_dict("study", study_defaults("cpu"), "Study settings.")
     flags.DEFINE_string("workdir", None, "Output folder of the study.")
     flags.DEFINE_integer("cell", -1, "Only this training setting (index); -1: all.")
-    flags.DEFINE_enum("stage", "all", ["all", "run", "report"], "Run cells, report, or both.")
+    flags.DEFINE_enum("stage", "all", ["all", "run", "report", "latency"],
+                      "Run cells, report, both (all), or re-time the finished cells.")
     flags.DEFINE_bool("list", False, "Print the training settings and exit.")
     flags.DEFINE_string("note", "", "Text put at the top of hash_rounds.md.")
     flags.mark_flags_as_required(["config", "workdir"])
