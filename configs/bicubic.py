@@ -7,16 +7,13 @@ The full table for x2/x3/x4 on Set5/Set14/B100/Urban100: `python experiments/bic
 Args (comma-separated): x2 (default) | x3 | x4; small (2 images per set, for a smoke run;
 there is nothing to train).
 """
-from jaxsr.config_base import base_config
+from jaxsr.config_base import base_config, parse_args, scale_arg
 
 
 def get_config(arg=None):
-    tokens = [t for t in (arg or "").split(",") if t]
-    unknown = [t for t in tokens if t not in ("x2", "x3", "x4", "small")]
-    if unknown:
-        raise ValueError(f"configs/bicubic.py: unknown arg(s) {unknown} (use x2|x3|x4, small)")
+    tokens = parse_args(arg, ("x2", "x3", "x4", "small"), "configs/bicubic.py")
     c = base_config()
-    c.scale = next((int(t[1]) for t in tokens if t[0] == "x"), 2)
+    c.scale = scale_arg(tokens)
     c.model.name = "bicubic"
     c.model.round_uint8 = True      # MATLAB on uint8 LR: round after each pass
     c.train.num_steps = 0

@@ -7,7 +7,7 @@ Args (`configs/edsr.py:ARG`): '' baseline (16 blocks, 64 ch, 1.37M params at x2)
 `make demo` job (small model on the photos embedded in scikit-image, evaluated on
 held-out photos against bicubic).
 """
-from jaxsr.config_base import base_config
+from jaxsr.config_base import base_config, small_cpu_training
 
 
 def get_config(arg=None):
@@ -35,15 +35,8 @@ def get_config(arg=None):
         c.model.n_resblocks, c.model.n_feats, c.model.res_scale = 32, 256, 0.1
     elif arg in ("small", "demo"):
         c.model.n_resblocks, c.model.n_feats = 4, 32
-        c.train.batch_size = 8
-        c.train.patch_size = 64
-        c.train.num_steps = 2000
-        c.train.lr = 5e-4
-        c.train.lr_milestones = (1400,)
-        c.train.checkpoint_every = 500
-        c.train.log_every = 50
-        c.data.train_dirs = ("../shared/data/train/DIV2K_valid_HR_subset",)
-        c.eval.datasets = ("Set5", "Set14")
+        small_cpu_training(c, lr_patch=32, num_steps=2000, lr=5e-4, milestones=(1400,),
+                           checkpoint_every=500, log_every=50)
     if arg == "demo":
         c.data.source = "skimage"
         c.eval.datasets = ("skimage_val",)

@@ -9,16 +9,13 @@ The network sees only Y (CbCr are bicubic-upscaled, see `jaxsr.models.fsrcnn`). 
 deviates from the paper (91 images + General-100, SGD, 1e-3 / 1e-4 for the deconvolution)
 on purpose: DIV2K patches, Adam 1e-3 with step decay, L1 on RGB, as the other models here.
 """
-from jaxsr.config_base import base_config
+from jaxsr.config_base import base_config, parse_args, scale_arg, small_cpu_training
 
 
 def get_config(arg=None):
-    tokens = [t for t in (arg or "").split(",") if t]
-    unknown = [t for t in tokens if t not in ("x2", "x3", "x4", "gla", "small")]
-    if unknown:
-        raise ValueError(f"configs/fsrcnn.py: unknown arg(s) {unknown} (use x2|x3|x4, gla, small)")
+    tokens = parse_args(arg, ("x2", "x3", "x4", "gla", "small"), "configs/fsrcnn.py")
     c = base_config()
-    c.scale = next((int(t[1]) for t in tokens if t[0] == "x"), 2)
+    c.scale = scale_arg(tokens)
     c.model.name = "fsrcnn"
     c.model.d, c.model.s, c.model.m = 56, 12, 4
     c.model.color = "y"                       # 'y' (paper) | 'rgb'
@@ -36,15 +33,8 @@ def get_config(arg=None):
     c.train.checkpoint_every = 5000
     c.train.log_every = 100
     if "small" in tokens:
-        c.train.batch_size = 8
-        c.train.patch_size = c.get_ref("scale") * 32
-        c.train.num_steps = 600
-        c.train.lr = 2e-3
-        c.train.lr_milestones = (400,)
-        c.train.checkpoint_every = 200
-        c.train.log_every = 20
         c.model.chunk_size = 64
         c.model.n_hashes = 2
-        c.data.train_dirs = ("../shared/data/train/DIV2K_valid_HR_subset",)
-        c.eval.datasets = ("Set5", "Set14")
+        small_cpu_training(c, lr_patch=32, num_steps=600, lr=2e-3, milestones=(400,),
+                           checkpoint_every=200, log_every=20)
     return c

@@ -16,18 +16,15 @@ Args (comma-separated): x2 (default) | x4, small, l1 (the paper's L1 ablation, T
 """
 import math
 
-from jaxsr.config_base import base_config
+from jaxsr.config_base import base_config, parse_args, scale_arg, small_cpu_training
 
 LR_PATCH = 96
 
 
 def get_config(arg=None):
-    tokens = [t for t in (arg or "").split(",") if t]
-    unknown = [t for t in tokens if t not in ("x2", "x4", "small", "l1")]
-    if unknown:
-        raise ValueError(f"configs/kenet.py: unknown arg(s) {unknown} (use x2|x4, small, l1)")
+    tokens = parse_args(arg, ("x2", "x4", "small", "l1"), "configs/kenet.py")
     c = base_config()
-    c.scale = next((int(t[1]) for t in tokens if t[0] == "x"), 2)
+    c.scale = scale_arg(tokens)
     c.model.name = "kenet"
     c.model.kernel_size = {2: 11, 4: 21}[c.scale]
     c.model.features = 64
@@ -49,14 +46,8 @@ def get_config(arg=None):
     c.eval.datasets = ()           # KENet alone outputs kernels; evaluate kenet_usrnet
     if "small" in tokens:
         shrink_kenet(c.model)
-        c.train.batch_size = 8
-        c.train.patch_size = c.scale * 32
-        c.train.num_steps = 600
-        c.train.lr = 1e-3
-        c.train.lr_milestones = (400,)
-        c.train.checkpoint_every = 200
-        c.train.log_every = 20
-        c.data.train_dirs = ("../shared/data/train/DIV2K_valid_HR_subset",)
+        small_cpu_training(c, lr_patch=32, num_steps=600, lr=1e-3, milestones=(400,),
+                           checkpoint_every=200, log_every=20, datasets=None)
     return c
 
 

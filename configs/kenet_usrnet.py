@@ -24,6 +24,8 @@ objective 'nonblind': `python -m jaxsr.main --config configs/kenet_usrnet.py:x2,
 import importlib.util
 import os
 
+from jaxsr.config_base import parse_args
+
 
 def _kenet_config():
     """configs/kenet.py, loaded by path (config files are not a package)."""
@@ -35,11 +37,8 @@ def _kenet_config():
 
 
 def get_config(arg=None):
-    tokens = [t for t in (arg or "").split(",") if t]
     known = ("x2", "x4", "gt", "tiny", "small", "usrnet_only", "train_usrnet")
-    unknown = [t for t in tokens if t not in known]
-    if unknown:
-        raise ValueError(f"configs/kenet_usrnet.py: unknown arg(s) {unknown} (use {known})")
+    tokens = parse_args(arg, known, "configs/kenet_usrnet.py")
     c = _kenet_config().get_config(",".join(t for t in tokens if t in ("x2", "x4", "small")))
     c.model.name = "gt_usrnet" if "gt" in tokens else "kenet_usrnet"
     if "usrnet_only" in tokens:

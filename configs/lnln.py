@@ -11,18 +11,15 @@ epochs. Not stated, taken from RCAN/DRCA's code base: LR patch 48, batch 16, an 
 choices the paper leaves open are listed in jaxsr/models/lnln.py.
 Args (comma-separated): x2 (default) | x3 | x4, and small.
 """
-from jaxsr.config_base import base_config
+from jaxsr.config_base import base_config, parse_args, scale_arg, small_cpu_training
 
 LR_PATCH = 48
 
 
 def get_config(arg=None):
-    tokens = [t for t in (arg or "").split(",") if t]
-    unknown = [t for t in tokens if t not in ("x2", "x3", "x4", "small")]
-    if unknown:
-        raise ValueError(f"configs/lnln.py: unknown arg(s) {unknown} (use x2|x3|x4, small)")
+    tokens = parse_args(arg, ("x2", "x3", "x4", "small"), "configs/lnln.py")
     c = base_config()
-    c.scale = next((int(t[1]) for t in tokens if t[0] == "x"), 2)
+    c.scale = scale_arg(tokens)
     c.model.name = "lnln"
     c.model.n_feats = 64
     c.model.n_groups = 5
@@ -44,13 +41,6 @@ def get_config(arg=None):
     if "small" in tokens:
         # 2 groups of 2 blocks, 16 channels, LR 24x24: a few minutes on 2 CPU cores.
         c.model.n_feats, c.model.n_groups, c.model.n_blocks, c.model.reduction = 16, 2, 2, 4
-        c.train.batch_size = 8
-        c.train.patch_size = c.get_ref("scale") * 24
-        c.train.num_steps = 600
-        c.train.lr = 5e-4
-        c.train.lr_halve_every = 400
-        c.train.checkpoint_every = 200
-        c.train.log_every = 20
-        c.data.train_dirs = ("../shared/data/train/DIV2K_valid_HR_subset",)
-        c.eval.datasets = ("Set5", "Set14")
+        small_cpu_training(c, lr_patch=24, num_steps=600, lr=5e-4, milestones=(400,),
+                           checkpoint_every=200, log_every=20)
     return c

@@ -23,19 +23,16 @@ the authors trained with; `--config.model.bicubic_a=-0.5` switches the kernel an
 `--config.model.bicubic_border=renormalize` gives torchvision>=0.17's antialiased
 upsampling (for checkpoints trained with it).
 """
-from jaxsr.config_base import base_config
+from jaxsr.config_base import base_config, parse_args, scale_arg, small_cpu_training
 
 LR_PATCH = 64
 ARGS = ("iso", "aniso", "x2", "x3", "x4", "small")
 
 
 def get_config(arg=None):
-    tokens = [t for t in (arg or "").split(",") if t]
-    unknown = [t for t in tokens if t not in ARGS]
-    if unknown:
-        raise ValueError(f"configs/nlcunet.py: unknown arg(s) {unknown} (use {', '.join(ARGS)})")
+    tokens = parse_args(arg, ARGS, "configs/nlcunet.py")
     c = base_config()
-    c.scale = next((int(t[1]) for t in tokens if t[0] == "x"), 4)
+    c.scale = scale_arg(tokens, 4)
     c.model.name = "nlcunet"
     c.model.nf = 64
     c.model.blocks = (6, 8, 10, 6, 8, 8)   # encoder1, encoder2, latent, decoder1, decoder2, refine
@@ -76,14 +73,9 @@ def shrink(c):
     c.model.blocks = (1, 1, 1, 1, 1, 1)
     c.model.chunk_size = 16        # latent 4x4 = one chunk at LR 16
     c.model.n_hashes = 2
+    small_cpu_training(c, lr_patch=16, num_steps=300, lr=4e-4, milestones=(200,),
+                       checkpoint_every=100, log_every=20,
+                       datasets=[d for d in c.eval.datasets if d.startswith(("Set5", "DIV2KRK"))])
     c.train.batch_size = 4
-    c.train.patch_size = c.get_ref("scale") * 16
     c.data.center_size = 256
-    c.train.num_steps = 300
-    c.train.lr = 4e-4
-    c.train.lr_milestones = (200,)
-    c.train.checkpoint_every = 100
-    c.train.log_every = 20
-    c.data.train_dirs = ("../shared/data/train/DIV2K_valid_HR_subset",)
-    c.eval.datasets = tuple(d for d in c.eval.datasets if d.startswith(("Set5", "DIV2KRK")))
     c.eval.max_images = 2

@@ -11,18 +11,15 @@ the official test command (`--chop`). The number of rounds and the chunk size ca
 parameters: `--config.model.n_hashes=1 --config.model.chunk_size=256` at evaluation.
 Args (comma-separated): x2 (default) | x3 | x4, and small.
 """
-from jaxsr.config_base import base_config
+from jaxsr.config_base import base_config, parse_args, scale_arg, small_cpu_training
 
 LR_PATCH = 48
 
 
 def get_config(arg=None):
-    tokens = [t for t in (arg or "").split(",") if t]
-    unknown = [t for t in tokens if t not in ("x2", "x3", "x4", "small")]
-    if unknown:
-        raise ValueError(f"configs/nlsn.py: unknown arg(s) {unknown} (use x2|x3|x4, small)")
+    tokens = parse_args(arg, ("x2", "x3", "x4", "small"), "configs/nlsn.py")
     c = base_config()
-    c.scale = next((int(t[1]) for t in tokens if t[0] == "x"), 2)
+    c.scale = scale_arg(tokens)
     c.model.name = "nlsn"
     c.model.n_resblocks = 32
     c.model.n_feats = 256
@@ -44,14 +41,8 @@ def get_config(arg=None):
         # 4 blocks, an NLSA every 2 (body_0/3/6), 32 ch, K=32, 2 rounds, LR 24x24.
         c.model.n_resblocks, c.model.attn_every, c.model.n_feats = 4, 2, 32
         c.model.chunk_size, c.model.n_hashes = 32, 2
-        c.train.batch_size = 8
-        c.train.patch_size = c.get_ref("scale") * 24
-        c.train.num_steps = 1500           # ~5 steps/s on 2 CPU cores: about 5 minutes
-        c.train.lr = 5e-4
-        c.train.lr_milestones = (1000,)
-        c.train.checkpoint_every = 500
-        c.train.log_every = 50
-        c.data.train_dirs = ("../shared/data/train/DIV2K_valid_HR_subset",)
-        c.eval.datasets = ("Set5", "Set14")
+        # ~5 steps/s on 2 CPU cores: about 5 minutes
+        small_cpu_training(c, lr_patch=24, num_steps=1500, lr=5e-4, milestones=(1000,),
+                           checkpoint_every=500, log_every=50)
         c.eval.chop = False
     return c

@@ -10,16 +10,13 @@ on 0-255 (rgb_range 255); this project uses [0, 1], which only rescales the mean
 Args (comma-separated): x2 (default) | x3 | x4; gla (DLSN's GLA plug-in after
 `config.model.attention_positions` groups, default 5); small.
 """
-from jaxsr.config_base import base_config
+from jaxsr.config_base import base_config, parse_args, scale_arg, small_cpu_training
 
 
 def get_config(arg=None):
-    tokens = [t for t in (arg or "").split(",") if t]
-    unknown = [t for t in tokens if t not in ("x2", "x3", "x4", "gla", "small")]
-    if unknown:
-        raise ValueError(f"configs/rcan.py: unknown arg(s) {unknown} (use x2|x3|x4, gla, small)")
+    tokens = parse_args(arg, ("x2", "x3", "x4", "gla", "small"), "configs/rcan.py")
     c = base_config()
-    c.scale = next((int(t[1]) for t in tokens if t[0] == "x"), 2)
+    c.scale = scale_arg(tokens)
     c.model.name = "rcan"
     c.model.n_resgroups = 10
     c.model.n_resblocks = 20
@@ -43,13 +40,6 @@ def get_config(arg=None):
         c.model.n_resgroups, c.model.n_resblocks, c.model.n_feats = 2, 2, 32
         c.model.reduction = 8
         c.model.chunk_size, c.model.n_hashes = 64, 2
-        c.train.batch_size = 8
-        c.train.patch_size = c.get_ref("scale") * 32
-        c.train.num_steps = 600
-        c.train.lr = 5e-4
-        c.train.lr_milestones = (400,)
-        c.train.checkpoint_every = 200
-        c.train.log_every = 20
-        c.data.train_dirs = ("../shared/data/train/DIV2K_valid_HR_subset",)
-        c.eval.datasets = ("Set5", "Set14")
+        small_cpu_training(c, lr_patch=32, num_steps=600, lr=5e-4, milestones=(400,),
+                           checkpoint_every=200, log_every=20)
     return c

@@ -89,3 +89,41 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.max_images = 0         # >0: only the first N images of each set (quick checks)
     c.eval.compare_bicubic = True # also score MATLAB bicubic on the same LR (table column)
     return c
+
+
+# ---------------------------------------------------------------------------------------
+# Helpers for the config files
+
+SHARED_TRAIN_DIR = "../shared/data/train/DIV2K_valid_HR_subset"   # the `:small` variants' data
+
+
+def parse_args(arg, allowed, config_file: str, default: str = "") -> list[str]:
+    """The comma-separated arg of `configs/X.py:x4,small` as a list; an unknown one fails
+    with a message naming the config file and the valid args."""
+    tokens = [t for t in (arg or default).split(",") if t]
+    unknown = [t for t in tokens if t not in allowed]
+    if unknown:
+        raise ValueError(f"{config_file}: unknown arg(s) {unknown} (use {', '.join(allowed)})")
+    return tokens
+
+
+def scale_arg(tokens, default: int = 2) -> int:
+    """The scale named by an 'x2' / 'x3' / 'x4' arg, else `default`."""
+    return next((int(t[1:]) for t in tokens if t[:1] == "x" and t[1:].isdigit()), default)
+
+
+def small_cpu_training(c, *, lr_patch: int, num_steps: int, lr: float, milestones,
+                       checkpoint_every: int, log_every: int, datasets=("Set5", "Set14")):
+    """The training of the `:small` variants: batch 8 of LR `lr_patch` crops from the
+    DIV2K images in ../shared/data, a few minutes on 2 CPU cores."""
+    c.train.batch_size = 8
+    c.train.patch_size = c.get_ref("scale") * lr_patch     # follows --config.scale
+    c.train.num_steps = num_steps
+    c.train.lr = lr
+    c.train.lr_milestones = tuple(milestones)
+    c.train.checkpoint_every = checkpoint_every
+    c.train.log_every = log_every
+    c.data.train_dirs = (SHARED_TRAIN_DIR,)
+    if datasets:
+        c.eval.datasets = tuple(datasets)
+    return c

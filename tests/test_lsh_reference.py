@@ -98,3 +98,28 @@ def test_orthogonal_matches_torch_init(rows, cols):
     np.testing.assert_allclose(got, expected, atol=1e-5)
     gram = got @ got.T if rows < cols else got.T @ got
     np.testing.assert_allclose(gram, np.eye(min(rows, cols)), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", [lsh.CROSS_POLYTOPE, lsh.SUPERBIT])
+@pytest.mark.parametrize("block", [64, 300, None])
+def test_hash_codes_match_numpy_argmax(kind, block):
+    """Blocked hashing (the CPU path) and the one-pass path give the official codes:
+    argmax over xR (Super-Bit) or [xR, -xR] (cross-polytope), first index on ties (the
+    zero rows tie everywhere), for L not a multiple of the block."""
+    length, cq, r, nb = 1000, 8, 3, 32
+    rng = np.random.default_rng(5)
+    q = rng.normal(size=(length, cq)).astype(np.float32)
+    q[[0, 333, 999]] = 0.0
+    rot = lsh.fixed_rotations(0, "test", kind, cq, r, nb)
+    rotated = np.einsum("lc,crb->rlb", q.astype(np.float64), rot.astype(np.float64))
+    if kind == lsh.CROSS_POLYTOPE:
+        rotated = np.concatenate([rotated, -rotated], axis=-1)
+    expected = np.argmax(rotated, axis=-1)
+    codes = jax.jit(lambda q: lsh.hash_codes(q, jnp.asarray(rot), nb, kind, block))(q)
+    assert codes.shape == (r, length)
+    assert (expected[:, [0, 333, 999]] == 0).all()
+    # float32 projections may flip a near-tie that float64 resolves: allow a few.
+    assert np.mean(np.asarray(codes) == expected) > 0.995
+    np.testing.assert_array_equal(np.asarray(codes)[:, [0, 333, 999]], 0)
+    one_pass = lsh.hash_codes(jnp.asarray(q), jnp.asarray(rot), nb, kind, block=length)
+    np.testing.assert_array_equal(np.asarray(codes), np.asarray(one_pass))

@@ -37,6 +37,7 @@ import numpy as np
 
 MAX_BUCKETS = 128   # official cap on the number of buckets
 KEY_EPS = 5e-5      # F.normalize eps used on the keys
+HASH_BLOCK_CPU = 512  # positions hashed per loop step on CPU (see hash_codes)
 
 CROSS_POLYTOPE = "cross_polytope"   # NLSN: argmax over [xR, -xR], nb/2 random directions
 SUPERBIT = "superbit"               # DLSN: argmax over xR, R with orthonormal columns/rows
@@ -121,22 +122,50 @@ def fixed_rotations(seed: int, name: str, kind: str, dim: int, n_hashes: int,
 
 # --------------------------------------------------------------------------- hashing
 
-def hash_codes(q, rotations, n_buckets: int, kind: str):
+def hash_codes(q, rotations, n_buckets: int, kind: str, block: int | None = None):
     """Bucket id per round and position, [R, L] int32 (no round offset needed: sorting
-    is done per round, which equals the official global sort of offset codes)."""
-    n_hashes = rotations.shape[1]
+    is done per round, which equals the official global sort of offset codes).
+
+    `block` positions are hashed per step of a sequential loop (None: HASH_BLOCK_CPU on
+    CPU, all at once elsewhere). Why: XLA:CPU writes the [R, nb, L] projections to memory
+    and reads them in two or three reductions; once they outgrow the cache (~8 MB, e.g.
+    128x128, 3 rounds, 128 buckets) that is memory-bound, and 512-position blocks made
+    the hashing 5-10x faster on a 2-core CPU (docs/performance.md). GPUs/TPUs reduce
+    the whole array in one pass.
+    """
+    n_hashes, length = rotations.shape[1], q.shape[0]
     if n_buckets == 1:                               # L < K: a single bucket
-        return jnp.zeros((n_hashes, q.shape[0]), jnp.int32)
-    proj = jnp.einsum("lc,crb->rlb", q, rotations.astype(q.dtype),
+        return jnp.zeros((n_hashes, length), jnp.int32)
+    if block is None:
+        block = HASH_BLOCK_CPU if jax.default_backend() == "cpu" else length
+    if block >= length:
+        return _hash_block(q, rotations, kind)
+    n_blocks = -(-length // block)
+    q = jnp.pad(q, ((0, n_blocks * block - length), (0, 0))).reshape(n_blocks, block, -1)
+    codes = jax.lax.map(lambda qb: _hash_block(qb, rotations, kind), q)   # [nB, R, block]
+    return jnp.moveaxis(codes, 0, 1).reshape(n_hashes, -1)[:, :length]
+
+
+def _hash_block(q, rotations, kind: str):
+    # Buckets on the major axis: the reductions over them are vectorised over positions.
+    proj = jnp.einsum("lc,crb->rbl", q, rotations.astype(q.dtype),
                       preferred_element_type=jnp.float32)
+    top = jnp.max(proj, axis=1)
     if kind == CROSS_POLYTOPE:
         # argmax over concat([proj, -proj]) without building the concatenation; ties go
         # to the first half, as argmax returns the first maximum.
-        take_pos = jnp.max(proj, axis=-1) >= -jnp.min(proj, axis=-1)
-        codes = jnp.where(take_pos, jnp.argmax(proj, axis=-1),
-                          jnp.argmin(proj, axis=-1) + proj.shape[-1])
-        return codes.astype(jnp.int32)
-    return jnp.argmax(proj, axis=-1).astype(jnp.int32)
+        bottom = jnp.min(proj, axis=1)
+        return jnp.where(top >= -bottom, _first_index_of(proj, top),
+                         _first_index_of(proj, bottom) + proj.shape[1])
+    return _first_index_of(proj, top)
+
+
+def _first_index_of(proj, value):
+    """argmax/argmin over axis 1 given the extreme `value` [R, L]: the first index where
+    proj equals it (argmax's tie rule). Two plain reductions, which XLA:CPU vectorises;
+    its variadic argmax reduction is several times slower."""
+    iota = jax.lax.broadcasted_iota(jnp.int32, proj.shape, 1)
+    return jnp.min(jnp.where(proj == value[:, None], iota, proj.shape[1]), axis=1)
 
 
 def sort_order(codes):

@@ -184,32 +184,30 @@ def _match_rule(rules: Sequence[Rule], module: str, side: str) -> tuple[Rule, di
     return hits[0] if hits else None
 
 
-def flax_to_torch_key(table: Table, flax_path: str) -> tuple[str, Leaf] | None:
-    """'body_3/body_0/kernel' -> ('body.3.body.0.weight', leaf) or None if no rule applies."""
-    module, _, leaf_name = flax_path.rpartition("/")
-    hit = _match_rule(table.rules, module, "flax")
+def _translate(table: Table, key: str, src: str, dst: str) -> tuple[str, Leaf] | None:
+    """A key on side `src` ('flax' paths use '/', 'torch' keys '.') -> the `dst` key and
+    its leaf rule, or None if no rule applies."""
+    sep = {"flax": "/", "torch": "."}
+    module, _, leaf_name = key.rpartition(sep[src])
+    hit = _match_rule(table.rules, module, src)
     if hit is None:
         return None
     rule, groups = hit
     for leaf in rule.leaf_set():
-        if leaf.flax == leaf_name:
-            tmodule = _fill(rule.torch, groups)
-            return (f"{tmodule}.{leaf.torch}" if tmodule else leaf.torch), leaf
+        if getattr(leaf, src) == leaf_name:
+            target, name = _fill(getattr(rule, dst), groups), getattr(leaf, dst)
+            return (f"{target}{sep[dst]}{name}" if target else name), leaf
     return None
+
+
+def flax_to_torch_key(table: Table, flax_path: str) -> tuple[str, Leaf] | None:
+    """'body_3/body_0/kernel' -> ('body.3.body.0.weight', leaf) or None if no rule applies."""
+    return _translate(table, flax_path, "flax", "torch")
 
 
 def torch_to_flax_key(table: Table, torch_key: str) -> tuple[str, Leaf] | None:
     """'body.3.body.0.weight' -> ('body_3/body_0/kernel', leaf) or None."""
-    module, _, leaf_name = torch_key.rpartition(".")
-    hit = _match_rule(table.rules, module, "torch")
-    if hit is None:
-        return None
-    rule, groups = hit
-    for leaf in rule.leaf_set():
-        if leaf.torch == leaf_name:
-            fmodule = _fill(rule.flax, groups)
-            return (f"{fmodule}/{leaf.flax}" if fmodule else leaf.flax), leaf
-    return None
+    return _translate(table, torch_key, "torch", "flax")
 
 
 # ----------------------------------------------------------------------------------------
