@@ -123,3 +123,12 @@ def test_hash_codes_match_numpy_argmax(kind, block):
     np.testing.assert_array_equal(np.asarray(codes)[:, [0, 333, 999]], 0)
     one_pass = lsh.hash_codes(jnp.asarray(q), jnp.asarray(rot), nb, kind, block=length)
     np.testing.assert_array_equal(np.asarray(codes), np.asarray(one_pass))
+
+
+@pytest.mark.parametrize("n_buckets", [16, 2**31])   # key sort; pair sort (keys overflow)
+def test_sort_order_is_the_stable_argsort(n_buckets):
+    codes = np.random.default_rng(6).integers(0, 16, (3, 777)).astype(np.int32)
+    order, undo = jax.jit(lsh.sort_order, static_argnums=1)(codes, n_buckets)
+    expected = np.argsort(codes, axis=-1, kind="stable")
+    np.testing.assert_array_equal(np.asarray(order), expected)
+    np.testing.assert_array_equal(np.asarray(undo), np.argsort(expected, axis=-1))

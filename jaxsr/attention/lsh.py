@@ -4,7 +4,7 @@ One feature map (no batch axis) of length L = H*W, flattened row-major (l = h*W 
 torch's `.view(N, C, H*W)`), with R hashing rounds, chunk size K and nb buckets:
 
   hash_codes          q [L,Cq], rotations      -> bucket ids [R, L]
-  sort_order          bucket ids               -> order [R, L] (stable), undo [R, L]
+  sort_order          bucket ids, nb           -> order [R, L] (stable), undo [R, L]
   chunk_indices       order                    -> padded sorted positions [R, M, K]
   look_around         [R,M,K,...]              -> [R,M,3K,...] (chunks m, m-1, m+1)
   attend_chunks       q, keys, v, ids (+ bias) -> sorted outputs [R,M*K,C], lse [R,M*K]
@@ -168,12 +168,21 @@ def _first_index_of(proj, value):
     return jnp.min(jnp.where(proj == value[:, None], iota, proj.shape[1]), axis=1)
 
 
-def sort_order(codes):
+def sort_order(codes, n_buckets: int):
     """Stable per-round sort by bucket: order[r, i] = position of the i-th sorted item;
-    undo is its inverse permutation (undo[r, order[r, i]] = i)."""
-    order = jnp.argsort(codes, axis=-1, stable=True).astype(jnp.int32)
+    undo is its inverse permutation (undo[r, order[r, i]] = i).
+
+    Sorting the unique keys code * L + position gives the stable order of the codes; XLA:CPU
+    sorts one int32 array ~5x faster than (code, position) pairs with a stability rule.
+    Keys must fit int32 (n_buckets * L < 2^31, i.e. up to ~4096x4096 maps at 128
+    buckets); beyond that the pair sort is used.
+    """
     n_rounds, length = codes.shape
-    iota = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (n_rounds, length))
+    iota = jax.lax.broadcasted_iota(jnp.int32, codes.shape, 1)
+    if n_buckets * length < 2**31:
+        order = jnp.sort(codes * length + iota, axis=-1) % length
+    else:
+        order = jnp.argsort(codes, axis=-1, stable=True).astype(jnp.int32)
     rows = jnp.arange(n_rounds, dtype=jnp.int32)[:, None]
     undo = jnp.zeros_like(order).at[rows, order].set(iota, unique_indices=True)
     return order, undo
@@ -325,7 +334,7 @@ def lsh_attention(q, v, rotations, chunk_size: int, kind: str, key_bias=None,
         raise ValueError(f"rotations have shape {rotations.shape}, expected {expected} "
                          f"for L={length}, chunk_size={chunk_size}, kind={kind}")
     codes = jax.lax.stop_gradient(hash_codes(q, rotations, n_buckets, kind))
-    order, undo = sort_order(codes)
+    order, undo = sort_order(codes, n_buckets)
     chunk_ids = chunk_indices(order, effective_chunk_size(length, chunk_size))
     o, lse = attend_chunks(q, normalize_keys(q), v, chunk_ids, key_bias)
     return unsort_and_merge(o, lse, undo).astype(v.dtype)
