@@ -81,11 +81,13 @@ def run_variant(workdir: str, host: str, attention: str, preset: dict) -> dict:
     return row
 
 
-def report(workdir: str, results: list[dict], machine: dict, note: str = "") -> str:
+def report(workdir: str, results: list[dict], machine: dict, note: str = "", order=()) -> str:
     by = {(r["host"], r["attention"]): r for r in results}
     hosts = [h for h in dict.fromkeys(r["host"] for r in results)
              if (h, "none") in by and (h, "gla") in by]
-    sets = list(results[0]["sets"])
+    order = list(order)
+    sets = sorted(results[0]["sets"],
+                  key=lambda s: (order.index(s) if s in order else len(order), s))
     csv_rows, body = [], []
     for h in hosts:
         a, b = by[(h, "none")], by[(h, "gla")]
@@ -108,7 +110,7 @@ def report(workdir: str, results: list[dict], machine: dict, note: str = "") -> 
     table = common.markdown_table(
         ["host", "set", "steps", "params (plain / +GLA)", "PSNR_Y plain", "PSNR_Y +GLA",
          "gain (dB)", "paper gain (full models)"], body)
-    text = "\n".join(["# GLA as a plug-in block", "", note, f"Machine: {machine}", "",
+    text = "\n".join(["# GLA as a plug-in block", "", note, "", f"Machine: {machine}", "",
                       table, ""])
     common.write_text(os.path.join(workdir, "gla_plugin.md"), text)
     return text
@@ -128,7 +130,8 @@ def run(workdir: str, preset_name: str = "cpu", only=(), steps: int = 0, note: s
             continue
         for attention in ("none", "gla"):
             results.append(run_variant(workdir, host, attention, preset))
-    text = report(workdir, results, common.read_json(meta_path)["machine"], note)
+    text = report(workdir, results, common.read_json(meta_path)["machine"], note,
+                  preset["datasets"])
     print(text)
     return text
 
