@@ -413,14 +413,19 @@ def split_table(rows: list[dict]) -> str:
         for k in common.SPLIT:
             key = k.replace(" ", "_")
             j, t = r.get(f"jax_{key}"), r.get(f"torch_{key}")
-            cells.append(f"{j:.0%}" + (f" / {t:.0%}" if t is not None else ""))
+            cells.append(("-" if j is None else f"{j:.0%}")
+                         + (f" / {t:.0%}" if t is not None else ""))
         body.append([r["network"], r["variant"], r["what"][len("profile_"):],
-                     f"{r['batch']}x{r['size']}x{r['size']}"] + cells)
+                     f"{r['batch']}x{r['size']}x{r['size']}",
+                     f"{r.get('jax_coverage', 0):.0%}"] + cells)
     if not body:
         return ""
-    return ("Where the time goes (share of op time, JAX / torch; torch: forward only):\n\n"
-            + common.markdown_table(["network", "config", "pass", "input"] + list(common.SPLIT),
-                                    body))
+    return ("Where the time goes (share of op time, JAX / torch; torch: forward only). "
+            "'traced' is the JAX op time the profiler saw / wall time; below "
+            f"{common.MIN_COVERAGE:.0%} (Eigen convolutions run outside their trace "
+            "events) the JAX shares are not given ('-'):\n\n"
+            + common.markdown_table(["network", "config", "pass", "input", "traced"]
+                                    + list(common.SPLIT), body))
 
 
 def run(preset: str, networks, out: str) -> list[dict]:

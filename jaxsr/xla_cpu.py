@@ -2,10 +2,11 @@
 
 On the jaxlib this project pins (0.10.x), XLA:CPU hands convolutions to YNNPACK library
 fusions by default. Turning those off (`--xla_cpu_experimental_ynn_fusion_type=`, so
-convolutions run on Eigen) made jaxsr's networks 1.1-2.2x faster in the forward pass and
-1.1-1.8x in the train step on a 2-core x86 CPU (EDSR-baseline forward 159 -> 79 ms, RCAN
-1980 -> 891 ms, EDSR-small train step 120 -> 65 ms; docs/performance.md). GPU and TPU
-compilations ignore XLA:CPU flags.
+convolutions run on Eigen) made the convolution networks about 2x faster on a 2-core x86
+CPU (`make bench` before/after: EDSR-baseline forward at 64x64 LR 150 -> 75 ms, RCAN 1710
+-> 867 ms, EDSR-small train step 107 -> 61 ms; docs/performance.md;
+`JAXSR_XLA_DEFAULTS=0 make bench` reproduces "before"). GPU and TPU compilations ignore
+XLA:CPU flags.
 
 The flag is added only for jaxlib versions where it was checked: XLA aborts the process on
 a flag it does not know, and experimental flags get renamed. A flag the user already put

@@ -132,3 +132,20 @@ def test_benchmark_rows_and_attention_split():
     table = benchmark.markdown([dict(r, network="fsrcnn", variant="small", params=1)
                                 for r in rows])
     assert "| fsrcnn | small | 1 | forward | 1x16x16 |" in table
+
+
+def test_profile_split_classifies_ops_and_hides_untraced_shares():
+    attn = [("body_0", "body_2")]
+    op = "jit(f)/transpose(jvp(DLSN))/body_0/body_2/conv_match/conv_general_dilated"
+    assert common.classify_op(op, "DLSN", attn) == "attention convs"
+    assert common.classify_op(op.replace("conv_general_dilated", "sort"), "DLSN",
+                              attn) == "attention core"
+    assert common.classify_op("jit(f)/DLSN/body_1/conv_general_dilated", "DLSN",
+                              attn) == "convolutions"
+    row = {"what": "profile_fwd", "network": "dlsn", "variant": "small", "batch": 1,
+           "size": 8, "jax_coverage": 0.1, **{f"jax_{k.replace(' ', '_')}": None
+                                                for k in common.SPLIT},
+           "torch_convolutions": 0.5, "torch_attention_convs": 0.1,
+           "torch_attention_core": 0.3, "torch_other": 0.1}
+    assert "| dlsn | small | fwd | 1x8x8 | 10% | - / 50% | - / 10% | - / 30% | - / 10% |" \
+        in benchmark.split_table([row])
