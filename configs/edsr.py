@@ -7,7 +7,7 @@ Args (`configs/edsr.py:ARG`): '' baseline (16 blocks, 64 ch, 1.37M params at x2)
 `make demo` job (small model on the photos embedded in scikit-image, evaluated on
 held-out photos against bicubic).
 """
-from jaxsr.config_base import base_config, small_cpu_training
+from jaxsr.config_base import base_config, gla_plugin_fields, small_cpu_training
 
 
 def get_config(arg=None):
@@ -18,11 +18,7 @@ def get_config(arg=None):
     c.model.res_scale = 1.0
     # GLA plug-in (DLSN 4.3.3; jaxsr.models.plugin): 'gla' adds GLA blocks after
     # `attention_positions` ResBlocks (empty: n_resblocks // 2).
-    c.model.attention = "none"
-    c.model.attention_positions = ()
-    c.model.chunk_size = 128
-    c.model.n_hashes = 3
-    c.model.gla_reduction = 4
+    gla_plugin_fields(c, False)
     c.data.train_dirs = ("data/DIV2K/DIV2K_train_HR",)
     c.train.batch_size = 16
     c.train.patch_size = 96                # LR 48x48 at x2, as EDSR

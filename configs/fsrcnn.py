@@ -9,7 +9,8 @@ The network sees only Y (CbCr are bicubic-upscaled, see `jaxsr.models.fsrcnn`). 
 deviates from the paper (91 images + General-100, SGD, 1e-3 / 1e-4 for the deconvolution)
 on purpose: DIV2K patches, Adam 1e-3 with step decay, L1 on RGB, as the other models here.
 """
-from jaxsr.config_base import base_config, parse_args, scale_arg, small_cpu_training
+from jaxsr.config_base import (base_config, gla_plugin_fields, parse_args, scale_arg,
+                               small_cpu_training)
 
 
 def get_config(arg=None):
@@ -19,11 +20,7 @@ def get_config(arg=None):
     c.model.name = "fsrcnn"
     c.model.d, c.model.s, c.model.m = 56, 12, 4
     c.model.color = "y"                       # 'y' (paper) | 'rgb'
-    c.model.attention = "gla" if "gla" in tokens else "none"
-    c.model.attention_positions = ()          # empty: m + 2 (after the expanding layer)
-    c.model.chunk_size = 128
-    c.model.n_hashes = 3
-    c.model.gla_reduction = 4
+    gla_plugin_fields(c, "gla" in tokens)   # default GLA position: m + 2
     c.data.train_dirs = ("data/DIV2K/DIV2K_train_HR",)
     c.train.batch_size = 16
     c.train.patch_size = c.get_ref("scale") * 48

@@ -10,7 +10,8 @@ on 0-255 (rgb_range 255); this project uses [0, 1], which only rescales the mean
 Args (comma-separated): x2 (default) | x3 | x4; gla (DLSN's GLA plug-in after
 `config.model.attention_positions` groups, default 5); small.
 """
-from jaxsr.config_base import base_config, parse_args, scale_arg, small_cpu_training
+from jaxsr.config_base import (base_config, gla_plugin_fields, parse_args, scale_arg,
+                               small_cpu_training)
 
 
 def get_config(arg=None):
@@ -22,11 +23,7 @@ def get_config(arg=None):
     c.model.n_resblocks = 20
     c.model.n_feats = 64
     c.model.reduction = 16                    # channel attention
-    c.model.attention = "gla" if "gla" in tokens else "none"
-    c.model.attention_positions = ()          # empty: n_resgroups // 2
-    c.model.chunk_size = 128
-    c.model.n_hashes = 3
-    c.model.gla_reduction = 4
+    gla_plugin_fields(c, "gla" in tokens)   # default GLA position: n_resgroups // 2
     c.data.train_dirs = ("data/DIV2K/DIV2K_train_HR",)
     c.train.batch_size = 16
     c.train.patch_size = c.get_ref("scale") * 48

@@ -127,3 +127,15 @@ def small_cpu_training(c, *, lr_patch: int, num_steps: int, lr: float, milestone
     if datasets:
         c.eval.datasets = tuple(datasets)
     return c
+
+
+def gla_plugin_fields(c, enabled: bool):
+    """The model fields of the GLA plug-in (DLSN 4.3.3; jaxsr.models.plugin) shared by the
+    host networks (EDSR, RCAN, FSRCNN): when enabled, GLA blocks (chunk 128, 3 rounds, as
+    DLSN) after each of `attention_positions` (empty: the host's default position)."""
+    c.model.attention = "gla" if enabled else "none"
+    c.model.attention_positions = ()
+    c.model.chunk_size = 128
+    c.model.n_hashes = 3
+    c.model.gla_reduction = 4
+    return c
