@@ -211,3 +211,15 @@ def test_make_lr_errors(tmp_path, capsys):
         make_lr.make_lr(str(tmp_path), str(tmp_path / "o"), [2], degradation="nope")
     with pytest.raises(ValueError, match="integer"):
         make_lr.make_lr(str(tmp_path), str(tmp_path / "o"), [2.5])
+
+
+def test_make_lr_cli_takes_several_scales_either_way(tmp_path):
+    """`--scale 2 3` (as the README writes it) and `--scale 2 --scale 4` both work."""
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    Image.fromarray(np.full((12, 12, 3), 90, np.uint8)).save(hr / "a.png")
+    assert make_lr.main(["--hr", str(hr), "--out", str(tmp_path / "o"), "--scale", "2", "3",
+                         "--scale", "4"]) == 0
+    for s in (2, 3, 4):
+        lr = np.asarray(Image.open(tmp_path / "o" / f"X{s}" / f"ax{s}.png"))
+        assert lr.shape == (12 // s, 12 // s, 3) and np.all(lr == 90)

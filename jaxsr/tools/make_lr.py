@@ -80,8 +80,8 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--hr", help="folder of HR images (required unless --blind_set)")
     ap.add_argument("--out", required=True, help="output root; files go to <out>/X<s>/")
-    ap.add_argument("--scale", type=float, action="append", required=True,
-                    help="integer scale; repeat for several")
+    ap.add_argument("--scale", type=float, action="extend", nargs="+", required=True,
+                    help="integer scale(s): --scale 2 3 4 or --scale 2 --scale 3")
     ap.add_argument("--degradation", default="bicubic", help="default: bicubic (MATLAB)")
     ap.add_argument("--seed", type=int, default=0, help="for random degradations")
     ap.add_argument("--blind_set", action="append", default=[],
