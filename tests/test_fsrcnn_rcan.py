@@ -1,5 +1,6 @@
 """FSRCNN and RCAN against independent PyTorch references (tests/torch_refs), and the GLA
 plug-in (jaxsr.models.plugin) in EDSR / RCAN / FSRCNN."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -148,3 +149,20 @@ def test_plugin_errors_name_the_key():
                                    (8,)) is None
     with pytest.raises(ValueError, match="unknown arg"):
         config_util.load_config_file("configs/rcan.py:big")
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_subpixel_transposed_conv_equals_flax_conv_transpose(scale):
+    """FSRCNN's deconvolution as phases + pixel shuffle equals Flax's ConvTranspose (torch
+    padding 4, output_padding scale-1) with the same parameters, at every scale."""
+    lo = 9 - 1 - 4
+    ref = nn.ConvTranspose(3, (9, 9), strides=(scale, scale), transpose_kernel=True,
+                           padding=((lo, lo + scale - 1),) * 2,
+                           kernel_init=nn.initializers.normal(1.0),
+                           bias_init=nn.initializers.normal(1.0))
+    x = jax.random.normal(jax.random.PRNGKey(scale), (2, 7, 5, 6))
+    params = ref.init(jax.random.PRNGKey(0), x)
+    got = fsrcnn.SubPixelConvTranspose(3, 9, scale, padding=4).apply(params, x)
+    want = ref.apply(params, x)
+    assert got.shape == want.shape == (2, 7 * scale, 5 * scale, 3)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-4, rtol=1e-5)

@@ -11,7 +11,8 @@ Submodule names follow the widely used PyTorch port (yjn870/FSRCNN-pytorch):
 `first_part.0.weight` -> `first_part_0/kernel`, the PReLU `first_part.1.weight` ->
 `first_part_1/weight`, `mid_part.<i>.*` -> `mid_part_<i>/*`, `last_part.weight` ->
 `last_part/kernel` (torch ConvTranspose2d weight [in, out, 9, 9] -> transpose (2, 3, 1, 0),
-like a conv, because the Flax layer uses `transpose_kernel=True`).
+like a conv: the layout of Flax's `ConvTranspose(transpose_kernel=True)`, which
+`SubPixelConvTranspose` keeps while computing the layer as s*s phases + pixel shuffle).
 
 Colour. As in the paper, the network sees only luma: the RGB input in [0, 1] is converted
 to BT.601 YCbCr (MATLAB `rgb2ycbcr`: Y = 16/255 + (65.481 R + 128.553 G + 24.966 B)/255),
@@ -30,13 +31,14 @@ Parameters (Y, any scale): 12,809 = the paper's 12,464 weights + 173 biases + 17
 slopes. Initialisation as the reference code: He normal (fan_out) convs, N(0, 0.001)
 deconvolution, zero biases, PReLU slopes 0.25.
 """
-from typing import Optional
+from typing import Callable, Optional
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsr.models import plugin
+from jaxsr.models import common, plugin
 from jaxsr.ops.imresize import imresize
 
 # MATLAB rgb2ycbcr for [0, 1] data: ycc = RGB2YCC @ rgb + OFFSET (rows Y, Cb, Cr).
@@ -103,14 +105,53 @@ class FSRCNN(nn.Module):
         return ycbcr_to_rgb(jnp.concatenate([out, cbcr], axis=-1))
 
     def _deconv(self, h, channels: int):
-        # torch ConvTranspose2d(k=9, stride=s, padding=4, output_padding=s-1) as a
-        # dilated conv: pad (k-1-4) before and (k-1-4)+(s-1) after -> exactly s*H.
-        lo = 9 - 1 - 4
-        return nn.ConvTranspose(
-            channels, (9, 9), strides=(self.scale, self.scale),
-            padding=((lo, lo + self.scale - 1), (lo, lo + self.scale - 1)),
-            transpose_kernel=True, kernel_init=nn.initializers.normal(0.001),
-            name="last_part")(h)
+        return SubPixelConvTranspose(channels, 9, self.scale, padding=4,
+                                     kernel_init=nn.initializers.normal(0.001),
+                                     name="last_part")(h)
+
+
+def subpixel_taps(kernel_size: int, stride: int, padding: int) -> np.ndarray:
+    """Index table of `SubPixelConvTranspose`: taps[t, r] is the row of the transposed-conv
+    kernel that output phase r (of `stride`) reads through input offset t (-1: none).
+
+    torch's y[s*q + r] = sum_i x[i] w[s*q + r + p - s*i]: with d = q - i, phase r is a plain
+    correlation of x with the taps w[s*d + r + p], d in [lo, hi] (those inside the kernel).
+    """
+    k, s, p = kernel_size, stride, padding
+    lo, hi = -((p + s - 1) // s), (k - 1 - p) // s
+    d = hi - np.arange(hi - lo + 1)[:, None]               # tap t reads x[q + t - hi]
+    taps = s * d + np.arange(s)[None, :] + p
+    return np.where((taps >= 0) & (taps < k), taps, -1)
+
+
+class SubPixelConvTranspose(nn.Module):
+    """torch ConvTranspose2d(k, stride s, padding p, output_padding s-1): output exactly s x
+    the input. Computed as one stride-1 convolution to s*s phases + pixel shuffle: same
+    result, ~s^2 fewer multiplies than convolving the zero-dilated input (XLA:CPU's
+    lowering of a transposed convolution). Parameters as `nn.ConvTranspose(...,
+    transpose_kernel=True)`: kernel [k, k, out, in] (= torch weight.transpose(2, 3, 1, 0)),
+    bias [out]."""
+    features: int
+    kernel_size: int
+    stride: int
+    padding: int
+    kernel_init: Callable = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x):
+        k, s = self.kernel_size, self.stride
+        kernel = self.param("kernel", self.kernel_init, (k, k, self.features, x.shape[-1]))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        taps = subpixel_taps(k, s, self.padding)                       # [T, s]
+        n_taps = taps.shape[0]
+        w = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0)))         # index -1: zero tap
+        w = w[taps[:, None, :, None], taps[None, :, None, :]]          # [T, T, s, s, out, in]
+        w = w.transpose(0, 1, 5, 4, 2, 3).reshape(n_taps, n_taps, x.shape[-1], -1)
+        hi = (k - 1 - self.padding) // s
+        pad = (hi, n_taps - 1 - hi)
+        y = jax.lax.conv_general_dilated(x, w.astype(x.dtype), (1, 1), (pad, pad),
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return common.pixel_shuffle(y, s) + bias.astype(x.dtype)
 
 
 def build(config):
