@@ -30,8 +30,9 @@ on the 0-255 scale, because the reference recipes round and floor on that scale:
   (KENet's kernels feed USRNet): circular true convolution and upper-left decimation.
 * kair: KAIR/USRNet classical model: wrap-mode true convolution of the uint8 HR, floored
   to uint8, upper-left s-fold decimation, then float AWGN with level 0 (p=1/9) or
-  randint(0, 25); no final quantisation. The Gaussian half of KAIR's kernels only (its
-  random motion kernels are not implemented); the scale is fixed (KAIR draws it per batch).
+  randint(0, 25); no final quantisation. Half of the kernels are KAIR's random
+  motion-blur kernels (`jaxsr.data.motion_kernels`), half anisotropic Gaussians, each
+  flipped/rotated at random; the scale is fixed (KAIR draws it per batch).
 """
 import dataclasses
 import math
@@ -41,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsr.data import kernels as K
+from jaxsr.data import motion_kernels
 from jaxsr.ops.imresize import imresize, imresize_np
 
 # floor() tolerance on the 0-255 scale: float32 round-off of a blur can leave an exact
@@ -70,6 +72,7 @@ class Spec:
     kernel_disturb: float = 0.0     # DAN random_disturb: taps * (1 + U(0, d))
     kernel_shift: str = "none"      # mean offset -0.5 (sf - 1): sf = scale, or KAIR's random
     kernel_dihedral: bool = False   # random flip/rotation of the kernel (KAIR)
+    motion_prob: float = 0.0        # share of random motion kernels (motion_kernels.py)
     blur_padding: str = "reflect"   # numpy pad modes: reflect | edge | wrap | symmetric
     blur_mode: str = "correlate"    # correlate (torch conv2d) | convolve (scipy convolve)
     blur_quantize: str = "none"
@@ -106,7 +109,7 @@ PRESETS = {
                   downsample="decimate"),
     "kair": dict(kernel="aniso", kernel_size=25, sample_variance=True,
                  sigma_min=math.sqrt(0.6), sigma_max=math.sqrt(12.0), theta_min=0.0,
-                 theta_max=math.pi, kernel_shift="kair", kernel_dihedral=True,
+                 theta_max=math.pi, kernel_shift="kair", kernel_dihedral=True, motion_prob=0.5,
                  blur_padding="wrap", blur_mode="convolve", blur_quantize="floor",
                  downsample="decimate", noise_levels=tuple(range(25)), noise_zero_prob=1 / 9,
                  quantize="none"),
@@ -155,6 +158,10 @@ def resolve(config) -> Spec:
         if not 0 < fields["sigma_min"] <= fields["sigma_max"]:
             raise ValueError("config.degradation: need 0 < sigma_min <= sigma_max, got "
                              f"{fields['sigma_min']}, {fields['sigma_max']}")
+    if not 0.0 <= fields["motion_prob"] <= 1.0 or (fields["motion_prob"] > 0
+                                                     and fields["kernel"] == "none"):
+        raise ValueError(f"config.degradation.motion_prob={fields['motion_prob']}: must be in "
+                         "[0, 1], and > 0 only with a blur kernel (kernel='iso'/'aniso')")
     if scale < 1:
         raise ValueError(f"config.scale={scale} must be >= 1")
     return Spec(scale=scale, **fields)
@@ -171,8 +178,17 @@ def _sigma(u, spec: Spec, xp):
     return lo + u * (hi - lo)
 
 
+def _n_disturb(spec: Spec) -> int:
+    return spec.kernel_size ** 2 if spec.kernel_disturb > 0 else 0
+
+
 def _n_uniforms(spec: Spec) -> int:
-    return 8 + (spec.kernel_size ** 2 if spec.kernel_disturb > 0 else 0)
+    motion = 1 + motion_kernels.N_UNIFORMS if spec.motion_prob > 0 else 0
+    return 8 + _n_disturb(spec) + motion
+
+
+def _n_normals(spec: Spec) -> int:
+    return motion_kernels.N_NORMALS if spec.motion_prob > 0 else 0
 
 
 def _pick(u, n: int, xp):
@@ -180,12 +196,15 @@ def _pick(u, n: int, xp):
     return xp.clip(xp.floor(u * n), 0, n - 1).astype(xp.int32)
 
 
-def _params_from_uniforms(u, spec: Spec, xp) -> dict:
-    """One sample's parameters from a vector of U[0,1) draws (shared by JAX and NumPy, so
-    both paths have the same distributions; one random call keeps compile time low).
+def _params_from_uniforms(u, spec: Spec, xp, normals=None) -> dict:
+    """One sample's parameters from a vector of U[0,1) draws and, for motion kernels,
+    `_n_normals(spec)` standard normals (shared by JAX and NumPy, so both paths have the
+    same distributions; one random call keeps compile time low).
 
     Layout: u[0:3] sigma_x, sigma_y, theta; u[3] KAIR shift sf; u[4] dihedral index;
-    u[5] noise-level index; u[6] noise level; u[7] no-noise coin; u[8:] kernel disturbance.
+    u[5] noise-level index; u[6] noise level; u[7] no-noise coin; then the kernel
+    disturbance (kernel_size^2 when used); then the motion coin and motion_kernels'
+    N_UNIFORMS (when motion_prob > 0).
     """
     out = {}
     if spec.kernel != "none":
@@ -202,6 +221,12 @@ def _params_from_uniforms(u, spec: Spec, xp) -> dict:
         kern_fn, dih_fn = ((K.gaussian_kernel, K.dihedral) if xp is jnp
                            else (K.gaussian_kernel_np, K.dihedral_np))
         k = kern_fn(ks, sx, sy, theta, (mu, mu), d)
+        if spec.motion_prob > 0:
+            m = 8 + _n_disturb(spec)
+            motion = u[m] < spec.motion_prob
+            mk = motion_kernels.motion_kernel(normals, u[m + 1:], ks, xp)
+            k = xp.where(motion, mk.astype(k.dtype), k)
+            out["motion"] = motion
         out["kernel"] = dih_fn(k, _pick(u[4], 8, xp)) if spec.kernel_dihedral else k
         out.update(sigma_x=sx, sigma_y=sy, theta=theta)
     if spec.has_noise:
@@ -223,7 +248,10 @@ def sample_params(rng, spec: Spec, batch: int, lr_hw):
 
     def one(key):
         ku, kn = jax.random.split(key)
-        out = _params_from_uniforms(jax.random.uniform(ku, (_n_uniforms(spec),)), spec, jnp)
+        normals = (jax.random.normal(jax.random.fold_in(key, 2), (_n_normals(spec),))
+                   if spec.motion_prob > 0 else None)
+        out = _params_from_uniforms(jax.random.uniform(ku, (_n_uniforms(spec),)), spec, jnp,
+                                    normals)
         if spec.has_noise:
             # a flat draw compiles ~4x faster than an N-d one (partitionable threefry)
             h, w = lr_hw
@@ -237,7 +265,9 @@ def sample_params_np(rng: np.random.Generator, spec: Spec, batch: int, lr_hw) ->
     """NumPy twin of `sample_params` (same distributions, numpy's random stream)."""
     per = []
     for _ in range(batch):
-        p = _params_from_uniforms(rng.random(_n_uniforms(spec)), spec, np)
+        u = rng.random(_n_uniforms(spec))
+        normals = rng.standard_normal(_n_normals(spec)) if spec.motion_prob > 0 else None
+        p = _params_from_uniforms(u, spec, np, normals)
         if spec.has_noise:
             p["noise"] = rng.standard_normal(tuple(lr_hw) + (3,))
         per.append(p)

@@ -1,0 +1,142 @@
+"""Random motion-blur kernels of KAIR's classical degradation (USRNet training), on device.
+
+KAIR draws half of its training kernels with `utils_deblur.blurkernel_synthesis(h=25)`, a
+random camera-shake trajectory (Boracchi & Foi style) binned into an image. The recipe,
+step by step (architectures.md section 6; same distributions here, computed in closed
+form so that one code path serves JAX (jit/vmap, per-sample) and NumPy):
+
+1. trajectory of T = 250 points in 3-D: rotation angles r_t = r_{t-1} + (2 pi / T) F_t
+   with F_t = n_t / (t + 1) + r_{t-1}; velocity v_t = v_{t-1} + m_t / (t + 1) (v_0 and the
+   n_t, m_t standard normal); position x_t = x_{t-1} + Rz Ry Rx(r_t) v_t, x_0 = 0;
+2. a kernel side h = round(min(5 - ln(U) / 0.15, 27)), made odd (5..27);
+3. the first two coordinates binned on h x h cells of width (max - min) / h starting at
+   the minimum; as in KAIR, only cells 0..h-2 are counted (its threshold list has h
+   entries), so the last row and column stay empty;
+4. normalised, 'same' convolution with a 3x3 Gaussian (sigma 1, zero border), normalised;
+5. centred in a size x size frame (KAIR: 25); a larger h keeps the top-left size x size;
+6. with probability 1/4 bilinearly enlarged (OpenCV INTER_LINEAR: half-pixel centres,
+   edge clamp) to a random (rows, cols) in [size, 5 size] each and centre-cropped;
+7. replaced by a centred Gaussian of sigma 0.1 + 6 U when its mass is below 0.1 (after the
+   crop), then normalised.
+
+One deviation: when no trajectory point falls in the counted cells (KAIR then redraws h on
+the same trajectory), the kernel falls through to the Gaussian of step 7.
+"""
+import math
+
+import jax.numpy as jnp
+import numpy as np
+
+TRAJECTORY_POINTS = 250
+MAX_SIDE = 27                   # step 2's cap on h
+N_UNIFORMS = 5                  # side, resize coin, resize rows, resize cols, fallback sigma
+N_NORMALS = 3 + 6 * (TRAJECTORY_POINTS - 1)
+
+
+def trajectory(normals, xp=jnp):
+    """Step 1: [3 + 6 (T-1)] standard normals -> the first two coordinates [2, T]."""
+    t_count = TRAJECTORY_POINTS
+    v0 = normals[:3]
+    n_rot = normals[3:3 + 3 * (t_count - 1)].reshape(t_count - 1, 3)
+    n_vel = normals[3 + 3 * (t_count - 1):].reshape(t_count - 1, 3)
+    t = xp.arange(1, t_count, dtype=normals.dtype)[:, None]
+    step = 2 * math.pi / t_count
+    # r_t = (1 + step) r_{t-1} + step n_t / (t + 1): a linear recurrence, summed in closed
+    # form (growth (1 + step)^T ~ 520, harmless in float32).
+    growth = (1 + step) ** t
+    r = growth * xp.cumsum(step * n_rot / (t + 1) / growth, axis=0)          # [T-1, 3]
+    v = v0[None] + xp.cumsum(n_vel / (t + 1), axis=0)                         # [T-1, 3]
+    moves = _rotate(v, r, xp)
+    x = xp.concatenate([xp.zeros((1, 3), normals.dtype), xp.cumsum(moves, axis=0)], axis=0)
+    return x[:, :2].T
+
+
+def _rotate(v, r, xp):
+    """Rz(r2) Ry(r1) Rx(r0) v for rows of v [N, 3] and angles r [N, 3]."""
+    c, s = xp.cos(r), xp.sin(r)
+    x, y, z = v[:, 0], v[:, 1], v[:, 2]
+    y, z = c[:, 0] * y - s[:, 0] * z, s[:, 0] * y + c[:, 0] * z               # Rx
+    x, z = c[:, 1] * x + s[:, 1] * z, -s[:, 1] * x + c[:, 1] * z              # Ry
+    x, y = c[:, 2] * x - s[:, 2] * y, s[:, 2] * x + c[:, 2] * y               # Rz
+    return xp.stack([x, y, z], axis=1)
+
+
+def side_from_uniform(u, xp=jnp):
+    """Step 2: h in {5, 7, ..., 27} (round half to even, as numpy)."""
+    h = xp.round(xp.minimum(5.0 - xp.log(xp.maximum(u, 1e-30)) / 0.15, float(MAX_SIDE)))
+    h = h.astype(xp.int32)
+    return h + 1 - h % 2
+
+
+def _bin_counts(xy, h, xp):
+    """Step 3: counts [MAX_SIDE, MAX_SIDE] (rows: first coordinate), cells 0..h-2 only."""
+    lo, hi = xp.min(xy, axis=1, keepdims=True), xp.max(xy, axis=1, keepdims=True)
+    cell = (hi - lo) / h
+    idx = xp.floor((xy - lo) / xp.where(cell > 0, cell, 1.0)).astype(xp.int32)
+    ok = xp.all((idx >= 0) & (idx <= h - 2) & (cell > 0), axis=0)
+    cells = xp.arange(MAX_SIDE)
+    rows = ((idx[0][:, None] == cells) & ok[:, None]).astype(xy.dtype)      # [T, 27]
+    cols = (idx[1][:, None] == cells).astype(xy.dtype)
+    return rows.T @ cols
+
+
+def _normalise(k, xp):
+    total = xp.sum(k)
+    return k / xp.where(total > 0, total, 1.0)
+
+
+def _smooth(k, h, xp):
+    """Step 4's 3x3 Gaussian (sigma 1) 'same' convolution with a zero border, kept to h x h."""
+    g = np.exp(-(np.arange(-1, 2)[:, None] ** 2 + np.arange(-1, 2)[None, :] ** 2) / 2.0)
+    g = g / g.sum()
+    kp = xp.pad(k, 1)
+    out = sum(g[a, b] * kp[a:a + MAX_SIDE, b:b + MAX_SIDE] for a in range(3) for b in range(3))
+    inside = xp.arange(MAX_SIDE) < h
+    return out * (inside[:, None] & inside[None, :])
+
+
+def _frame(k, h, size: int, xp):
+    """Step 5: the h x h kernel (top-left of k) centred in size x size, or cropped."""
+    src = xp.arange(size) - xp.maximum((size - h) // 2, 0)
+    src = xp.where((src >= 0) & (src < h), src, MAX_SIDE)                     # -> zero row
+    k = xp.pad(k, ((0, 1), (0, 1)))
+    return k[src[:, None], src[None, :]]
+
+
+def _linear_weights(out_len, size: int, xp):
+    """[size, size] rows of OpenCV INTER_LINEAR weights for the centre `size` samples of a
+    resize from `size` to `out_len` (half-pixel centres, edge clamp)."""
+    dst = (out_len - size) // 2 + xp.arange(size)
+    src = (dst + 0.5) * (size / out_len) - 0.5
+    left = xp.floor(src)
+    frac = src - left
+    frac = xp.where(left < 0, 0.0, xp.where(left >= size - 1, 0.0, frac))
+    left = xp.clip(left, 0, size - 1).astype(xp.int32)
+    right = xp.minimum(left + 1, size - 1)
+    cols = xp.arange(size)
+    return ((cols == left[:, None]) * (1 - frac)[:, None]
+            + (cols == right[:, None]) * frac[:, None])
+
+
+def _gaussian(size: int, sigma, xp):
+    """Step 7: MATLAB fspecial('gaussian', size, sigma), tiny taps zeroed like MATLAB."""
+    r = (np.arange(size) - (size - 1) / 2.0) ** 2
+    g = xp.exp(-(r[:, None] + r[None, :]) / (2.0 * sigma * sigma))
+    g = xp.where(g < np.finfo(np.float64).eps * xp.max(g), 0.0, g)
+    return g / xp.sum(g)
+
+
+def motion_kernel(normals, u, size: int = 25, xp=jnp):
+    """One random motion kernel [size, size] from N_NORMALS standard normals and
+    N_UNIFORMS uniforms in [0, 1) (layout: side, resize coin, rows, cols, fallback sigma)."""
+    h = side_from_uniform(u[0], xp)
+    k = _normalise(_bin_counts(trajectory(normals, xp), h, xp), xp)
+    k = _normalise(_smooth(k, h, xp), xp)
+    k = _frame(k, h, size, xp)
+    n_sizes = 4 * size + 1                                  # randint(size, 5 size)
+    rows = size + xp.minimum(xp.floor(u[2] * n_sizes), n_sizes - 1)
+    cols = size + xp.minimum(xp.floor(u[3] * n_sizes), n_sizes - 1)
+    big = _linear_weights(rows, size, xp) @ k @ _linear_weights(cols, size, xp).T
+    k = xp.where(xp.floor(u[1] * 4) == 1, big, k)
+    k = xp.where(xp.sum(k) < 0.1, _gaussian(size, 0.1 + 6.0 * u[4], xp), k)
+    return _normalise(k, xp)
