@@ -53,8 +53,11 @@ def get_config(arg=None):
     c.train.lr_milestones = ()
     if "train_usrnet" in tokens:
         # USRNet itself, non-blind, as KAIR's train_usrnet.json: HR patch 96, batch 48,
-        # Adam 1e-4 halved at 100k/200k/300k/400k, L1; kernels (+ noise) of the preset.
+        # Adam 1e-4 halved at 100k/200k/300k/400k, L1, on KAIR's classical degradation
+        # (25x25 motion or Gaussian kernels, noise 0-24); --config.degradation.name=kenet
+        # trains on KENet's kernel distribution (no noise) instead.
         c.model.name = "usrnet"
+        c.degradation.name = "kair"
         c.train.objective = "nonblind"
         c.train.patch_size, c.train.batch_size = 96, 48
         c.train.num_steps = 500_000
