@@ -61,7 +61,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.degradation.sample_variance = ph(bool)  # draw sigma^2 uniformly instead (KAIR)
     c.degradation.kernel_disturb = ph(float)  # taps * (1 + U(0, d)), DAN random_disturb 0.25
     c.degradation.kernel_shift = ph(str)     # 'none' | 'scale' | 'kair': mean -0.5 (sf - 1)
-    c.degradation.kernel_dihedral = ph(bool)  # random flip/rotation of the kernel (KAIR)
+    c.degradation.kernel_dihedral = ph(bool)  # random flip/rotation of Gaussian kernels (KAIR)
     c.degradation.motion_prob = ph(float)   # share of random motion-blur kernels (KAIR 0.5)
     c.degradation.blur_padding = ph(str)     # 'reflect' | 'edge' | 'wrap' | 'symmetric'
     c.degradation.blur_mode = ph(str)        # 'correlate' | 'convolve' (kernel flipped)

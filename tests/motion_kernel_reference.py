@@ -31,12 +31,13 @@ def trajectory(normals, steps=250):
     return x
 
 
-def kernel_from_trajectory(x, side):
+def binned_kernel(x, side):
     k = np.zeros((side, side))
-    xthr = [x[0].min() + i * (x[0].max() - x[0].min()) / side for i in range(side)]
-    ythr = [x[1].min() + i * (x[1].max() - x[1].min()) / side for i in range(side)]
-    for i in range(1, side):
-        for j in range(1, side):
+    # the threshold lists as numpy's arange makes them: side or side + 1 entries
+    xthr = np.arange(x[0].min(), x[0].max(), (x[0].max() - x[0].min()) / side)
+    ythr = np.arange(x[1].min(), x[1].max(), (x[1].max() - x[1].min()) / side)
+    for i in range(1, len(xthr)):
+        for j in range(1, len(ythr)):
             inside = ((x[0] >= xthr[i - 1]) & (x[0] < xthr[i])
                       & (x[1] >= ythr[j - 1]) & (x[1] < ythr[j]))
             k[i - 1, j - 1] = inside.sum()
@@ -75,18 +76,18 @@ def fspecial_gaussian(size, sigma):
     return g / g.sum()
 
 
-def motion_kernel(normals, u, size=25):
-    k = framed_kernel(normals, u, size)
+def kernel_from_trajectory(x, u, size=25):
+    k = framed_kernel(x, u, size)
     if k.sum() < 0.1:
         k = fspecial_gaussian(size, 0.1 + 6 * u[4])
     return k / k.sum()
 
 
-def framed_kernel(normals, u, size=25):
-    """The kernel before the Gaussian fallback (steps 1-6)."""
+def framed_kernel(x, u, size=25):
+    """The kernel of trajectory x before the Gaussian fallback (steps 2-6)."""
     side = int(np.round(min(5 - math.log(u[0]) / 0.15, 27)))
     side = side + 1 - side % 2
-    k = kernel_from_trajectory(trajectory(normals), side)
+    k = binned_kernel(x, side)
     pad = (size - side) // 2
     k = k[:size, :size] if pad < 0 else np.pad(k, pad)
     if math.floor(u[1] * 4) == 1:

@@ -31,8 +31,9 @@ on the 0-255 scale, because the reference recipes round and floor on that scale:
 * kair: KAIR/USRNet classical model: wrap-mode true convolution of the uint8 HR, floored
   to uint8, upper-left s-fold decimation, then float AWGN with level 0 (p=1/9) or
   randint(0, 25); no final quantisation. Half of the kernels are KAIR's random
-  motion-blur kernels (`jaxsr.data.motion_kernels`), half anisotropic Gaussians, each
-  flipped/rotated at random; the scale is fixed (KAIR draws it per batch).
+  motion-blur kernels (`jaxsr.data.motion_kernels`), half anisotropic Gaussians, shifted
+  and flipped/rotated at random as KAIR does (the motion kernels are neither); the scale
+  is fixed (KAIR draws it per batch).
 """
 import dataclasses
 import math
@@ -71,7 +72,7 @@ class Spec:
     sample_variance: bool = False   # draw sigma^2 ~ U(sigma_min^2, sigma_max^2) (KAIR)
     kernel_disturb: float = 0.0     # DAN random_disturb: taps * (1 + U(0, d))
     kernel_shift: str = "none"      # mean offset -0.5 (sf - 1): sf = scale, or KAIR's random
-    kernel_dihedral: bool = False   # random flip/rotation of the kernel (KAIR)
+    kernel_dihedral: bool = False   # random flip/rotation of Gaussian kernels (KAIR)
     motion_prob: float = 0.0        # share of random motion kernels (motion_kernels.py)
     blur_padding: str = "reflect"   # numpy pad modes: reflect | edge | wrap | symmetric
     blur_mode: str = "correlate"    # correlate (torch conv2d) | convolve (scipy convolve)
@@ -221,13 +222,15 @@ def _params_from_uniforms(u, spec: Spec, xp, normals=None) -> dict:
         kern_fn, dih_fn = ((K.gaussian_kernel, K.dihedral) if xp is jnp
                            else (K.gaussian_kernel_np, K.dihedral_np))
         k = kern_fn(ks, sx, sy, theta, (mu, mu), d)
+        if spec.kernel_dihedral:       # KAIR flips/rotates its Gaussian kernels only
+            k = dih_fn(k, _pick(u[4], 8, xp))
         if spec.motion_prob > 0:
             m = 8 + _n_disturb(spec)
             motion = u[m] < spec.motion_prob
             mk = motion_kernels.motion_kernel(normals, u[m + 1:], ks, xp)
             k = xp.where(motion, mk.astype(k.dtype), k)
             out["motion"] = motion
-        out["kernel"] = dih_fn(k, _pick(u[4], 8, xp)) if spec.kernel_dihedral else k
+        out["kernel"] = k
         out.update(sigma_x=sx, sigma_y=sy, theta=theta)
     if spec.has_noise:
         if spec.noise_levels:

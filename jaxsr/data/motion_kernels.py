@@ -10,8 +10,10 @@ form so that one code path serves JAX (jit/vmap, per-sample) and NumPy):
    n_t, m_t standard normal); position x_t = x_{t-1} + Rz Ry Rx(r_t) v_t, x_0 = 0;
 2. a kernel side h = round(min(5 - ln(U) / 0.15, 27)), made odd (5..27);
 3. the first two coordinates binned on h x h cells of width (max - min) / h starting at
-   the minimum; as in KAIR, only cells 0..h-2 are counted (its threshold list has h
-   entries), so the last row and column stay empty;
+   the minimum; as in KAIR, only cells 0..n-2 are counted, n being the length of its
+   threshold list `arange(min, max, width)`: h, or h + 1 when rounding makes
+   (max - min) / width exceed h (about 5 % per axis), so the last row/column usually
+   stays empty;
 4. normalised, 'same' convolution with a 3x3 Gaussian (sigma 1, zero border), normalised;
 5. centred in a size x size frame (KAIR: 25); a larger h keeps the top-left size x size;
 6. with probability 1/4 bilinearly enlarged (OpenCV INTER_LINEAR: half-pixel centres,
@@ -69,14 +71,23 @@ def side_from_uniform(u, xp=jnp):
 
 
 def _bin_counts(xy, h, xp):
-    """Step 3: counts [MAX_SIDE, MAX_SIDE] (rows: first coordinate), cells 0..h-2 only."""
+    """Step 3: counts [MAX_SIDE, MAX_SIDE] (rows: first coordinate). Per axis the cells
+    lie between the thresholds of numpy's `arange(min, max, width)`: n = ceil((max - min)
+    / width) values min + i * ((min + width) - min), compared as KAIR compares them, and
+    only cells 0..n-2 are counted."""
     lo, hi = xp.min(xy, axis=1, keepdims=True), xp.max(xy, axis=1, keepdims=True)
-    cell = (hi - lo) / h
-    idx = xp.floor((xy - lo) / xp.where(cell > 0, cell, 1.0)).astype(xp.int32)
-    ok = xp.all((idx >= 0) & (idx <= h - 2) & (cell > 0), axis=0)
+    width = (hi - lo) / h
+    safe = xp.where(width > 0, width, 1.0)
+    n_thresholds = xp.ceil((hi - lo) / safe).astype(xp.int32)                # [2, 1]
+    i = xp.arange(MAX_SIDE + 1)
+    thresholds = lo + i * ((lo + safe) - lo)                                   # [2, 28]
+    valid = i < n_thresholds
+    passed = (xy[:, :, None] >= thresholds[:, None, :]) & valid[:, None, :]    # [2, T, 28]
+    count = xp.sum(passed, axis=2)                                             # [2, T]
+    ok = xp.all((count >= 1) & (count <= n_thresholds - 1), axis=0) & xp.all(width > 0)
     cells = xp.arange(MAX_SIDE)
-    rows = ((idx[0][:, None] == cells) & ok[:, None]).astype(xy.dtype)      # [T, 27]
-    cols = (idx[1][:, None] == cells).astype(xy.dtype)
+    rows = ((count[0][:, None] - 1 == cells) & ok[:, None]).astype(xy.dtype)  # [T, 27]
+    cols = (count[1][:, None] - 1 == cells).astype(xy.dtype)
     return rows.T @ cols
 
 
@@ -129,8 +140,15 @@ def _gaussian(size: int, sigma, xp):
 def motion_kernel(normals, u, size: int = 25, xp=jnp):
     """One random motion kernel [size, size] from N_NORMALS standard normals and
     N_UNIFORMS uniforms in [0, 1) (layout: side, resize coin, rows, cols, fallback sigma)."""
+    return kernel_from_trajectory(trajectory(normals, xp), u, size, xp)
+
+
+def kernel_from_trajectory(xy, u, size: int = 25, xp=jnp):
+    """Steps 2-7 for a trajectory xy [2, T]. Whether a threshold list gets h + 1 entries
+    depends on the last bits of (max - min) / width, so kernels from trajectories that
+    differ by rounding can differ in their last row or column."""
     h = side_from_uniform(u[0], xp)
-    k = _normalise(_bin_counts(trajectory(normals, xp), h, xp), xp)
+    k = _normalise(_bin_counts(xy, h, xp), xp)
     k = _normalise(_smooth(k, h, xp), xp)
     k = _frame(k, h, size, xp)
     n_sizes = 4 * size + 1                                  # randint(size, 5 size)
