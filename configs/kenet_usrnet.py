@@ -21,25 +21,13 @@ Args (comma-separated): x2 (default) | x4; gt; tiny (KAIR's usrnet_tiny weights)
 objective 'nonblind': `python -m jaxsr.main --config configs/kenet_usrnet.py:x2,train_usrnet
 --workdir workdirs/usrnet_x2`).
 """
-import importlib.util
-import os
-
-from jaxsr.config_base import parse_args
-
-
-def _kenet_config():
-    """configs/kenet.py, loaded by path (config files are not a package)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kenet.py")
-    spec = importlib.util.spec_from_file_location("_kenet_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from jaxsr.config_base import parse_args, sibling_config
 
 
 def get_config(arg=None):
     known = ("x2", "x4", "gt", "tiny", "small", "usrnet_only", "train_usrnet")
     tokens = parse_args(arg, known, "configs/kenet_usrnet.py")
-    c = _kenet_config().get_config(",".join(t for t in tokens if t in ("x2", "x4", "small")))
+    c = sibling_config(__file__, "kenet.py").get_config(",".join(t for t in tokens if t in ("x2", "x4", "small")))
     c.model.name = "gt_usrnet" if "gt" in tokens else "kenet_usrnet"
     if "usrnet_only" in tokens:
         c.model.name = "usrnet"

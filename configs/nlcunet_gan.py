@@ -21,23 +21,13 @@ vgg19-dcbb9e9d.pth) cannot be downloaded here; copy it in and set
 `config.loss.vgg19_weights` (see `jaxsr/models/vgg.py` to convert it to a torch-free .npz).
 Without it the run stops at once. `config.loss.vgg19_random=True` is for tests only.
 """
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _psnr_stage():
-    """configs/nlcunet.py, loaded by path (config files are not a package)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nlcunet.py")
-    spec = importlib.util.spec_from_file_location("_nlcunet_psnr_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from jaxsr.config_base import sibling_config
 
 
 def get_config(arg=None):
-    c = _psnr_stage().get_config(arg)
+    c = sibling_config(__file__, "nlcunet.py").get_config(arg)   # the PSNR stage
     c.init_from = ""                       # the PSNR-stage workdir (required in practice)
     c.train.objective = "gan"
     c.train.lr = 1e-4

@@ -3,6 +3,9 @@
 Field names here are an interface: tools (`jaxsr.main`, `jaxsr.upscale`, `jaxsr.convert`,
 experiments/) read them, and `--config.a.b=v` overrides them on the command line.
 """
+import importlib.util
+import os
+
 import ml_collections
 
 
@@ -140,3 +143,13 @@ def gla_plugin_fields(c, enabled: bool):
     c.model.n_hashes = 3
     c.model.gla_reduction = 4
     return c
+
+
+def sibling_config(config_file: str, name: str):
+    """The config module `name` (e.g. 'kenet.py') next to `config_file` (pass __file__),
+    loaded by path: config files are not a package."""
+    path = os.path.join(os.path.dirname(os.path.abspath(config_file)), name)
+    spec = importlib.util.spec_from_file_location(f"_jaxsr_config_{name[:-3]}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
