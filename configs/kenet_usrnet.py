@@ -27,7 +27,8 @@ from jaxsr.config_base import parse_args, sibling_config
 def get_config(arg=None):
     known = ("x2", "x4", "gt", "tiny", "small", "usrnet_only", "train_usrnet")
     tokens = parse_args(arg, known, "configs/kenet_usrnet.py")
-    c = sibling_config(__file__, "kenet.py").get_config(",".join(t for t in tokens if t in ("x2", "x4", "small")))
+    kenet_args = ",".join(t for t in tokens if t in ("x2", "x4", "small"))
+    c = sibling_config(__file__, "kenet.py").get_config(kenet_args)
     c.model.name = "gt_usrnet" if "gt" in tokens else "kenet_usrnet"
     if "usrnet_only" in tokens:
         c.model.name = "usrnet"

@@ -3,8 +3,8 @@
 On the jaxlib this project pins (0.10.x), XLA:CPU hands convolutions to YNNPACK library
 fusions by default. Turning those off (`--xla_cpu_experimental_ynn_fusion_type=`, so
 convolutions run on Eigen) made the convolution networks about 2x faster on a 2-core x86
-CPU (`make bench` before/after: EDSR-baseline forward at 64x64 LR 150 -> 75 ms, RCAN 1710
--> 867 ms, EDSR-small train step 107 -> 61 ms; docs/performance.md;
+CPU (`make bench` before/after: EDSR-baseline forward at 64x64 LR 150 -> 67 ms, RCAN 1710
+-> 809 ms, EDSR-small train step 107 -> 61 ms; docs/performance.md;
 `JAXSR_XLA_DEFAULTS=0 make bench` reproduces "before"). GPU and TPU compilations ignore
 XLA:CPU flags.
 

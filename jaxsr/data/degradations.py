@@ -183,9 +183,14 @@ def _n_disturb(spec: Spec) -> int:
     return spec.kernel_size ** 2 if spec.kernel_disturb > 0 else 0
 
 
+def _motion_offset(spec: Spec) -> int:
+    """Index of the motion coin in the uniforms (after the fixed 8 and the disturbance)."""
+    return 8 + _n_disturb(spec)
+
+
 def _n_uniforms(spec: Spec) -> int:
     motion = 1 + motion_kernels.N_UNIFORMS if spec.motion_prob > 0 else 0
-    return 8 + _n_disturb(spec) + motion
+    return _motion_offset(spec) + motion
 
 
 def _n_normals(spec: Spec) -> int:
@@ -225,7 +230,7 @@ def _params_from_uniforms(u, spec: Spec, xp, normals=None) -> dict:
         if spec.kernel_dihedral:       # KAIR flips/rotates its Gaussian kernels only
             k = dih_fn(k, _pick(u[4], 8, xp))
         if spec.motion_prob > 0:
-            m = 8 + _n_disturb(spec)
+            m = _motion_offset(spec)
             motion = u[m] < spec.motion_prob
             mk = motion_kernels.motion_kernel(normals, u[m + 1:], ks, xp)
             k = xp.where(motion, mk.astype(k.dtype), k)
@@ -251,6 +256,7 @@ def sample_params(rng, spec: Spec, batch: int, lr_hw):
 
     def one(key):
         ku, kn = jax.random.split(key)
+        # a key of its own, so that the other presets keep their random streams
         normals = (jax.random.normal(jax.random.fold_in(key, 2), (_n_normals(spec),))
                    if spec.motion_prob > 0 else None)
         out = _params_from_uniforms(jax.random.uniform(ku, (_n_uniforms(spec),)), spec, jnp,

@@ -27,7 +27,8 @@ the same trajectory), the kernel falls through to the Gaussian of step 7.
 import math
 
 import jax.numpy as jnp
-import numpy as np
+
+from jaxsr.data import kernels as K
 
 TRAJECTORY_POINTS = 250
 MAX_SIDE = 27                   # step 2's cap on h
@@ -98,8 +99,7 @@ def _normalise(k, xp):
 
 def _smooth(k, h, xp):
     """Step 4's 3x3 Gaussian (sigma 1) 'same' convolution with a zero border, kept to h x h."""
-    g = np.exp(-(np.arange(-1, 2)[:, None] ** 2 + np.arange(-1, 2)[None, :] ** 2) / 2.0)
-    g = g / g.sum()
+    g = K.gaussian_kernel_np(3, 1.0, 1.0)
     kp = xp.pad(k, 1)
     out = sum(g[a, b] * kp[a:a + MAX_SIDE, b:b + MAX_SIDE] for a in range(3) for b in range(3))
     inside = xp.arange(MAX_SIDE) < h
@@ -129,14 +129,6 @@ def _linear_weights(out_len, size: int, xp):
             + (cols == right[:, None]) * frac[:, None])
 
 
-def _gaussian(size: int, sigma, xp):
-    """Step 7: MATLAB fspecial('gaussian', size, sigma), tiny taps zeroed like MATLAB."""
-    r = (np.arange(size) - (size - 1) / 2.0) ** 2
-    g = xp.exp(-(r[:, None] + r[None, :]) / (2.0 * sigma * sigma))
-    g = xp.where(g < np.finfo(np.float64).eps * xp.max(g), 0.0, g)
-    return g / xp.sum(g)
-
-
 def motion_kernel(normals, u, size: int = 25, xp=jnp):
     """One random motion kernel [size, size] from N_NORMALS standard normals and
     N_UNIFORMS uniforms in [0, 1) (layout: side, resize coin, rows, cols, fallback sigma)."""
@@ -156,5 +148,7 @@ def kernel_from_trajectory(xy, u, size: int = 25, xp=jnp):
     cols = size + xp.minimum(xp.floor(u[3] * n_sizes), n_sizes - 1)
     big = _linear_weights(rows, size, xp) @ k @ _linear_weights(cols, size, xp).T
     k = xp.where(xp.floor(u[1] * 4) == 1, big, k)
-    k = xp.where(xp.sum(k) < 0.1, _gaussian(size, 0.1 + 6.0 * u[4], xp), k)
+    sigma = 0.1 + 6.0 * u[4]                                # step 7: fspecial('gaussian')
+    fallback = (K.gaussian_kernel if xp is jnp else K.gaussian_kernel_np)(size, sigma, sigma)
+    k = xp.where(xp.sum(k) < 0.1, fallback, k)
     return _normalise(k, xp)

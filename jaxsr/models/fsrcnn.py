@@ -110,9 +110,10 @@ class FSRCNN(nn.Module):
                                      name="last_part")(h)
 
 
-def subpixel_taps(kernel_size: int, stride: int, padding: int) -> np.ndarray:
-    """Index table of `SubPixelConvTranspose`: taps[t, r] is the row of the transposed-conv
-    kernel that output phase r (of `stride`) reads through input offset t (-1: none).
+def subpixel_taps(kernel_size: int, stride: int, padding: int) -> tuple[np.ndarray, int]:
+    """Index table of `SubPixelConvTranspose` and its left padding: taps[t, r] is the row of
+    the transposed-conv kernel that output phase r (of `stride`) reads through input
+    offset t - hi (-1: none).
 
     torch's y[s*q + r] = sum_i x[i] w[s*q + r + p - s*i]: with d = q - i, phase r is a plain
     correlation of x with the taps w[s*d + r + p], d in [lo, hi] (those inside the kernel).
@@ -121,7 +122,7 @@ def subpixel_taps(kernel_size: int, stride: int, padding: int) -> np.ndarray:
     lo, hi = -((p + s - 1) // s), (k - 1 - p) // s
     d = hi - np.arange(hi - lo + 1)[:, None]               # tap t reads x[q + t - hi]
     taps = s * d + np.arange(s)[None, :] + p
-    return np.where((taps >= 0) & (taps < k), taps, -1)
+    return np.where((taps >= 0) & (taps < k), taps, -1), hi
 
 
 class SubPixelConvTranspose(nn.Module):
@@ -142,12 +143,11 @@ class SubPixelConvTranspose(nn.Module):
         k, s = self.kernel_size, self.stride
         kernel = self.param("kernel", self.kernel_init, (k, k, self.features, x.shape[-1]))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        taps = subpixel_taps(k, s, self.padding)                       # [T, s]
+        taps, hi = subpixel_taps(k, s, self.padding)                   # [T, s]
         n_taps = taps.shape[0]
         w = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0)))         # index -1: zero tap
         w = w[taps[:, None, :, None], taps[None, :, None, :]]          # [T, T, s, s, out, in]
         w = w.transpose(0, 1, 5, 4, 2, 3).reshape(n_taps, n_taps, x.shape[-1], -1)
-        hi = (k - 1 - self.padding) // s
         pad = (hi, n_taps - 1 - hi)
         y = jax.lax.conv_general_dilated(x, w.astype(x.dtype), (1, 1), (pad, pad),
                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
