@@ -35,10 +35,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.keep_checkpoints = 3
     c.train.log_every = 50
     c.train.async_checkpoints = True
+    c.train.compute_dtype = "float32"  # 'bfloat16': convs/matmuls in bf16; params, optimizer,
+                                       # softmax/logsumexp and the loss stay float32
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "folders"     # 'folders' | 'skimage' (embedded demo photos) | 'tfds'
+                                  # | 'array_record' (sub-images by jaxsr.tools.prepare)
     c.data.train_dirs = ()        # HR image folders (PNG/JPEG)
+    c.data.prepared_dirs = ()     # source 'array_record': folders written by jaxsr.tools.prepare
+    c.data.num_shards = 0         # data shards (0: one per JAX process); the global batch is
+                                  # the same for any process count that divides it
     c.data.num_workers = 0        # grain worker processes (0: threads only)
     c.data.num_threads = 2
     c.data.crop = "random"        # 'random' | 'center_random' (NLCUnet: centre crop, then random)
