@@ -119,18 +119,22 @@ def _not_none(x) -> bool:
     return x is not None
 
 
+def make_reader(config) -> "ImageReader":
+    """The random-access source of training images named by config.data.source."""
+    if config.data.source == "tfds":
+        from jaxsr.data import tfds_source
+        return ImageReader(tfds_source.source_from_config(config), cache=False)
+    paths = train_paths(config)
+    return ImageReader(paths, cache=len(paths) <= 64)
+
+
 def train_dataset(config, process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
     """The per-process training stream of {'hr': uint8 [B/process_count, P, P, 3]} batches."""
     batch = config.train.batch_size
     if batch % process_count:
         raise ValueError(f"config.train.batch_size={batch} is not divisible by the "
                          f"{process_count} JAX processes")
-    if config.data.source == "tfds":
-        from jaxsr.data import tfds_source
-        reader = ImageReader(tfds_source.source_from_config(config), cache=False)
-    else:
-        paths = train_paths(config)
-        reader = ImageReader(paths, cache=len(paths) <= 64)
+    reader = make_reader(config)
     # Each process reads its own share of the images (multi-host data parallelism).
     indices = list(range(len(reader)))[process_index::process_count]
     ds = (grain.MapDataset.source(indices)
