@@ -30,6 +30,17 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.lr_milestones = ()    # steps at which lr is multiplied by lr_gamma
     c.train.lr_halve_every = 0    # >0: halve every N steps (ignored when milestones given)
     c.train.lr_gamma = 0.5
+    c.train.schedule = "step"     # 'constant' | 'step' (milestones / halve_every) | 'cosine'
+                                  # | 'cosine_restarts' (BasicSR CosineAnnealingRestartLR)
+    c.train.warmup_steps = 0      # linear warmup from 0 in front of any schedule
+    c.train.min_lr = 0.0          # cosine: final lr (BasicSR eta_min)
+    c.train.cosine_periods = ()   # cosine_restarts: period lengths in steps (BasicSR periods)
+    c.train.restart_weights = ()  # cosine_restarts: lr weight at each restart (default all 1)
+    c.train.grad_clip_norm = 0.0  # >0: optax.clip_by_global_norm
+    c.train.weight_decay = 0.0    # >0: AdamW (decoupled weight decay)
+    c.train.ema_decay = 0.0       # >0: keep an EMA of the params (BasicSR params_ema, 0.999)
+    c.train.eval_every = 0        # >0: validate every N steps, keep the best checkpoint
+    c.train.eval_datasets = ("Set5",)
     c.train.loss = "l1"
     c.train.checkpoint_every = 500
     c.train.keep_checkpoints = 3
@@ -98,6 +109,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.self_ensemble = False
     c.eval.max_images = 0         # >0: only the first N images of each set (quick checks)
     c.eval.compare_bicubic = True # also score MATLAB bicubic on the same LR (table column)
+    c.eval.use_ema = True         # evaluate the EMA params when the checkpoint has them
     return c
 
 
