@@ -13,7 +13,7 @@ import grain
 import numpy as np
 from PIL import Image
 
-from jaxsr.data import images, sampling
+from jaxsr.data import images, sampling, shards
 
 # The embedded demo data: photos shipped inside scikit-image's wheel (no download).
 SKIMAGE_TRAIN = ("astronaut.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
@@ -63,12 +63,20 @@ def train_paths(config) -> list[str]:
 
 
 class ImageReader:
-    """item index -> HxWx3 uint8; files are decoded (and cached for small sets), a TFDS
-    source is indexed. Errors are ImageReadError naming the file or record."""
+    """item index -> HxWx3 uint8; files are decoded (and cached for small sets), a TFDS or
+    prepared ArrayRecord source is indexed. Errors are ImageReadError naming the file or
+    record.
+
+    Picklable for grain's worker processes: the decode cache is built lazily and is not
+    pickled, so each process keeps its own (a pickled lru_cache of a bound method fails).
+    """
 
     def __init__(self, source, cache: bool):
-        self.source = source
-        self._read = functools.lru_cache(maxsize=64)(self._read_uncached) if cache else self._read_uncached
+        self.source, self.cache = source, cache
+        self._cached_read = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_cached_read": None}
 
     def __len__(self) -> int:
         return len(self.source)
@@ -78,7 +86,11 @@ class ImageReader:
         return images.read_rgb(item) if isinstance(item, str) else item
 
     def __call__(self, index: int) -> np.ndarray:
-        return self._read(index)
+        if not self.cache:
+            return self._read_uncached(index)
+        if self._cached_read is None:
+            self._cached_read = functools.lru_cache(maxsize=64)(self._read_uncached)
+        return self._cached_read(index)
 
 
 def dihedral(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -128,25 +140,29 @@ def make_reader(config) -> "ImageReader":
     return ImageReader(paths, cache=len(paths) <= 64)
 
 
+def shard_stream(reader, config, shard: int, num_shards: int) -> grain.MapDataset:
+    """Endless shuffled crops of one data shard (jaxsr.data.shards), seeded per shard."""
+    indices = shards.shard_indices(len(reader), shard, num_shards)
+    return (grain.MapDataset.source(indices)
+            .seed(config.seed + shard)
+            .shuffle()
+            .repeat(None)
+            .random_map(LoadCrop(reader, config.train.patch_size, config.data.crop,
+                                 config.data.center_size, config.data.augment)))
+
+
 def train_dataset(config, process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
-    """The per-process training stream of {'hr': uint8 [B/process_count, P, P, 3]} batches."""
+    """The per-process training stream of {'hr': uint8 [B/process_count, P, P, 3]} batches:
+    this process's data shards, each local batch one per-shard batch of each (shards.py)."""
     batch = config.train.batch_size
-    if batch % process_count:
-        raise ValueError(f"config.train.batch_size={batch} is not divisible by the "
-                         f"{process_count} JAX processes")
+    own, per_shard, num_shards = shards.plan(config.data.num_shards, batch, process_index,
+                                             process_count)
     reader = make_reader(config)
-    # Each process reads its own share of the images (multi-host data parallelism).
-    indices = list(range(len(reader)))[process_index::process_count]
-    ds = (grain.MapDataset.source(indices)
-          .seed(config.seed)
-          .shuffle()
-          .repeat(None)
-          .random_map(LoadCrop(reader, config.train.patch_size, config.data.crop,
-                               config.data.center_size, config.data.augment))
-          .filter(_not_none))
-    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.data.num_threads,
-                                              prefetch_buffer_size=4 * batch))
-    ds = ds.batch(batch // process_count, drop_remainder=True)
+    streams = [shard_stream(reader, config, s, num_shards) for s in own]
+    ds = streams[0] if len(streams) == 1 else shards.ShardBlocks(streams, per_shard)
+    ds = ds.filter(_not_none).to_iter_dataset(grain.ReadOptions(
+        num_threads=config.data.num_threads, prefetch_buffer_size=4 * batch))
+    ds = ds.batch(per_shard * len(own), drop_remainder=True)
     if config.data.num_workers > 0:
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.num_workers))
     return ds
