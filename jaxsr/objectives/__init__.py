@@ -9,6 +9,7 @@
 Shared helpers for the optimizer, the learning-rate schedule and the non-finite guard
 live here so that every objective builds them the same way.
 """
+import collections
 import importlib
 
 import jax
@@ -28,24 +29,125 @@ def make(config, model):
     return module.make(config, model)
 
 
-def lr_schedule(train_cfg, lr: float | None = None) -> optax.Schedule:
-    """Step decay: multiply by lr_gamma at each of lr_milestones, or every lr_halve_every."""
-    lr = train_cfg.lr if lr is None else lr
+SCHEDULES = ("constant", "step", "cosine", "cosine_restarts")
+
+
+def _bad(key: str, value, why: str) -> ValueError:
+    return ValueError(f"config.train.{key}={value!r}: {why}")
+
+
+def _shifted(schedule: optax.Schedule, offset: int) -> optax.Schedule:
+    """`schedule` read `offset` steps later: join_schedules restarts each piece's count at
+    its boundary, and the pieces here keep counting in absolute (BasicSR) steps."""
+    return lambda count: schedule(count + offset)
+
+
+def _step_decay(train_cfg, lr: float) -> optax.Schedule:
+    """x lr_gamma from each of lr_milestones on (a repeated milestone applies twice, as
+    BasicSR's Counter), or every lr_halve_every steps; constant when neither is set."""
     milestones = tuple(int(m) for m in train_cfg.get("lr_milestones", ()) or ())
     gamma = float(train_cfg.get("lr_gamma", 0.5))
+    if any(m <= 0 for m in milestones):
+        raise _bad("lr_milestones", milestones, "milestones must be positive steps")
     if milestones:
-        return optax.piecewise_constant_schedule(lr, {m: gamma for m in milestones})
+        counts = collections.Counter(milestones)
+        return optax.piecewise_constant_schedule(lr, {m: gamma ** n for m, n in counts.items()})
     every = int(train_cfg.get("lr_halve_every", 0) or 0)
+    if every < 0:
+        raise _bad("lr_halve_every", every, "must be >= 0 (0: off)")
     if every > 0:
         return optax.exponential_decay(lr, transition_steps=every, decay_rate=gamma,
                                        staircase=True)
     return optax.constant_schedule(lr)
 
 
+def _cosine_restarts(train_cfg, lr: float, min_lr: float) -> optax.Schedule:
+    """BasicSR's CosineAnnealingRestartLR: step s of period i (cumulative ends c_i) gets
+    min_lr + w_i (lr - min_lr) (1 + cos(pi (s - c_{i-1}) / p_i)) / 2 for c_{i-1} < s <= c_i
+    (period 0: 0 <= s <= c_0); after the last period it stays at min_lr."""
+    periods = tuple(int(p) for p in train_cfg.get("cosine_periods", ()) or ())
+    if not periods or any(p <= 0 for p in periods):
+        raise _bad("cosine_periods", periods, "schedule 'cosine_restarts' needs positive "
+                   "period lengths in steps (BasicSR `periods`)")
+    weights = tuple(float(w) for w in train_cfg.get("restart_weights", ()) or ())
+    weights = weights or (1.0,) * len(periods)
+    if len(weights) != len(periods):
+        raise _bad("restart_weights", weights, f"needs one weight per period "
+                   f"({len(periods)}, config.train.cosine_periods={periods})")
+    ends = [sum(periods[:i + 1]) for i in range(len(periods))]
+    pieces = []
+    for i, (period, weight) in enumerate(zip(periods, weights)):
+        peak = min_lr + weight * (lr - min_lr)
+        cosine = optax.cosine_decay_schedule(peak, period, alpha=min_lr / peak if peak else 0.0)
+        # Period i > 0 starts one step after the previous end (that step is its min_lr).
+        pieces.append(cosine if i == 0 else _shifted(cosine, 1))
+    return optax.join_schedules(pieces, [e + 1 for e in ends[:-1]])
+
+
+def _check_lengths(train_cfg, name: str, warmup: int, min_lr: float, lr: float) -> None:
+    num_steps = int(train_cfg.get("num_steps", 0))
+    if warmup < 0 or (warmup > 0 and warmup >= num_steps):
+        raise _bad("warmup_steps", warmup, f"must be >= 0 and shorter than "
+                   f"config.train.num_steps={num_steps}")
+    if name in ("cosine", "cosine_restarts") and not 0.0 <= min_lr <= lr:
+        raise _bad("min_lr", min_lr, f"must lie in [0, lr={lr}] for schedule {name!r}")
+    if name == "cosine" and num_steps <= 0:
+        raise _bad("num_steps", num_steps, "schedule 'cosine' decays over num_steps > 0")
+
+
+def lr_schedule(train_cfg, lr: float | None = None) -> optax.Schedule:
+    """The lr of the update at (0-based) step s; docs/training.md has the formulas.
+
+    `train_cfg.schedule`: 'constant'; 'step' (x lr_gamma at each lr_milestones, else every
+    lr_halve_every steps, else constant); 'cosine' (lr to min_lr over num_steps); or
+    'cosine_restarts' (BasicSR CosineAnnealingRestartLR over cosine_periods with
+    restart_weights, then min_lr). `warmup_steps` W > 0 ramps linearly from 0 (step 0) to
+    lr (step W) in front: 'cosine' then decays over the remaining num_steps - W steps, the
+    other schedules keep their absolute step numbers (as BasicSR's warmup_iter).
+    """
+    lr = float(train_cfg.lr if lr is None else lr)
+    name = train_cfg.get("schedule", "step") or "step"
+    warmup = int(train_cfg.get("warmup_steps", 0) or 0)
+    min_lr = float(train_cfg.get("min_lr", 0.0) or 0.0)
+    if name not in SCHEDULES:
+        raise _bad("schedule", name, f"unknown schedule (one of {', '.join(SCHEDULES)})")
+    _check_lengths(train_cfg, name, warmup, min_lr, lr)
+    if name == "cosine":
+        num_steps = int(train_cfg.num_steps)
+        if warmup:
+            return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, num_steps, min_lr)
+        return optax.cosine_decay_schedule(lr, num_steps, alpha=min_lr / lr if lr else 0.0)
+    if name == "cosine_restarts":
+        schedule = _cosine_restarts(train_cfg, lr, min_lr)
+    elif name == "step":
+        schedule = _step_decay(train_cfg, lr)
+    else:
+        schedule = optax.constant_schedule(lr)
+    if not warmup:
+        return schedule
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup),
+                                 _shifted(schedule, warmup)], [warmup])
+
+
 def adam(train_cfg, lr: float | None = None):
-    """Adam with the config's betas/eps and step schedule; returns (tx, schedule)."""
+    """Adam (AdamW when train_cfg.weight_decay > 0) with the config's betas/eps and lr
+    schedule, after clip_by_global_norm(grad_clip_norm) when that is > 0; returns
+    (tx, schedule). AdamW's decay is decoupled and scaled by the lr, as torch.optim.AdamW:
+    p -= lr(s) * (adam_update + weight_decay * p), on every parameter."""
     schedule = lr_schedule(train_cfg, lr)
-    tx = optax.adam(schedule, b1=train_cfg.b1, b2=train_cfg.b2, eps=train_cfg.eps)
+    decay = float(train_cfg.get("weight_decay", 0.0) or 0.0)
+    clip = float(train_cfg.get("grad_clip_norm", 0.0) or 0.0)
+    if decay < 0:
+        raise _bad("weight_decay", decay, "must be >= 0 (0: plain Adam)")
+    if clip < 0:
+        raise _bad("grad_clip_norm", clip, "must be >= 0 (0: no clipping)")
+    betas = dict(b1=train_cfg.b1, b2=train_cfg.b2, eps=train_cfg.eps)
+    if decay > 0:
+        tx = optax.adamw(schedule, weight_decay=decay, **betas)
+    else:
+        tx = optax.adam(schedule, **betas)
+    if clip > 0:
+        tx = optax.chain(optax.clip_by_global_norm(clip), tx)
     return tx, schedule
 
 
