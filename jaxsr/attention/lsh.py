@@ -276,13 +276,18 @@ def _attend_bwd(res, cotangents):
     do, dlse = cotangents
     length = q.shape[0]
     qs, ks, vs, _ = _gather_chunks(q, k, v, ids, None)
-    do = do.astype(jnp.float32)
-    dvs = jnp.einsum("rmij,rmic->rmjc", p, do)
-    dp = jnp.einsum("rmic,rmjc->rmij", do, vs, preferred_element_type=jnp.float32)
+    # The matmuls take operands in the inputs' dtype (bf16 under mixed precision, as in
+    # the forward pass) and accumulate in float32; the softmax algebra stays float32.
+    # For float32 inputs every cast below is the identity.
+    do = do.astype(v.dtype)
+    f32 = jnp.float32
+    dvs = jnp.einsum("rmij,rmic->rmjc", p.astype(v.dtype), do, preferred_element_type=f32)
+    dp = jnp.einsum("rmic,rmjc->rmij", do, vs, preferred_element_type=f32)
     # d lse / d s = p, so the lse cotangent enters like a shift of dp.
     ds = p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True) + dlse[..., None])
-    dqs = jnp.einsum("rmij,rmjc->rmic", ds, ks, preferred_element_type=jnp.float32)
-    dks = jnp.einsum("rmij,rmic->rmjc", ds, qs, preferred_element_type=jnp.float32)
+    ds_low = ds.astype(q.dtype)
+    dqs = jnp.einsum("rmij,rmjc->rmic", ds_low, ks, preferred_element_type=f32)
+    dks = jnp.einsum("rmij,rmic->rmjc", ds_low, qs, preferred_element_type=f32)
     dq = _scatter_rows(dqs, ids, length).astype(q.dtype)
     dk = _scatter_rows(look_around_transpose(dks), ids, length).astype(k.dtype)
     dv = _scatter_rows(look_around_transpose(dvs), ids, length).astype(v.dtype)
