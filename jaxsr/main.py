@@ -4,6 +4,11 @@
   --mode evaluate  evaluate the latest checkpoint in DIR on config.eval.datasets
   --mode info      parameter counts and FLOPs per LR pixel -> DIR/info.json
 Any config field can be overridden: `--config.train.num_steps=100`.
+
+Multi-process (one process per host; see README "Multi-host"): on Cloud TPU, SLURM or Open
+MPI the processes find each other; elsewhere pass `--coordinator_address=HOST:PORT
+--num_processes=N --process_id=I` (or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
+JAX_PROCESS_ID) to every process.
 """
 import logging
 
@@ -16,6 +21,14 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate", "info"], "What to do.")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", ["auto", "on", "off"],
+    "jax.distributed start-up: 'auto' when an address/process count is given or a cluster "
+    "launcher reports several processes; 'on' always (JAX finds the cluster, e.g. TPU pods).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "HOST:PORT of process 0 (multi-process runs).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 
 
 def main(argv):
@@ -23,7 +36,12 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.getLogger().setLevel(logging.INFO)
     logging.getLogger("absl").setLevel(logging.WARNING)   # Orbax's per-save INFO chatter
-    from jaxsr import run
+    from jaxsr import distributed, run
+    try:
+        distributed.initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
+                               _PROCESS_ID.value)
+    except ValueError as e:
+        raise app.UsageError(str(e))
     run.run(_MODE.value, _CONFIG.value, _WORKDIR.value)
 
 

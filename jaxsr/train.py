@@ -1,15 +1,21 @@
 """Training loop: sharded `jax.jit` over a ('data',) mesh, Orbax checkpoints, resume.
 
-Parameters and optimizer state are replicated; the batch is split over the 'data' axis and
-XLA inserts the gradient all-reduce, so the same code runs on 1 CPU, 8 GPUs or a TPU pod
-slice. The step number is folded into the RNG inside the step, the state is donated, and
-a step whose loss or gradients are not finite leaves the state untouched and stops the run
-(the last checkpoint, written before it, stays the latest).
+Parameters and optimizer state are replicated; the batch is split over the 'data' axis of
+the mesh of every process's devices and XLA inserts the gradient all-reduce, so the same
+code runs on 1 CPU, 8 GPUs or a multi-host TPU pod slice (jaxsr.distributed). Each process
+feeds its own data shards. The step number is folded into the RNG inside the step and the
+state is donated.
+
+The host never waits for a step: batches are put on the devices two steps ahead, and the
+finiteness flag is read only at log and checkpoint steps. A step whose loss or gradients
+are not finite leaves the state untouched and turns every later step into a no-op, so when
+the flag is read the run stops with the state before that step; no checkpoint is written
+after it (the last one stays the latest).
 """
+import collections
 import json
 import logging
 import os
-import signal
 import sys
 import time
 
@@ -18,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxsr import checkpoint, objectives
+from jaxsr import checkpoint, distributed, objectives
 from jaxsr.data import pipeline
 from jaxsr.models import build_model
 
@@ -124,50 +130,75 @@ class MetricWriter:
 
 def progress_bar(start: int, total: int):
     from tqdm import tqdm
-    return tqdm(initial=start, total=total, disable=not sys.stderr.isatty(),
+    return tqdm(initial=start, total=total,
+                disable=not (sys.stderr.isatty() and distributed.is_primary()),
                 dynamic_ncols=True, unit="step")
 
 
 # ----------------------------------------------------------------------------------------
 # The loop.
 
-class _Preemption:
-    """SIGTERM (preemption) -> finish the current step, checkpoint, exit cleanly."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:          # not in the main thread: no handler
-            self._previous = None
-        return self
-
-    def _handle(self, signum, frame):
-        logging.warning("SIGTERM received: checkpointing and stopping")
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-
 def make_step_fn(objective, config, repl, data_sharding):
+    """(state, hr, nonfinite_step) -> (state, metrics, nonfinite_step), jitted.
+
+    `nonfinite_step` (int32, 0 = none) is the first step whose loss or gradients were not
+    finite; from then on every step returns its input state unchanged.
+    """
     base_rng = jax.random.PRNGKey(config.seed + 1)
 
-    def step_fn(state, hr):
+    def step_fn(state, hr, nonfinite_step):
         rng = jax.random.fold_in(base_rng, state["step"])
-        return objective.train_step(state, hr, rng)
+        new, metrics = objective.train_step(state, hr, rng)
+        ok = metrics["finite"] & (nonfinite_step == 0)
+        new = objectives.keep_if(ok, new, state)
+        first_bad = (nonfinite_step == 0) & ~metrics["finite"]
+        return new, metrics, jnp.where(first_bad, state["step"] + 1, nonfinite_step)
 
-    return jax.jit(step_fn, in_shardings=(repl, data_sharding), out_shardings=(repl, repl),
-                   donate_argnums=0)
+    return jax.jit(step_fn, in_shardings=(repl, data_sharding, repl),
+                   out_shardings=(repl, repl, repl), donate_argnums=0)
+
+
+class _IteratorSnapshot:
+    """A data-iterator state as grain's checkpoint handler reads it (get_state -> bytes).
+
+    The iterator itself runs ahead, filling the device queue; a checkpoint stores the state
+    right after the last batch its step consumed, frozen here so an asynchronous save
+    cannot see a later one.
+    """
+
+    def __init__(self, state):
+        self._json = json.dumps(state).encode()
+
+    def get_state(self) -> bytes:
+        return self._json
+
+
+def device_batches(data_iter, data_sharding, depth: int = 2):
+    """(global HR batch on the devices, iterator state after it), `depth` batches ahead of
+    the step that uses them, so the host-to-device copy overlaps the current step."""
+    queue = collections.deque()
+    while True:
+        while len(queue) < depth:
+            local = next(data_iter)["hr"]
+            queue.append((jax.make_array_from_process_local_data(data_sharding, local),
+                          data_iter.get_state()))
+        yield queue.popleft()
+
+
+def check_finite(nonfinite_step, mngr) -> None:
+    bad = int(jax.device_get(nonfinite_step))
+    if bad:
+        raise NonFiniteLossError(
+            f"non-finite loss or gradients at step {bad}; training stopped, the state was not "
+            f"updated from step {bad - 1} and the latest checkpoint (step {mngr.latest_step()}) "
+            f"in {mngr.directory} is kept. Lower config.train.lr (or set "
+            "config.train.grad_clip_norm) or check the data.")
 
 
 def train(config, workdir: str) -> dict:
     """Trains until config.train.num_steps; resumes from `workdir` when it has a checkpoint.
 
+    Every process of a multi-process run calls this with the same config and workdir.
     Returns the last logged metrics.
     """
     workdir = os.path.abspath(workdir)
@@ -183,7 +214,8 @@ def train(config, workdir: str) -> dict:
     writer = None
     try:
         state = restore_or_init(mngr, objective, config, repl, data_iter)
-        checkpoint.save_config(workdir, config)
+        if distributed.is_primary():
+            checkpoint.save_config(workdir, config)
         writer = MetricWriter(workdir)
         return _loop(state, objective, config, mngr, data_iter, writer, repl, data_sharding)
     finally:
@@ -195,6 +227,15 @@ def train(config, workdir: str) -> dict:
             data_iter.close()
 
 
+def _log(step, metrics, steps_per_s, writer, bar) -> dict:
+    last = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    last["steps_per_s"] = steps_per_s
+    writer.write(step, last)
+    bar.set_postfix(loss=f"{last['loss']:.4f}", sps=f"{steps_per_s:.2f}")
+    logging.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in last.items()))
+    return last
+
+
 def _loop(state, objective, config, mngr, data_iter, writer, repl, data_sharding) -> dict:
     tc = config.train
     step_fn = make_step_fn(objective, config, repl, data_sharding)
@@ -203,31 +244,28 @@ def _loop(state, objective, config, mngr, data_iter, writer, repl, data_sharding
     if step >= tc.num_steps:
         logging.info("already at step %d >= num_steps %d: nothing to train", step, tc.num_steps)
         return last
+    batches = device_batches(data_iter, data_sharding)
+    nonfinite_step = jax.device_put(np.zeros((), np.int32), repl)
     bar = progress_bar(step, tc.num_steps)
     t0, steps_since = time.perf_counter(), 0
-    with _Preemption() as preemption:
+    with distributed.Preemption() as preemption:
         while step < tc.num_steps:
-            hr = jax.make_array_from_process_local_data(data_sharding, next(data_iter)["hr"])
-            state, metrics = step_fn(state, hr)
+            hr, data_state = next(batches)
+            state, metrics, nonfinite_step = step_fn(state, hr, nonfinite_step)
             step += 1
             steps_since += 1
-            if not bool(metrics["finite"]):
-                raise NonFiniteLossError(
-                    f"non-finite loss or gradients at step {step} (loss={float(metrics['loss'])}); "
-                    f"training stopped, the state was not updated and the latest checkpoint "
-                    f"(step {mngr.latest_step()}) in {mngr.directory} is kept. Lower "
-                    "config.train.lr or check the data.")
             bar.update(1)
-            if step % tc.log_every == 0 or step == tc.num_steps:
-                last = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                last["steps_per_s"] = steps_since / (time.perf_counter() - t0)
+            stop = preemption.reached(step)
+            log = step % tc.log_every == 0 or step == tc.num_steps
+            save = step % tc.checkpoint_every == 0 or step == tc.num_steps or stop
+            if log or save:
+                check_finite(nonfinite_step, mngr)      # the one host sync
+            if log:
+                last = _log(step, metrics, steps_since / (time.perf_counter() - t0), writer, bar)
                 t0, steps_since = time.perf_counter(), 0
-                writer.write(step, last)
-                bar.set_postfix(loss=f"{last['loss']:.4f}", sps=f"{last['steps_per_s']:.2f}")
-                logging.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in last.items()))
-            if step % tc.checkpoint_every == 0 or step == tc.num_steps or preemption.requested:
-                checkpoint.save(mngr, step, state, config, data_iter=data_iter)
-            if preemption.requested:
+            if save:
+                checkpoint.save(mngr, step, state, config, data_iter=_IteratorSnapshot(data_state))
+            if stop:
                 logging.warning("stopped at step %d after SIGTERM; rerun to resume", step)
                 break
     bar.close()

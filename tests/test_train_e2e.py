@@ -98,8 +98,10 @@ obj = objectives.make(c, build_model(c))
 state = train.init_state(obj, c, repl)
 hr = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
 step = train.make_step_fn(obj, c, repl, data)
+bad = jax.device_put(np.zeros((), np.int32), repl)
 for _ in range(2):
-    state, m = step(state, jax.device_put(hr, data))
+    state, m, bad = step(state, jax.device_put(hr, data), bad)
+assert int(bad) == 0
 np.savez(sys.argv[1], *[np.asarray(x) for x in jax.tree.leaves(state["params"])],
          loss=np.asarray(m["loss"]), devices=jax.device_count())
 """
