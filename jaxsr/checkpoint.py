@@ -9,8 +9,13 @@ Layout of a workdir:
 
 A 'params' checkpoint (from `save_params`, e.g. written by `jaxsr.convert from-torch`) holds
 only {'params': ...}; evaluation reads it like any other, and train mode starts a fresh
-optimizer from it (fine-tuning).
+optimizer from it (fine-tuning). `save_params` only ever adds: it keeps every checkpoint
+already there and never replaces a config.json that says something else.
+
+A checkpoint that cannot be read (truncated, partly copied) raises DamagedCheckpointError
+naming it, the earlier steps and how to fall back to one (`--step`).
 """
+import json
 import logging
 import os
 
@@ -19,7 +24,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxsr import config_util
+from jaxsr import config_util, fileio
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -28,13 +33,24 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint that does not belong to the configured model."""
 
 
+class DamagedCheckpointError(OSError):
+    """A committed checkpoint whose files cannot be read back."""
+
+
+# Models whose parameter trees are identical, so a checkpoint of one serves the other:
+# KAIR's usrnet.pth converted as 'usrnet' is also the USRNet of 'gt_usrnet' (true kernel).
+SAME_PARAMETERS = (frozenset({"usrnet", "gt_usrnet"}),)
+
+
 def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
 
 
-def manager(workdir: str, *, keep: int = 3, async_save: bool = False,
+def manager(workdir: str, *, keep: int | None = 3, async_save: bool = False,
             read_only: bool = False) -> ocp.CheckpointManager:
-    """A CheckpointManager over DIR/checkpoints (absolute path: Orbax rejects relative ones)."""
+    """A CheckpointManager over DIR/checkpoints (absolute path: Orbax rejects relative ones).
+
+    `keep`: how many checkpoints the manager keeps when it saves (None: all of them)."""
     # read_only only stops creating the folder: Orbax's own read_only mode logs a warning
     # on every evaluation, and readers never save anyway.
     opts = ocp.CheckpointManagerOptions(
@@ -64,14 +80,53 @@ def save(mngr, step: int, state, config, *, data_iter=None, kind: str = "train")
     mngr.save(step, args=ocp.args.Composite(**items), force=True)
 
 
+def damaged_error(mngr, step: int, error: BaseException) -> DamagedCheckpointError:
+    """The message for an unreadable step: what, why, and the earlier steps to fall back to."""
+    folder = os.path.join(str(mngr.directory), str(step))
+    earlier = sorted(s for s in mngr.all_steps() if s < step)
+    first = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+    if earlier:
+        fallback = (f"Earlier checkpoints there: {steps_text(earlier)}. To use the "
+                    f"previous one, pass --step={earlier[-1]} (evaluate, upscale, convert), or "
+                    f"move {folder} out of {mngr.directory} so that training resumes from "
+                    f"step {earlier[-1]}.")
+    else:
+        fallback = f"There is no earlier checkpoint in {mngr.directory}."
+    return DamagedCheckpointError(
+        f"checkpoint step {step} ({folder}) cannot be read: it is damaged or incomplete "
+        f"(truncated or partly copied?) [{type(error).__name__}: {first}]. {fallback}")
+
+
+def steps_text(steps, most: int = 6) -> str:
+    """'2, 4, 6' or '(40 steps) ..., 36, 38, 40' for long lists."""
+    steps = list(steps)
+    if len(steps) <= most:
+        return ", ".join(map(str, steps))
+    return f"({len(steps)} steps) ..., " + ", ".join(map(str, steps[-most:]))
+
+
+def _is_structure_mismatch(error: BaseException) -> bool:
+    # Orbax reports a tree/shape that differs from the requested one as a ValueError;
+    # unreadable files surface as JSON errors or TensorStore read errors instead.
+    return (isinstance(error, ValueError) and not isinstance(error, json.JSONDecodeError)
+            and "error while reading" not in str(error))
+
+
 def read_meta(mngr, step: int) -> dict:
-    return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    try:
+        return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    except Exception as e:      # noqa: BLE001 - any failure to read is reported as damage
+        raise damaged_error(mngr, step, e) from e
+
+
+def same_parameters(a: str, b: str) -> bool:
+    return a == b or any({a, b} <= group for group in SAME_PARAMETERS)
 
 
 def check_meta(meta: dict, config, where: str) -> None:
     """Refuses a checkpoint of another model or scale, naming both."""
     problems = []
-    if meta.get("model") != config.model.name:
+    if not same_parameters(meta.get("model"), config.model.name):
         problems.append(f"model {meta.get('model')!r} != config.model.name {config.model.name!r}")
     if int(meta.get("scale", config.scale)) != int(config.scale):
         problems.append(f"scale {meta.get('scale')} != config.scale {config.scale}")
@@ -90,10 +145,12 @@ def restore(mngr, step: int, abstract_state, *, data_iter=None):
         items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
     try:
         return mngr.restore(step, args=ocp.args.Composite(**items)).state
-    except ValueError as e:
-        raise CheckpointMismatchError(
-            f"checkpoint step {step} in {mngr.directory} has a different structure or "
-            f"shapes than the configured model: {e}") from None
+    except Exception as e:      # noqa: BLE001
+        if _is_structure_mismatch(e):
+            raise CheckpointMismatchError(
+                f"checkpoint step {step} in {mngr.directory} has a different structure or "
+                f"shapes than the configured model: {e}") from None
+        raise damaged_error(mngr, step, e) from e
 
 
 def _resolve(path: str) -> tuple[str, int | None]:
@@ -114,37 +171,78 @@ def load_params(path: str, step: int | None = None):
     if not os.path.isdir(checkpoint_dir(workdir)):
         raise FileNotFoundError(f"no checkpoints in {workdir} (expected {checkpoint_dir(workdir)})")
     with manager(workdir, read_only=True) as mngr:
-        step = mngr.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no finished checkpoint in {checkpoint_dir(workdir)}")
+        step = _pick_step(mngr, step)
         meta = read_meta(mngr, step)
-        restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    params = jax.tree.map(np.asarray, restored.state["params"])
+        try:
+            restored = mngr.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore()))
+            params = jax.tree.map(np.asarray, restored.state["params"])
+        except Exception as e:  # noqa: BLE001 - no target structure: any failure is damage
+            raise damaged_error(mngr, step, e) from e
     logging.info("loaded params of step %d from %s", step, workdir)
     return params, meta
 
 
+def _pick_step(mngr, step: int | None) -> int:
+    """`step`, checked to exist, or the latest committed one."""
+    steps = mngr.all_steps()
+    if step is None:
+        step = mngr.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"no finished checkpoint in {mngr.directory}")
+    elif step not in steps:
+        raise FileNotFoundError(f"no checkpoint step {step} in {mngr.directory}; it has "
+                                f"{steps_text(sorted(steps)) or 'none'}")
+    return step
+
+
+def existing_run(workdir: str) -> list[str]:
+    """What `workdir` already holds that a new params checkpoint could collide with."""
+    found = []
+    if os.path.isfile(os.path.join(workdir, "config.json")):
+        found.append("config.json")
+    ckpt = checkpoint_dir(workdir)
+    if os.path.isdir(ckpt) and os.listdir(ckpt):
+        found.append(f"checkpoints/ ({', '.join(sorted(os.listdir(ckpt), key=_step_key))})")
+    return found
+
+
+def _step_key(name: str):
+    return (0, int(name), "") if name.isdigit() else (1, 0, name)
+
+
 def save_params(workdir: str, params, config, step: int = 0) -> str:
-    """Writes a params-only checkpoint (kind 'params') and DIR/config.json; returns its folder."""
-    save_config(workdir, config)
-    with manager(workdir) as mngr:
+    """Writes a params-only checkpoint (kind 'params') and DIR/config.json; returns its folder.
+
+    Only adds: a step that exists, or a config.json that differs from `config`, is refused
+    before anything is written, and no other checkpoint is ever removed."""
+    config_path = os.path.join(workdir, "config.json")
+    new_config = config_json(config)
+    if os.path.isfile(config_path):
+        with open(config_path) as f:
+            if f.read() != new_config:
+                raise FileExistsError(f"{config_path} exists and describes another config; "
+                                      "not replacing it (use a fresh --workdir)")
+    with manager(workdir, keep=None) as mngr:
         if step in mngr.all_steps():
             raise FileExistsError(f"{checkpoint_dir(workdir)}/{step} exists; not overwriting it")
         save(mngr, step, {"params": params}, config, kind="params")
         mngr.wait_until_finished()
+    if not os.path.isfile(config_path):
+        fileio.write_text(config_path, new_config)
     return os.path.join(checkpoint_dir(workdir), str(step))
 
 
 # ---------------------------------------------------------------------------------------
 # Config stored beside the checkpoints.
 
+def config_json(config) -> str:
+    return config.to_json_best_effort(indent=2, sort_keys=True)
+
+
 def save_config(workdir: str, config) -> None:
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, "config.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    """DIR/config.json, replaced atomically (train mode records the config of each run)."""
+    fileio.write_text(os.path.join(workdir, "config.json"), config_json(config), overwrite=True)
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
