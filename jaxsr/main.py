@@ -1,7 +1,7 @@
 """Entry point: `python -m jaxsr.main --config configs/X.py --workdir DIR [--mode ...]`.
 
   --mode train     train; resumes automatically from DIR when it has a checkpoint
-  --mode evaluate  evaluate the latest checkpoint in DIR on config.eval.datasets
+  --mode evaluate  evaluate the latest checkpoint in DIR (or --step N) on config.eval.datasets
   --mode info      parameter counts and FLOPs per LR pixel -> DIR/info.json
 Any config field can be overridden: `--config.train.num_steps=100`.
 
@@ -21,6 +21,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate", "info"], "What to do.")
+_STEP = flags.DEFINE_integer("step", None, "evaluate: the checkpoint step to score "
+                             "(default: the latest), e.g. the one before a damaged one.")
 _DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "auto", ["auto", "on", "off"],
     "jax.distributed start-up: 'auto' when an address/process count is given or a cluster "
@@ -42,7 +44,7 @@ def main(argv):
                                _PROCESS_ID.value)
     except ValueError as e:
         raise app.UsageError(str(e))
-    run.run(_MODE.value, _CONFIG.value, _WORKDIR.value)
+    run.run(_MODE.value, _CONFIG.value, _WORKDIR.value, step=_STEP.value)
 
 
 if __name__ == "__main__":

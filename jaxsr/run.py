@@ -6,15 +6,23 @@ import sys
 from jaxsr import checkpoint
 from jaxsr.data import images
 
+
+class PartialFailure(RuntimeError):
+    """The command finished what it could; the message lists what failed (exit status 1)."""
+
+
 # Errors that are the user's input, not a bug: printed as one clear line, no traceback
 # (set JAXSR_TRACEBACK=1 to see it anyway).
 USER_ERRORS = (FileNotFoundError, FileExistsError, images.ImageReadError,
-               checkpoint.CheckpointMismatchError, ValueError, KeyError, ArithmeticError)
+               checkpoint.CheckpointMismatchError, checkpoint.DamagedCheckpointError,
+               PartialFailure, ValueError, KeyError, ArithmeticError)
 
 
-def run(mode: str, config, workdir: str):
+def run(mode: str, config, workdir: str, step: int | None = None):
+    """`step`: the checkpoint to evaluate (default: the latest); train always resumes from
+    the latest."""
     try:
-        return _dispatch(mode, config, workdir)
+        return _dispatch(mode, config, workdir, step)
     except USER_ERRORS as e:
         if os.environ.get("JAXSR_TRACEBACK"):
             raise
@@ -22,13 +30,17 @@ def run(mode: str, config, workdir: str):
         sys.exit(f"error: {e}")
 
 
-def _dispatch(mode: str, config, workdir: str):
+def _dispatch(mode: str, config, workdir: str, step: int | None):
+    if step is not None and mode != "evaluate":
+        raise ValueError(f"--step applies to --mode evaluate, not {mode!r} (training resumes "
+                         "from the latest checkpoint; move a damaged one out of "
+                         "DIR/checkpoints to resume from the one before)")
     if mode == "train":
         from jaxsr import train
         return train.train(config, workdir)
     if mode == "evaluate":
         from jaxsr import evaluate
-        return evaluate.evaluate(config, workdir)
+        return evaluate.evaluate(config, workdir, step=step)
     if mode == "info":
         from jaxsr import summary
         return summary.write_info(config, workdir)
