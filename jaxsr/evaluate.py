@@ -1,8 +1,13 @@
 """Evaluate mode: the latest checkpoint of a workdir on benchmark sets, BasicSR protocol.
 
-Writes DIR/eval/results.json (merged with what an earlier evaluation wrote there):
-  {"<Set>": {"x<s>": {"psnr_y", "ssim_y", "bicubic_psnr_y", "images": {name: {...}}}}}
-and prints the same as a table with the protocol under it.
+Writes DIR/eval/results.json, one set at a time as soon as it is scored, merged with what
+earlier evaluations wrote there:
+  {"<Set>": {"<key>": {"psnr_y", "ssim_y", "bicubic_psnr_y", "images": {name: {...}},
+                       "step", "model", "scale", "settings": {...}, "evaluated"}}}
+`<key>` is "x<s>" for the default settings and names the settings that change the numbers
+otherwise ("x2 chop self_ensemble", "x2 n_hashes=1"), so they sit side by side; an entry
+of an older checkpoint step is kept as "<key> @step<N>". A results.json that cannot be
+read is kept as results.json.corrupt(.N). Prints the same as a table with the protocol.
 """
 import functools
 import json
@@ -12,7 +17,7 @@ import time
 
 import numpy as np
 
-from jaxsr import checkpoint, inference, metrics, models
+from jaxsr import checkpoint, fileio, inference, metrics, models
 from jaxsr.data import benchmarks
 
 PROTOCOL = ("Protocol: PSNR/SSIM on the Y channel of BT.601 YCbCr (Y = 16 + (65.481 R + "
@@ -22,14 +27,21 @@ PROTOCOL = ("Protocol: PSNR/SSIM on the Y channel of BT.601 YCbCr (Y = 16 + (65.
             "<Set>/LR_bicubic when present, else MATLAB-exact bicubic of the HR; blurred/noisy sets and DIV2KRK as named (jaxsr.data.blind_sets).")
 
 
-def load_model_params(config, workdir: str):
+def load_model_params(config, workdir: str, step: int | None = None):
     """(model, params) for the config; params-free models (bicubic) need no checkpoint."""
+    model, params, _ = load_checkpoint(config, workdir, step)
+    return model, params
+
+
+def load_checkpoint(config, workdir: str, step: int | None = None):
+    """(model, params, meta) of the latest (or given) step; meta {'step': None} for
+    params-free models."""
     model = models.build_model(config)
     if not models.has_params(config):
-        return model, {}
-    params, meta = checkpoint.load_params(workdir)
+        return model, {}, {"step": None, "model": config.model.name}
+    params, meta = checkpoint.load_params(workdir, step)
     checkpoint.check_meta(meta, config, workdir)
-    return model, params
+    return model, params, meta
 
 
 def make_apply_fn(model, params) -> inference.BoundApply:
@@ -89,41 +101,129 @@ def evaluate_set(config, apply_fn, name: str) -> dict:
     return {**summary, "images": per_image}
 
 
-def evaluate(config, workdir: str) -> dict:
-    model, params = load_model_params(config, workdir)
+# Settings that change the numbers: every entry records them, and results of different
+# settings get different keys in results.json instead of replacing each other.
+EVAL_SETTINGS = ("chop", "self_ensemble", "tile", "tile_overlap", "max_images", "use_lr_files",
+                 "use_ema", "crop_border", "round_y", "test_y_channel")
+MODEL_SETTINGS = ("n_hashes", "chunk_size", "sigma")
+
+
+def settings_of(config) -> dict:
+    ev = config.eval
+    out = {k: ev.get(k) for k in EVAL_SETTINGS if k in ev}
+    out.update({k: config.model.get(k) for k in MODEL_SETTINGS if k in config.model})
+    out["blind_seed"] = int(ev.get("blind_seed", 0))   # the seed blind sets are drawn with
+    return out
+
+
+def result_key(config, reference) -> str:
+    """'x2' for the default settings, else e.g. 'x2 chop self_ensemble n_hashes=1': the
+    eval settings that differ from jaxsr's defaults and the model settings that differ from
+    `reference` (the workdir's training config, when it has one)."""
+    from jaxsr import config_base
+    defaults = settings_of(config_base.base_config())
+    ref_model = reference.model if reference is not None else config.model
+    tags = []
+    for k, v in settings_of(config).items():
+        base = ref_model.get(k) if k in MODEL_SETTINGS else defaults.get(k)
+        if k in ("tile_overlap",) and not config.eval.tile:
+            continue                      # the overlap means nothing without tiles
+        if v == base:
+            continue
+        tags.append(k if v is True else f"{k}={v}")
+    return " ".join([f"x{config.scale}"] + tags)
+
+
+def _training_config(workdir: str):
+    try:
+        return checkpoint.load_config(workdir)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def make_entry(config, set_result: dict, meta: dict) -> dict:
+    return {**set_result, "step": meta.get("step"), "model": config.model.name,
+            "scale": int(config.scale), "settings": settings_of(config),
+            "evaluated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def evaluate(config, workdir: str, step: int | None = None) -> dict:
+    """Scores the checkpoint (latest, or `step`) on every set, writing each set's entry into
+    DIR/eval/results.json as soon as it is scored. A set that fails is reported and the
+    others still run; the command then fails listing them (run.PartialFailure)."""
+    from jaxsr import run
+    model, params, meta = load_checkpoint(config, workdir, step)
     apply_fn = make_apply_fn(model, params)
-    results = {}
+    key = result_key(config, _training_config(workdir))
+    results, failed, path = {}, [], None
     for name in config.eval.datasets:
-        results.setdefault(name, {})[f"x{config.scale}"] = evaluate_set(config, apply_fn, name)
-    path = write_results(workdir, results)
-    print(format_table(results, config))
-    print(f"results: {path}")
+        try:
+            entry = make_entry(config, evaluate_set(config, apply_fn, name), meta)
+        except Exception as e:  # noqa: BLE001 - reported, the other sets still run
+            if not run.is_recoverable(e):
+                raise
+            logging.error("evaluation of %s failed: %s: %s", name, type(e).__name__, e)
+            failed.append(f"{name}: {type(e).__name__}: {e}")
+            continue
+        results[name] = {key: entry}
+        path = write_results(workdir, {name: {key: entry}})
+        logging.info("%s %s: written to %s", name, key, path)
+    if results:
+        print(format_table(results, config))
+        print(f"results (step {meta.get('step')}, key {key!r}): {path}")
+    if failed:
+        raise run.PartialFailure(f"{len(failed)} of {len(config.eval.datasets)} set(s) failed "
+                                 "(the others are in DIR/eval/results.json):\n  "
+                                 + "\n  ".join(failed))
     return results
 
 
+def read_results(path: str) -> dict:
+    """results.json, or {} when absent; a damaged file is kept aside (never deleted)."""
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        if not isinstance(data, dict):
+            raise ValueError(f"top level is a {type(data).__name__}, not an object")
+        return data
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
+        kept = fileio.free_name(path + ".corrupt")
+        os.replace(path, kept)
+        logging.warning("%s could not be read (%s); kept it as %s and started a new one",
+                        path, e, kept)
+        return {}
+
+
+def merge_entry(by_key: dict, key: str, entry: dict) -> None:
+    """Puts `entry` under `key`; an entry there of another checkpoint step moves to
+    '<key> @step<N>' (kept), one of the same step is replaced (the same measurement)."""
+    old = by_key.get(key)
+    if old is not None and old.get("step") != entry.get("step"):
+        by_key[f"{key} @step{old.get('step')}"] = old
+    by_key[key] = entry
+
+
 def write_results(workdir: str, results: dict) -> str:
-    """Merges into DIR/eval/results.json (other sets/scales already there are kept)."""
+    """Merges {set: {key: entry}} into DIR/eval/results.json, atomically and under a lock
+    (two evaluations of one workdir do not lose each other's sets)."""
+    import fcntl
     out_dir = os.path.join(workdir, "eval")
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "results.json")
-    merged = {}
-    if os.path.isfile(path):
-        try:
-            with open(path) as f:
-                merged = json.load(f)
-        except json.JSONDecodeError:
-            os.replace(path, path + ".corrupt")
-            logging.warning("%s was not valid JSON; kept as %s.corrupt", path, path)
-    for set_name, by_scale in results.items():
-        merged.setdefault(set_name, {}).update(by_scale)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(merged, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    with open(os.path.join(out_dir, ".results.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        merged = read_results(path)
+        for set_name, by_key in results.items():
+            for key, entry in by_key.items():
+                merge_entry(merged.setdefault(set_name, {}), key, entry)
+        fileio.write_json(path, merged, overwrite=True, sort_keys=True)
     return path
 
 
-STANDARD_KEYS = ("psnr_y", "ssim_y", "bicubic_psnr_y", "images")
+STANDARD_KEYS = ("psnr_y", "ssim_y", "bicubic_psnr_y", "images", "step", "model", "scale",
+                 "settings", "evaluated")
 
 
 def format_table(results: dict, config) -> str:
