@@ -164,6 +164,18 @@ def _resolve(path: str) -> tuple[str, int | None]:
     return path, None
 
 
+def _local_target(mngr, step: int):
+    """The saved state's structure placed on this process's first device: a checkpoint
+    written on several devices or hosts reads back in one process (a restore without a
+    target refuses the other topology)."""
+    from etils import epath
+    tree = ocp.StandardCheckpointHandler().metadata(
+        epath.Path(str(mngr.directory)) / str(step) / "state")
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                        dict(tree))
+
+
 def load_params(path: str, step: int | None = None):
     """(params as numpy arrays, meta) of the latest (or given) checkpoint under `path`."""
     workdir, given = _resolve(path)
@@ -175,7 +187,7 @@ def load_params(path: str, step: int | None = None):
         meta = read_meta(mngr, step)
         try:
             restored = mngr.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore()))
+                state=ocp.args.StandardRestore(_local_target(mngr, step))))
             params = jax.tree.map(np.asarray, restored.state["params"])
         except Exception as e:  # noqa: BLE001 - no target structure: any failure is damage
             raise damaged_error(mngr, step, e) from e
