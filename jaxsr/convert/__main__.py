@@ -1,15 +1,20 @@
 """Convert checkpoints between jaxsr (Orbax, Flax) and PyTorch (official key names).
 
   python -m jaxsr.convert to-torch   --config configs/X.py --workdir DIR --output model.pth \
-                                     [--format pth|safetensors]
+                                     [--format pth|safetensors] [--step N] [--overwrite]
   python -m jaxsr.convert from-torch --config configs/X.py --input model.pth --workdir DIR \
-                                     [--param_key params_ema] [--rgb_range 255]
+                                     [--param_key params_ema] [--rgb_range 255] [--force]
 
 to-torch writes a state_dict that the official PyTorch class loads with strict=True
 (--config may be left out when DIR has the config.json written by training).
 from-torch writes a params-only checkpoint into DIR that `python -m jaxsr.main --mode
 evaluate` and `--mode train` (fine-tuning) pick up. Both refuse anything that does not match
 exactly, listing every missing, unexpected and mis-shaped key.
+
+Nothing is ever lost: to-torch writes atomically and refuses an existing --output unless
+--overwrite; from-torch checks everything before writing, refuses a DIR that already holds
+a run (checkpoints or config.json) and, with --force, writes into a new subfolder
+DIR/converted/<file stem> instead, leaving the run as it was.
 Config fields can be overridden as in jaxsr.main: --config.scale=4.
 """
 import logging
@@ -31,6 +36,11 @@ _RGB_RANGE = flags.DEFINE_float(
     "rgb_range", None, "Pixel range of the PyTorch file when it differs from the config's "
     "(EDSR-PyTorch and RCAN release models: 255); EDSR/RCAN/FSRCNN tensors are rescaled "
     "exactly.")
+_STEP = flags.DEFINE_integer("step", None, "to-torch: the checkpoint step (default: latest).")
+_OVERWRITE = flags.DEFINE_boolean("overwrite", False, "to-torch: replace an existing --output.")
+_FORCE = flags.DEFINE_boolean(
+    "force", False, "from-torch into a DIR that holds a run: write into a new subfolder "
+    "DIR/converted/<file stem> (never replaces or deletes anything).")
 _PARAM_KEY = flags.DEFINE_string(
     "param_key", None, "from-torch: entry holding the state_dict (default: 'params_ema', "
     "'params', 'state_dict' or 'model' when present, else the file itself).")
@@ -60,17 +70,20 @@ def main(argv):
             if not _OUTPUT.value:
                 raise app.UsageError("to-torch needs --output FILE.pth|FILE.safetensors")
             summary = convert.export_workdir(_config(False), _WORKDIR.value, _OUTPUT.value,
-                                             _FORMAT.value, _RGB_RANGE.value)
+                                             _FORMAT.value, _RGB_RANGE.value, step=_STEP.value,
+                                             overwrite=_OVERWRITE.value)
             print(f"wrote {_OUTPUT.value}: {summary['keys']} tensors, {summary['params']:,} "
                   f"values ({summary['format']}, from step {summary['step']})")
         else:
             if not _INPUT.value:
                 raise app.UsageError("from-torch needs --input FILE.pth")
             summary = convert.import_file(_config(True), _INPUT.value, _WORKDIR.value,
-                                          _PARAM_KEY.value, _RGB_RANGE.value)
+                                          _PARAM_KEY.value, _RGB_RANGE.value,
+                                          force=_FORCE.value)
             print(f"wrote {summary['checkpoint']}: {summary['keys']} tensors, "
                   f"{summary['params']:,} params from {_INPUT.value}")
-    except (convert.ConversionError, FileNotFoundError, FileExistsError) as e:
+    except (convert.ConversionError, ImportError, OSError, ValueError) as e:
+        # OSError: missing or existing files, damaged checkpoints; ImportError: no torch
         sys.exit(f"error: {e}")
 
 

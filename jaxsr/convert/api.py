@@ -4,10 +4,12 @@
     params, warnings = state_dict_to_params(sd, config)  # strict torch -> Flax
     export_workdir(config, workdir, "model.pth")         # checkpoint -> .pth/.safetensors
     import_file(config, "model.pth", workdir)            # .pth/.safetensors -> checkpoint
+Neither replaces nor deletes anything that exists (see import_target, fileio).
 """
 import functools
 import logging
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -141,11 +143,15 @@ def state_dict_to_params(state_dict, config, source: str = "checkpoint",
 
 
 def export_workdir(config, workdir: str, output: str, fmt: str | None = None,
-                   rgb_range: float | None = None) -> dict:
-    """Latest checkpoint of `workdir` -> `output` (.pth or .safetensors); returns a summary."""
-    from jaxsr import checkpoint
+                   rgb_range: float | None = None, *, step: int | None = None,
+                   overwrite: bool = False) -> dict:
+    """Latest (or `step`) checkpoint of `workdir` -> `output` (.pth or .safetensors), written
+    atomically and never over an existing file unless `overwrite`; returns a summary."""
+    from jaxsr import checkpoint, fileio
     from jaxsr.convert import torchio
-    params, meta = checkpoint.load_params(workdir)
+    if not overwrite:
+        fileio.refuse_existing(output)        # before the (slow) work, not after
+    params, meta = checkpoint.load_params(workdir, step)
     if meta.get("model") not in (None, config.model.name):
         raise core.ConversionError(f"{workdir} holds a {meta.get('model')!r} checkpoint but "
                                    f"config.model.name={config.model.name!r}")
@@ -154,20 +160,50 @@ def export_workdir(config, workdir: str, output: str, fmt: str | None = None,
     warnings = core.unofficial(table_for(config), config)
     for w in warnings:
         logging.warning("%s", w)
-    fmt = torchio.save_state_dict(sd, output, fmt)
+    fmt = torchio.save_state_dict(sd, output, fmt, overwrite=overwrite)
     return {"keys": len(sd), "params": int(sum(v.size for v in sd.values())),
             "format": fmt, "step": meta.get("step"), "warnings": warnings}
 
 
+CONVERTED_DIR = "converted"
+
+
+def import_target(workdir: str, source: str, force: bool) -> str:
+    """The workdir a conversion writes into: `workdir` when it holds no run, else (with
+    `force`) a new DIR/converted/<file stem>[_N] beside the run; never an existing one."""
+    from jaxsr import checkpoint
+    existing = checkpoint.existing_run(workdir)
+    if not existing:
+        return workdir
+    stem = os.path.splitext(os.path.basename(str(source)))[0] or "model"
+    new = os.path.join(workdir, CONVERTED_DIR, stem)
+    n = 1
+    while os.path.exists(new):
+        n += 1
+        new = os.path.join(workdir, CONVERTED_DIR, f"{stem}_{n}")
+    if not force:
+        raise FileExistsError(
+            f"{workdir} already holds {', '.join(existing)}; converting into it could replace "
+            f"or mix with that run, so nothing was written. Pass a fresh --workdir, or --force "
+            f"to write the converted params into the new subfolder {new} (the run is not "
+            f"touched).")
+    logging.warning("%s holds a run (%s): writing the converted params into %s",
+                    workdir, ", ".join(existing), new)
+    return new
+
+
 def import_file(config, path: str, workdir: str, param_key: str | None = None,
-                rgb_range: float | None = None) -> dict:
-    """`path` (.pth/.pt/.safetensors) -> params-only checkpoint in `workdir`; returns a summary."""
+                rgb_range: float | None = None, *, force: bool = False) -> dict:
+    """`path` (.pth/.pt/.safetensors) -> params-only checkpoint in `workdir` (or, for a
+    workdir with a run and `force`, in a new subfolder of it); returns a summary.
+    Everything is checked before anything is written; nothing existing is replaced."""
     from jaxsr import checkpoint
     from jaxsr.convert import torchio
+    target = import_target(workdir, path, force)
     sd = torchio.load_state_dict(path, param_key)
     params, warnings = state_dict_to_params(sd, config, source=str(path), rgb_range=rgb_range)
     for w in warnings:
         logging.warning("%s: %s", path, w)
-    where = checkpoint.save_params(workdir, params, config)
+    where = checkpoint.save_params(target, params, config)
     return {"keys": len(sd), "params": int(sum(np.size(v) for v in core.flatten(params).values())),
             "checkpoint": where, "warnings": warnings}

@@ -22,9 +22,9 @@ _ZIP_MAGIC = b"PK\x03\x04"
 def _import_torch():
     try:
         import torch
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("PyTorch checkpoint conversion needs torch: "
-                          "pip install torch==2.13.0 (or pip install -e .[torch])") from e
+    except ImportError as e:
+        raise ImportError("PyTorch checkpoint conversion needs torch: pip install "
+                          f"torch==2.13.0 (or pip install -e .[torch]); import failed: {e}") from e
     return torch
 
 
@@ -105,19 +105,22 @@ def load_state_dict(path, param_key: str | None = None) -> dict[str, np.ndarray]
     return {k: to_numpy(v) for k, v in sd.items()}
 
 
-def save_state_dict(state_dict: Mapping[str, np.ndarray], path, fmt: str | None = None) -> str:
+def save_state_dict(state_dict: Mapping[str, np.ndarray], path, fmt: str | None = None, *,
+                    overwrite: bool = False) -> str:
     """Writes float32 tensors in the given key order; fmt 'pth' or 'safetensors'
-    (default: from the file extension). Returns the format used."""
-    torch = _import_torch()
+    (default: from the file extension). Atomic (a failed write leaves nothing, or the old
+    file); an existing file is refused unless `overwrite`. Returns the format used."""
+    from jaxsr import fileio
     path = pathlib.Path(path)
     fmt = fmt or ("safetensors" if path.suffix == ".safetensors" else "pth")
-    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state_dict.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "safetensors":
-        import safetensors.torch
-        safetensors.torch.save_file(tensors, str(path), metadata={"format": "pt"})
-    elif fmt == "pth":
-        torch.save(tensors, str(path))
-    else:
+    if fmt not in ("pth", "safetensors"):
         raise ValueError(f"--format must be 'pth' or 'safetensors', got {fmt!r}")
+    torch = _import_torch()
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state_dict.items()}
+    with fileio.atomic_path(str(path), overwrite=overwrite) as tmp:
+        if fmt == "safetensors":
+            import safetensors.torch
+            safetensors.torch.save_file(tensors, tmp, metadata={"format": "pt"})
+        else:
+            torch.save(tensors, tmp)
     return fmt
