@@ -10,8 +10,15 @@ The model config comes from DIR/config.json (written by train mode and by the co
 the params from DIR's latest checkpoint. `--workdir bicubic` needs no checkpoint (MATLAB
 bicubic; pick the scale with `--config.scale=4`). Any image mode is accepted (grayscale and
 RGBA as in evaluation: `jaxsr.data.images.read_rgb`); outputs are RGB PNGs named like the
-inputs. A folder with unreadable files upscales the others, then lists the bad ones and
-exits with status 1.
+inputs.
+
+Nothing is lost: before any work, inputs whose outputs would collide (a.jpg and a.png)
+get outputs named a_jpg.png and a_png.png, an output that would replace an input (or an
+output folder that is the input folder) is refused, and existing outputs are refused unless
+`--overwrite`. Each PNG is written atomically. An image that cannot be read, does not fit
+in memory (the message names it, its size and the fix: --tile / --max_memory) or cannot be
+written is reported and the rest of the folder goes on; the command then lists the failures
+and exits with status 1.
 
 From Python: `jaxsr.upscale.upscale(image_array, workdir)` -> SR array, or build an
 `Upscaler` once and call it on many arrays.
@@ -45,6 +52,8 @@ _MAX_MEMORY = flags.DEFINE_string("max_memory", "", "Memory budget for one forwa
                                   "'2G', '512M' or bytes (default: the device's free memory).")
 _TILE_BATCH = flags.DEFINE_integer("tile_batch", 4, "Tiles (or chop patches) per forward.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+_OVERWRITE = flags.DEFINE_boolean("overwrite", False, "Replace existing output files "
+                                  "(inputs are never replaced).")
 
 _OVERRIDES: list[str] = []
 
@@ -215,44 +224,107 @@ def parse_bytes(text) -> Optional[int]:
 # Files and folders
 # ---------------------------------------------------------------------------------------
 
+def _png_name(path: str) -> str:
+    return os.path.splitext(os.path.basename(path))[0] + ".png"
+
+
 def output_pairs(inp: str, out: str) -> list[tuple[str, str]]:
-    """(input, output) paths: a folder maps to a folder of <name>.png; a file to `out`,
-    or to out/<name>.png when `out` is a folder (existing, ending in '/', or without an
-    extension)."""
-    png = lambda p: os.path.splitext(os.path.basename(p))[0] + ".png"
+    """(input, output) paths: a folder maps to a folder of <name>.png (<name>_<ext>.png for
+    inputs that share a name); a file to `out`, or to out/<name>.png when `out` is a folder
+    (existing, ending in '/', or without an extension)."""
     if os.path.isdir(inp):
         files = images.list_images(inp)
         if not files:
             raise FileNotFoundError(f"no images ({', '.join(images.IMAGE_EXTENSIONS)}) in {inp}")
-        return [(f, os.path.join(out, png(f))) for f in files]
+        if os.path.realpath(out) == os.path.realpath(inp):
+            raise ValueError(f"--output {out} is the input folder: the results would replace "
+                             "or mix with the originals; choose another --output folder")
+        names = [_png_name(f) for f in files]
+        counts = {n: names.count(n) for n in names}
+        names = [n if counts[n] == 1 else
+                 f"{n[:-4]}_{os.path.splitext(f)[1][1:].lower()}.png"
+                 for f, n in zip(files, names)]
+        return [(f, os.path.join(out, n)) for f, n in zip(files, names)]
     if not os.path.exists(inp):
         raise FileNotFoundError(f"--input {inp} does not exist")
     as_dir = (os.path.isdir(out) or out.endswith(("/", os.sep))
               or not os.path.splitext(out)[1])
-    return [(inp, os.path.join(out, png(inp)) if as_dir else out)]
+    return [(inp, os.path.join(out, _png_name(inp)) if as_dir else out)]
 
 
-def upscale_files(up: Upscaler, pairs, progress: bool = True) -> list[tuple[str, str]]:
-    """Upscales each (input, output) pair; unreadable images are skipped and returned as
-    (path, reason) after the others are done."""
+def check_pairs(pairs, overwrite: bool = False) -> None:
+    """Refuses, before any work, outputs that collide, replace an input or (without
+    `overwrite`) an existing file."""
+    real = lambda p: os.path.realpath(p)
+    inputs = {real(src) for src, _ in pairs}
+    seen, problems, existing = {}, [], []
+    for src, dst in pairs:
+        if real(dst) in inputs:
+            problems.append(f"{dst} would replace the input {src if real(src) == real(dst) else dst}")
+        elif real(dst) in seen:
+            problems.append(f"{src} and {seen[real(dst)]} would both be written to {dst}")
+        elif os.path.lexists(dst):
+            existing.append(dst)
+        seen[real(dst)] = src
+    if problems:
+        raise ValueError("refusing to start (inputs are never overwritten; pick another "
+                         "--output):\n  " + "\n  ".join(problems[:20]))
+    if existing and not overwrite:
+        raise FileExistsError(f"{len(existing)} output file(s) exist already, e.g. "
+                              f"{', '.join(existing[:5])}; pass --overwrite to replace them "
+                              "or choose another --output")
+
+
+def _oom_message(src: str, lr: np.ndarray, up: Upscaler, error: BaseException) -> str:
+    h, w = lr.shape[:2]
+    s = up.scale
+    return (f"{src} ({w}x{h} -> {w * s}x{h * s}) does not fit in memory "
+            f"({type(error).__name__}: {str(error).strip().splitlines()[0][:200] if str(error).strip() else ''}). "
+            f"Upscale it in tiles with a smaller --tile (e.g. --tile 128) or a lower "
+            f"--max_memory (e.g. --max_memory 1G)")
+
+
+def upscale_one(up: Upscaler, src: str, dst: str, overwrite: bool, progress: bool) -> None:
+    """Reads, upscales and atomically writes one image (errors propagate)."""
+    from tqdm import tqdm
+    from jaxsr import fileio
+    lr = images.read_rgb(src)
+    info = {}
+    try:
+        sr = up(lr, progress=progress, info=info)
+    except Exception as e:  # noqa: BLE001 - only out-of-memory is turned into advice
+        from jaxsr import run
+        if run.is_out_of_memory(e):
+            raise MemoryError(_oom_message(src, lr, up, e)) from e
+        raise
+    if info.get("mode") == "auto-tiled":
+        tqdm.write(f"{src}: {lr.shape[1]}x{lr.shape[0]} does not fit in memory "
+                   f"(~{info['estimated_bytes'] / 2**20:.0f} MiB > "
+                   f"{info['budget_bytes'] / 2**20:.0f} MiB): tiled {info['tile']}px")
+    try:
+        with fileio.atomic_path(dst, overwrite=overwrite) as tmp:
+            images.write_png(tmp, sr)
+    except OSError as e:
+        if isinstance(e, FileExistsError):
+            raise
+        raise OSError(e.errno, f"could not write {dst}: {e.strerror or e}") from e
+
+
+def upscale_files(up: Upscaler, pairs, progress: bool = True,
+                  overwrite: bool = False) -> list[tuple[str, str]]:
+    """Upscales each (input, output) pair; an image that cannot be read, does not fit in
+    memory or cannot be written is skipped and returned as (path, reason) after the
+    others are done."""
     from tqdm import tqdm
     failed = []
     bar = tqdm(pairs, desc="images", unit="img", disable=not progress or len(pairs) < 2)
     for src, dst in bar:
         bar.set_postfix_str(os.path.basename(src))
         try:
-            lr = images.read_rgb(src)
-        except images.ImageReadError as e:
+            upscale_one(up, src, dst, overwrite, progress)
+        except (images.ImageReadError, MemoryError, OSError) as e:
             logging.error("%s", e)
             failed.append((src, str(e)))
-            continue
-        info = {}
-        sr = up(lr, progress=progress, info=info)
-        if info.get("mode") == "auto-tiled":
-            tqdm.write(f"{src}: {lr.shape[1]}x{lr.shape[0]} does not fit in memory "
-                       f"(~{info['estimated_bytes'] / 2**20:.0f} MiB > "
-                       f"{info['budget_bytes'] / 2**20:.0f} MiB): tiled {info['tile']}px")
-        images.write_png(dst, sr)
     return failed
 
 
@@ -261,18 +333,19 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)   # no backend-probing INFO lines
     try:
+        pairs = output_pairs(_INPUT.value, _OUTPUT.value)
+        check_pairs(pairs, _OVERWRITE.value)
         up = Upscaler.from_workdir(
             _WORKDIR.value, _OVERRIDES, _STEP.value, tile=_TILE.value,
             tile_overlap=_OVERLAP.value, chop=_CHOP.value, self_ensemble=_X8.value,
             max_memory=_MAX_MEMORY.value, tile_batch=_TILE_BATCH.value)
-        pairs = output_pairs(_INPUT.value, _OUTPUT.value)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:        # OSError: missing/existing/damaged files
         sys.exit(f"error: {e}")
-    failed = upscale_files(up, pairs)
+    failed = upscale_files(up, pairs, overwrite=_OVERWRITE.value)
     print(f"upscaled {len(pairs) - len(failed)} of {len(pairs)} image(s) x{up.scale} "
           f"-> {_OUTPUT.value}")
     if failed:
-        sys.exit("could not read:\n  " + "\n  ".join(f"{p}: {r}" for p, r in failed))
+        sys.exit(f"failed ({len(failed)}):\n  " + "\n  ".join(f"{p}: {r}" for p, r in failed))
 
 
 def _parse_flags(argv):
