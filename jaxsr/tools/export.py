@@ -107,29 +107,57 @@ def export_model(config, model, params, spec, *, separate_weights: bool = False,
         fn = lambda w, lr: _evaluate(model, traverse_util.unflatten_dict(w, sep=WEIGHTS_SEP), lr)
         weights = {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
                    for k, v in flat_weights(params).items()}
-        args = (weights, spec)
+        head = (weights,)
     else:
         baked = jax.tree.map(jnp.asarray, params)
-        fn, args = (lambda lr: _evaluate(model, baked, lr)), (spec,)
+        fn, head = (lambda lr: _evaluate(model, baked, lr)), ()
+    do_export = lambda x: jax.export.export(jax.jit(fn), platforms=platforms)(*head, x)
     try:
-        return jax.export.export(jax.jit(fn), platforms=platforms)(*args)
-    except Exception as e:  # explained below; the original error is chained
-        raise ExportError(_refusal(config, spec, e)) from e
+        return do_export(spec)
+    except Exception as e:  # explained by _refusal; the original error is chained
+        if _is_symbolic(spec) and _succeeds(do_export, _fixed_probe(config, spec)):
+            raise ExportError(_dynamic_refusal(config, e)) from e
+        raise ExportError(_refusal(config, e)) from e
 
 
-def _refusal(config, spec, error) -> str:
-    name, first = config.model.name, str(error).strip().splitlines()[0]
-    extras = models.eval_extras(config)
+def _is_symbolic(spec) -> bool:
+    return any(not isinstance(d, int) for d in spec.shape)
+
+
+def _fixed_probe(config, spec) -> jax.ShapeDtypeStruct:
+    """A valid fixed-size stand-in for a symbolic `spec`."""
+    multiple, min_size = models.input_multiple(config), models.min_input_size(config)
+    side = -(-max(min_size, 16) // multiple) * multiple
+    batch = spec.shape[0] if isinstance(spec.shape[0], int) else 1
+    return jax.ShapeDtypeStruct((batch, side, side, 3), jnp.float32)
+
+
+def _succeeds(fn, *args) -> bool:
+    try:
+        fn(*args)
+    except Exception:  # only asked whether it works
+        return False
+    return True
+
+
+def _reason(error) -> str:
+    return f"{type(error).__name__}: {str(error).strip().splitlines()[0]}"
+
+
+def _dynamic_refusal(config, error) -> str:
+    return (f"--dynamic: config.model.name={config.model.name!r} exports at a fixed size but "
+            f"its forward depends on the concrete image size ({_reason(error)}); e.g. "
+            "NLSN/DLSN's LSH attention sets its bucket count from the map size. Export at "
+            "a fixed --shape HxW instead")
+
+
+def _refusal(config, error) -> str:
+    name, extras = config.model.name, models.eval_extras(config)
     if extras:
         return (f"config.model.name={name!r} takes per-image inputs {list(extras)} (e.g. "
                 f"USRNet's blur kernel) beside the image; export only feeds the image "
-                f"({type(error).__name__}: {first})")
-    if any(not isinstance(d, int) for d in spec.shape):
-        return (f"--dynamic: the forward of config.model.name={name!r} depends on the "
-                f"concrete image size ({type(error).__name__}: {first}); NLSN/DLSN's LSH "
-                "attention sets its bucket count from the map size. Export at a fixed "
-                "--shape HxW instead")
-    return f"exporting config.model.name={name!r} failed: {type(error).__name__}: {first}"
+                f"({_reason(error)})")
+    return f"exporting config.model.name={name!r} failed: {_reason(error)}"
 
 
 def weights_manifest(config, spec, weights, *, program: str, npz: str, step) -> dict:
