@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from jaxsr import checkpoint, models, upscale
+from jaxsr import checkpoint, inference, models, upscale
 
 WEIGHTS_SEP = "/"
 
@@ -57,7 +57,7 @@ def parse_shape(text: str) -> tuple[int, int]:
 
 def _check_fixed_side(side: int, multiple: int, min_size: int, config) -> None:
     if side % multiple or side < min_size:
-        good = max(-(-side // multiple) * multiple, -(-min_size // multiple) * multiple)
+        good = inference.padded_size(side, multiple, min_size)
         raise ExportError(
             f"--shape: LR side {side} does not fit config.model.name="
             f"{config.model.name!r}, which needs multiples of {multiple} and at least "
@@ -127,7 +127,7 @@ def _is_symbolic(spec) -> bool:
 def _fixed_probe(config, spec) -> jax.ShapeDtypeStruct:
     """A valid fixed-size stand-in for a symbolic `spec`."""
     multiple, min_size = models.input_multiple(config), models.min_input_size(config)
-    side = -(-max(min_size, 16) // multiple) * multiple
+    side = inference.padded_size(16, multiple, min_size)
     batch = spec.shape[0] if isinstance(spec.shape[0], int) else 1
     return jax.ShapeDtypeStruct((batch, side, side, 3), jnp.float32)
 
