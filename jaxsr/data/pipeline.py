@@ -53,8 +53,9 @@ def train_paths(config) -> list[str]:
     elif config.data.source == "folders":
         paths = images.list_image_dirs(config.data.train_dirs, "config.data.train_dirs")
     else:
-        raise ValueError(f"config.data.source={config.data.source!r}: use 'folders' or "
-                         "'skimage' (or 'tfds', see jaxsr.data.tfds_source)")
+        raise ValueError(f"config.data.source={config.data.source!r}: use 'folders', "
+                         "'skimage', 'array_record' (jaxsr.data.prepared) or 'tfds' "
+                         "(jaxsr.data.tfds_source)")
     paths = usable_paths(paths, config.train.patch_size)
     if not paths:
         raise ValueError(f"no usable training images (source {config.data.source!r}, "
@@ -136,6 +137,9 @@ def make_reader(config) -> "ImageReader":
     if config.data.source == "tfds":
         from jaxsr.data import tfds_source
         return ImageReader(tfds_source.source_from_config(config), cache=False)
+    if config.data.source == "array_record":
+        from jaxsr.data import prepared
+        return ImageReader(prepared.source_from_config(config), cache=False)
     paths = train_paths(config)
     return ImageReader(paths, cache=len(paths) <= 64)
 

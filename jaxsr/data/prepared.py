@@ -1,0 +1,166 @@
+"""Prepared training data: HR sub-images in ArrayRecord shards (`config.data.source =
+'array_record'`, folders written by `python -m jaxsr.tools.prepare`).
+
+Decoding a 2K PNG costs ~150 ms per image; a prepared record is raw uint8 pixels, so a
+training sample costs one record read and a crop. A folder holds `manifest.json` (written
+last: its presence means the folder is complete) and `shard-NNNNN.array_record` files.
+
+Record layout (no pickle): a fixed little-endian header
+
+    magic b"JXSR" | version u16 | height u32 | width u32 | channels u16 | top u32 |
+    left u32 | name length u16
+
+then the source image's name (UTF-8) and height * width * channels uint8 pixels, row-major.
+`top, left` is the sub-image's origin in its source image.
+"""
+import collections.abc
+import json
+import os
+import struct
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+from jaxsr.data import images
+
+MANIFEST = "manifest.json"
+FORMAT = "jaxsr.prepared/1"
+_MAGIC = b"JXSR"
+_VERSION = 1
+_HEADER = struct.Struct("<4sHIIHIIH")
+RECORD_LAYOUT = ("little-endian header <4sHIIHIIH: magic b'JXSR', version, height, width, "
+                 "channels, top, left, name length; then the name (UTF-8), then "
+                 "height*width*channels uint8 pixels, row-major")
+
+
+class PreparedDataError(ValueError):
+    """A prepared folder that cannot be used; the message names the folder or file."""
+
+
+class SubImage(NamedTuple):
+    pixels: np.ndarray        # HxWxC uint8 (read-only view of the record)
+    name: str                 # source image name
+    top: int                  # origin in the source image
+    left: int
+
+
+def encode_record(pixels: np.ndarray, name: str, top: int, left: int) -> bytes:
+    pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
+    h, w, c = pixels.shape
+    name_bytes = name.encode("utf-8")
+    header = _HEADER.pack(_MAGIC, _VERSION, h, w, c, top, left, len(name_bytes))
+    return header + name_bytes + pixels.tobytes()
+
+
+def decode_record(data: bytes, where: str) -> SubImage:
+    """Record bytes -> SubImage without copying the pixels; errors name `where`."""
+    if len(data) < _HEADER.size:
+        raise images.ImageReadError(f"{where}: record of {len(data)} bytes is too short")
+    magic, version, h, w, c, top, left, name_len = _HEADER.unpack_from(data)
+    if magic != _MAGIC or version != _VERSION:
+        raise images.ImageReadError(f"{where}: not a jaxsr record (magic {magic!r}, "
+                                    f"version {version})")
+    start = _HEADER.size + name_len
+    if len(data) != start + h * w * c:
+        raise images.ImageReadError(f"{where}: record has {len(data)} bytes, the header "
+                                    f"says {start + h * w * c} ({h}x{w}x{c})")
+    name = bytes(data[_HEADER.size:start]).decode("utf-8")
+    pixels = np.frombuffer(data, np.uint8, count=h * w * c, offset=start).reshape(h, w, c)
+    return SubImage(pixels, name, top, left)
+
+
+def read_manifest(folder: str) -> dict:
+    """The manifest of a complete prepared folder, checked against the shards on disk."""
+    path = os.path.join(folder, MANIFEST)
+    if not os.path.isdir(folder):
+        raise PreparedDataError(f"prepared data folder does not exist: {folder}")
+    if not os.path.isfile(path):
+        raise PreparedDataError(
+            f"{folder} has no {MANIFEST}: not a prepared folder, or `python -m "
+            "jaxsr.tools.prepare` did not finish there (rerun it to resume)")
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except (OSError, ValueError) as e:
+        raise PreparedDataError(f"cannot read {path}: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise PreparedDataError(f"{path}: format {found!r} is not {FORMAT!r}")
+    for shard in manifest.get("shards", ()):
+        check_shard_file(folder, shard)
+    return manifest
+
+
+def check_shard_file(folder: str, shard: dict) -> None:
+    """A shard named by a manifest exists with the size it was written with."""
+    path = os.path.join(folder, shard["file"])
+    if not os.path.isfile(path):
+        raise PreparedDataError(f"shard {path} listed in {MANIFEST} is missing")
+    size = os.path.getsize(path)
+    if size != shard["bytes"]:
+        raise PreparedDataError(f"shard {path} has {size} bytes, {MANIFEST} says "
+                                f"{shard['bytes']}: truncated or replaced, prepare again")
+
+
+class PreparedSource(collections.abc.Sequence):
+    """index -> HxWx3 uint8 sub-image over one or more prepared folders (concatenated).
+
+    Picklable for grain's worker processes: the ArrayRecord files are opened lazily in
+    each process and the open readers are not pickled.
+    """
+
+    def __init__(self, folders: Sequence[str]):
+        if isinstance(folders, str):
+            folders = (folders,)
+        if not folders:
+            raise PreparedDataError("config.data.prepared_dirs is empty: give the folders "
+                                    "written by `python -m jaxsr.tools.prepare`")
+        self.folders = tuple(folders)
+        self.manifests = [read_manifest(d) for d in self.folders]
+        self.paths = [os.path.join(d, s["file"])
+                      for d, m in zip(self.folders, self.manifests) for s in m["shards"]]
+        self._length = sum(m["total_records"] for m in self.manifests)
+        if not self._length:
+            raise PreparedDataError(f"prepared folders {self.folders} hold no records")
+        self._records = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_records": None}
+
+    def __len__(self) -> int:
+        return self._length
+
+    def min_side(self) -> int:
+        """The smallest sub-image side over all folders (from the manifests)."""
+        return min(min(m["record_shape"][:2]) for m in self.manifests)
+
+    def _open(self):
+        import grain                             # the training stack; not needed to prepare
+        records = grain.sources.ArrayRecordDataSource(self.paths)
+        if len(records) != self._length:
+            raise PreparedDataError(f"prepared folders {self.folders}: the shards hold "
+                                    f"{len(records)} records, the manifests say {self._length}")
+        return records
+
+    def record(self, index: int) -> SubImage:
+        if not 0 <= index < self._length:
+            raise IndexError(f"record {index} of {self._length}")
+        if self._records is None:
+            self._records = self._open()
+        return decode_record(self._records[index], f"{self.folders} record {index}")
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return self.record(index).pixels
+
+
+def source_from_config(config) -> PreparedSource:
+    """`config.data.prepared_dirs` -> PreparedSource, checked against the patch size."""
+    source = PreparedSource(tuple(config.data.prepared_dirs))
+    patch = config.train.patch_size
+    if source.min_side() < patch:
+        raise PreparedDataError(
+            f"config.train.patch_size={patch} is larger than the {source.min_side()} px "
+            f"sub-images of {source.folders}: prepare them with a larger --crop")
+    return source
