@@ -1,20 +1,23 @@
 """Blind SR: KENet's kernel estimate fed to USRNet ('kenet_usrnet'), or USRNet with the true
 kernel ('gt_usrnet', the paper's upper bound, arg `gt`).
 
-  # 1. KENet: train it (configs/kenet.py). 2. USRNet: convert KAIR's usrnet.pth
-  python -m jaxsr.convert from-torch --config configs/kenet_usrnet.py:usrnet_only \
+  # 1. KENet: train it (configs/kenet.py). 2. USRNet: convert KAIR's usrnet.pth (at the
+  #    scale you evaluate: checkpoints record it; x2 needs its own workdir with :usrnet_only)
+  python -m jaxsr.convert from-torch --config configs/kenet_usrnet.py:x4,usrnet_only \
       --input usrnet.pth --workdir workdirs/usrnet
   # 3. put both together and evaluate on blurred sets and DIV2KRK
   python -m jaxsr.models.blind --config configs/kenet_usrnet.py:x4 \
       --kenet_workdir workdirs/kenet_x4 --usrnet_workdir workdirs/usrnet --workdir workdirs/blind_x4
   python -m jaxsr.main --config configs/kenet_usrnet.py:x4 --workdir workdirs/blind_x4 --mode evaluate
+  # USRNet with the true kernels (reads the 'usrnet' checkpoint: same parameters)
   python -m jaxsr.main --config configs/kenet_usrnet.py:x4,gt --workdir workdirs/usrnet --mode evaluate
   # optional: fine-tune KENet inside the pipeline (USRNet frozen), objective 'kernel'
   python -m jaxsr.main --config configs/kenet_usrnet.py:x4 --workdir workdirs/blind_ft \
       --config.init_from=workdirs/blind_x4
 Evaluation reports image PSNR/SSIM (Y, crop = scale, as the paper) and kernel PSNR. The
 test sets carry their kernels (`jaxsr.data.blind_sets`); USRNet gets noise level
-`model.sigma` (0: the sets are noise-free apart from 8-bit rounding).
+`model.sigma` (0: the sets are noise-free apart from 8-bit rounding). Sets made by blur +
+MATLAB bicubic (Gaussian8, BD) give USRNet their effective kernel (docs/lnln_kenet.md).
 Args (comma-separated): x2 (default) | x4; gt; tiny (KAIR's usrnet_tiny weights); small
 (2-core CPU: tiny KENet and a 2-iteration 8-16-32-32 USRNet); usrnet_only (the plain
 'usrnet' model, for converting KAIR weights); train_usrnet (train USRNet itself, non-blind,

@@ -102,3 +102,18 @@ def free_name(path: str) -> str:
     while os.path.lexists(f"{stem}.{i}{ext}"):
         i += 1
     return f"{stem}.{i}{ext}"
+
+
+def write_png(path: str, img, *, overwrite: bool = False) -> str:
+    """A uint8 image as PNG through `jaxsr.data.images.write_png`, atomic and non-clobbering."""
+    from jaxsr.data import images
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        images.write_png(tmp, img)
+    return path
+
+
+def write_npy(path: str, array, *, overwrite: bool = False) -> str:
+    import numpy as np
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        np.save(tmp, array)
+    return path

@@ -302,8 +302,7 @@ def upscale_one(up: Upscaler, src: str, dst: str, overwrite: bool, progress: boo
                    f"(~{info['estimated_bytes'] / 2**20:.0f} MiB > "
                    f"{info['budget_bytes'] / 2**20:.0f} MiB): tiled {info['tile']}px")
     try:
-        with fileio.atomic_path(dst, overwrite=overwrite) as tmp:
-            images.write_png(tmp, sr)
+        fileio.write_png(dst, sr, overwrite=overwrite)
     except OSError as e:
         if isinstance(e, FileExistsError):
             raise

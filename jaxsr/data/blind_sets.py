@@ -31,6 +31,7 @@ import zlib
 import numpy as np
 
 from jaxsr.data import degradations as D
+from jaxsr import fileio
 from jaxsr.data import div2krk, images
 
 GAUSSIAN8 = {2: (0.80, 1.60), 3: (1.35, 2.40), 4: (1.80, 3.20)}
@@ -82,6 +83,10 @@ def degrade(hr_uint8: np.ndarray, spec: D.Spec, rng: np.random.Generator):
     extra = {k: float(params[k][0]) for k in ("sigma_x", "sigma_y", "theta", "noise_level")
              if k in params}
     extra["kernel"] = params["kernel"][0] if "kernel" in params else None
+    if extra["kernel"] is not None:
+        # How the kernel was applied: a model that assumes "blur, then every s-th pixel"
+        # (USRNet) needs another kernel for blur + bicubic (jaxsr.models.blind).
+        extra.update(downsample=spec.downsample, blur_mode=spec.blur_mode)
     return lr, extra
 
 
@@ -160,6 +165,9 @@ def _from_folder(folder: str, name: str, scale: int, max_images: int) -> BlindSe
         lr = images.read_rgb(os.path.join(folder, it["lr"]))
         extra = {k: v for k, v in it.items() if k not in ("name", "hr", "lr", "kernel")}
         extra["kernel"] = np.load(os.path.join(folder, it["kernel"])) if it.get("kernel") else None
+        if extra["kernel"] is not None:       # manifests written before these were stored
+            for key in ("downsample", "blur_mode"):
+                extra.setdefault(key, man.get("spec", {}).get(key))
         return it["name"], hr, lr, extra
 
     return BlindSet(name, scale, items, load)
@@ -194,28 +202,35 @@ def load_set(benchmarks_dir: str, name: str, scale: int, generated_dir: str = ""
 
 
 def write_set(benchmarks_dir: str, name: str, scale: int, out_dir: str, max_images: int = 0,
-              seed: int = 0) -> str:
-    """Writes `<out_dir>/<name>/X<scale>/{HR,LR,kernels}/` and manifest.json; returns it."""
+              seed: int = 0, overwrite: bool = False) -> str:
+    """Writes `<out_dir>/<name>/X<scale>/{HR,LR,kernels}/` and manifest.json; returns it.
+    Every file is written atomically; a folder that already holds files is refused before
+    any work unless `overwrite` (then its files are replaced)."""
     parsed = parse_name(name)
     if parsed is None or parsed[1] == "div2krk":
         raise ValueError(f"{name!r} is not a set that can be generated (DIV2KRK ships its own "
                          "LR; plain sets are bicubic: use make_lr --hr)")
     folder = set_folder(out_dir, name, scale)
+    if not overwrite and os.path.isdir(folder) and os.listdir(folder):
+        raise fileio.OverwriteError(f"{folder} already holds a set; not overwriting it "
+                                    "(pass --overwrite to replace its files)")
     ds = _generated(benchmarks_dir, name, *parsed, scale, max_images, seed)
     written, entries = set(), []
     for it in ds.items:
         img_name, hr, lr, extra = ds._loader(it)
         hr_rel, lr_rel = f"HR/{_stem(it['hr'])}.png", f"LR/{img_name}.png"
         if hr_rel not in written:
-            images.write_png(os.path.join(folder, hr_rel), hr)
+            fileio.write_png(os.path.join(folder, hr_rel), hr, overwrite=overwrite)
             written.add(hr_rel)
-        images.write_png(os.path.join(folder, lr_rel), lr)
+        fileio.write_png(os.path.join(folder, lr_rel), lr, overwrite=overwrite)
         entry = {"name": img_name, "hr": hr_rel, "lr": lr_rel, "kernel": None}
         if extra.get("kernel") is not None:
             kname = f"k{it['kernel_index']}" if "kernel_index" in it else img_name
             entry["kernel"] = f"kernels/{kname}.npy"
-            os.makedirs(os.path.join(folder, "kernels"), exist_ok=True)
-            np.save(os.path.join(folder, entry["kernel"]), extra["kernel"])
+            kpath = os.path.join(folder, entry["kernel"])
+            if kpath not in written:          # Gaussian8: one file per kernel, shared
+                fileio.write_npy(kpath, extra["kernel"], overwrite=overwrite)
+                written.add(kpath)
         entry.update({k: v for k, v in extra.items() if k != "kernel"})
         entries.append(entry)
     spec = kind_spec(parsed[1], scale, gaussian8_sigmas(scale)[0] if parsed[1] == "gaussian8"
@@ -225,20 +240,20 @@ def write_set(benchmarks_dir: str, name: str, scale: int, out_dir: str, max_imag
     if parsed[1] == "gaussian8":
         man["sigmas"] = [float(s) for s in gaussian8_sigmas(scale)]
         man["spec"]["sigma_min"] = man["spec"]["sigma_max"] = None   # per image: 'sigma'
-    with open(os.path.join(folder, MANIFEST), "w") as f:
-        json.dump(man, f, indent=1)
+    fileio.write_json(os.path.join(folder, MANIFEST), man, overwrite=overwrite, indent=1)
     return folder
 
 
 def write_sets(benchmarks_dir: str, names, scales, out_dir: str, seed: int = 0,
-               max_images: int = 0, verbose: bool = True) -> list[str]:
+               max_images: int = 0, verbose: bool = True, overwrite: bool = False) -> list[str]:
     """make_lr's `--blind_set` entry: every name at every scale; returns the folders."""
     folders = []
     for name in names:
         for s in scales:
             if int(s) != s or s < 1:
                 raise ValueError(f"--scale must be a positive integer, got {s}")
-            folders.append(write_set(benchmarks_dir, name, int(s), out_dir, max_images, seed))
+            folders.append(write_set(benchmarks_dir, name, int(s), out_dir, max_images, seed,
+                                     overwrite))
             if verbose:
                 print(f"{name} x{int(s)}: wrote {folders[-1]} (manifest.json)")
     return folders

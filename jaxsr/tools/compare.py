@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 
-from jaxsr import metrics, upscale
+from jaxsr import fileio, metrics, upscale
 from jaxsr.data.images import modcrop, read_rgb
 from jaxsr.ops.imresize import imresize_np
 
@@ -77,7 +77,7 @@ def panels(up, hr: np.ndarray, crop, size: int, context: int):
     return titled, (y, x, size), hr
 
 
-def figure(titled, box, hr, path: str, title: str = "") -> None:
+def figure(titled, box, hr, path: str, title: str = "", overwrite: bool = True) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -96,9 +96,11 @@ def figure(titled, box, hr, path: str, title: str = "") -> None:
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with fileio.atomic_path(path, overwrite=overwrite) as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def main(argv=None) -> int:
@@ -113,18 +115,22 @@ def main(argv=None) -> int:
     p.add_argument("--context", type=int, default=24, help="LR px around the crop (-1: all)")
     p.add_argument("--chop", action="store_true")
     p.add_argument("--self_ensemble", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     args = p.parse_args(rest)
     try:
+        if not args.overwrite:
+            fileio.refuse_existing(args.output)
         up = upscale.Upscaler.from_workdir(args.workdir, overrides, chop=args.chop,
                                            self_ensemble=args.self_ensemble)
         hr = read_rgb(args.image)
         crop = tuple(int(v) for v in args.crop.split(",")) if args.crop else None
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     titled, box, hr = panels(up, hr, crop, args.size, args.context)
     where = f"{os.path.basename(args.image)}, crop y={box[0]} x={box[1]} size={box[2]}"
-    figure(titled, box, hr, args.output, title=f"x{up.scale} {where}; PSNR on Y of the crop")
+    figure(titled, box, hr, args.output, title=f"x{up.scale} {where}; PSNR on Y of the crop",
+           overwrite=args.overwrite)
     print(f"wrote {args.output} ({where})")
     return 0
 

@@ -20,7 +20,8 @@ from typing import Callable, Dict
 
 import numpy as np
 
-from jaxsr.data.images import is_grayscale_file, list_images, modcrop, read_rgb, write_png
+from jaxsr import fileio
+from jaxsr.data.images import is_grayscale_file, list_images, modcrop, read_rgb
 from jaxsr.ops.imresize import imresize_np
 
 
@@ -47,28 +48,38 @@ def get_degradation(name: str) -> Callable:
                      f"{sorted(set(DEGRADATIONS) | set(extra))}")
 
 
+def _out_path(out_dir: str, hr_path: str, s: int) -> str:
+    name = os.path.splitext(os.path.basename(hr_path))[0]
+    return os.path.join(out_dir, f"X{s}", f"{name}x{s}.png")
+
+
 def make_lr(hr_dir: str, out_dir: str, scales, degradation: str = "bicubic",
-            seed: int = 0, verbose: bool = True) -> list:
-    """Writes every HR image of `hr_dir` degraded at each scale; returns the paths written."""
+            seed: int = 0, verbose: bool = True, overwrite: bool = False) -> list:
+    """Writes every HR image of `hr_dir` degraded at each scale; returns the paths written.
+    Existing files are refused before anything is written unless `overwrite`."""
     paths = list_images(hr_dir)       # FileNotFoundError names the folder
     if not paths:
         raise FileNotFoundError(f"--hr: no images in {hr_dir}")
     fn = get_degradation(degradation)
-    rng = np.random.default_rng(seed)
-    written = []
     for s in scales:
         if int(s) != s or s < 1:
             raise ValueError(f"--scale must be a positive integer, got {s}")
+    if not overwrite:
+        for s in scales:
+            for p in paths:
+                fileio.refuse_existing(_out_path(out_dir, p, int(s)))
+    rng = np.random.default_rng(seed)
+    written = []
+    for s in scales:
         s = int(s)
         for p in paths:
-            name = os.path.splitext(os.path.basename(p))[0]
             hr = modcrop(read_rgb(p), s)
             lr = np.asarray(fn(hr, s, rng))
             if lr.shape[:2] != (hr.shape[0] // s, hr.shape[1] // s):
                 raise RuntimeError(f"{degradation} gave {lr.shape} for {p} at x{s}; "
                                    f"expected {(hr.shape[0] // s, hr.shape[1] // s)}")
-            out = os.path.join(out_dir, f"X{s}", f"{name}x{s}.png")
-            write_png(out, lr[:, :, 0] if is_grayscale_file(p) else lr)
+            out = _out_path(out_dir, p, s)
+            fileio.write_png(out, lr[:, :, 0] if is_grayscale_file(p) else lr, overwrite=overwrite)
             written.append(out)
         if verbose:
             print(f"x{s}: wrote {len(paths)} images to {os.path.join(out_dir, f'X{s}')}")
@@ -90,16 +101,20 @@ def main(argv=None) -> int:
                          "<out>/<name>/X<s>/ with a manifest.json; repeat for several")
     ap.add_argument("--benchmarks", default="../shared/data/benchmarks",
                     help="benchmarks folder for --blind_set")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace existing output files (refused by default)")
     args = ap.parse_args(argv)
     if not args.blind_set and not args.hr:
         ap.error("--hr is required (or give --blind_set)")
     try:
         if args.blind_set:
             from jaxsr.data import blind_sets
-            blind_sets.write_sets(args.benchmarks, args.blind_set, args.scale, args.out, args.seed)
+            blind_sets.write_sets(args.benchmarks, args.blind_set, args.scale, args.out, args.seed,
+                                  overwrite=args.overwrite)
         else:
-            make_lr(args.hr, args.out, args.scale, args.degradation, args.seed)
-    except (FileNotFoundError, ValueError, KeyError) as e:
+            make_lr(args.hr, args.out, args.scale, args.degradation, args.seed,
+                    overwrite=args.overwrite)
+    except (OSError, ValueError, KeyError) as e:      # OSError: missing or existing files
         print(f"make_lr: error: {e}", file=sys.stderr)
         return 2
     return 0
