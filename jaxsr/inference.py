@@ -33,6 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from jaxsr import precision
+
 ApplyFn = Callable[[jax.Array], jax.Array]
 
 
@@ -42,13 +44,20 @@ ApplyFn = Callable[[jax.Array], jax.Array]
 
 class BoundApply:
     """`model.apply` jitted with params as an argument (not baked into the HLO as
-    constants), callable as `f(lr_nhwc)` and lowerable as `f.lower(spec)`."""
+    constants), callable as `f(lr_nhwc)` and lowerable as `f.lower(spec)`.
 
-    def __init__(self, model, params, **apply_kwargs):
+    `compute_dtype` (`jaxsr.precision`): float32 (default) is plain `model.apply`;
+    bfloat16 casts params and input inside the jitted function (params stay float32 on
+    the device) and returns float32.
+    """
+
+    def __init__(self, model, params, compute_dtype=jnp.float32, **apply_kwargs):
         self.model, self.params = model, params
+        self.compute_dtype = compute_dtype
         kwargs = dict(train=False, **apply_kwargs)
         # Per-image inputs (e.g. a blur kernel) are keyword arguments of the call.
-        self._fn = jax.jit(lambda p, x, **extras: model.apply({"params": p}, x, **kwargs, **extras))
+        self._fn = jax.jit(lambda p, x, **extras: precision.apply(
+            model, p, x, compute_dtype, **kwargs, **extras))
 
     def __call__(self, x, **extras):
         return self._fn(self.params, x, **extras)
@@ -57,9 +66,10 @@ class BoundApply:
         return self._fn.lower(self.params, x, **extras)
 
 
-def bind(model, params, **apply_kwargs) -> BoundApply:
-    """The `apply_fn` for `super_resolve` (deterministic eval: no 'lsh' rng)."""
-    return BoundApply(model, jax.device_put(params), **apply_kwargs)
+def bind(model, params, compute_dtype=jnp.float32, **apply_kwargs) -> BoundApply:
+    """The `apply_fn` for `super_resolve` (deterministic eval: no 'lsh' rng), computed
+    in `compute_dtype` (e.g. `precision.compute_dtype(config)`; default float32)."""
+    return BoundApply(model, jax.device_put(params), compute_dtype, **apply_kwargs)
 
 
 _CACHE_FNS = 4  # functions whose executables are kept (LRU); also pins their ids

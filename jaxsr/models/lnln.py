@@ -42,9 +42,9 @@ Choices the paper leaves open, and why:
 Parameter counts (default widths): x2 2,021,445; x3 2,042,245; x4 2,038,725.
 """
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
+from jaxsr.attention.dense import dense_attention
 from jaxsr.models import common
 
 HAS_PARAMS = True
@@ -104,8 +104,8 @@ def _attend(x, theta, phi, g):
     """Embedded-Gaussian non-local on [N, h, w, *]: softmax_j(theta_i . phi_j) g_j."""
     n, h, w, _ = x.shape
     flat = lambda t: t.reshape(n, h * w, t.shape[-1])
-    f = jnp.einsum("nic,njc->nij", flat(theta(x)), flat(phi(x)))
-    y = jnp.einsum("nij,njc->nic", jax.nn.softmax(f, axis=-1), flat(g(x)))
+    # dense_attention: scores and softmax in float32 also when x is bfloat16
+    y = dense_attention(flat(theta(x)), flat(phi(x)), flat(g(x)))
     return y.reshape(n, h, w, -1)
 
 

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsr import precision
+
 VGG19_URL = "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -77,15 +79,17 @@ def normalize_imagenet(x01):
     return (x01 - jnp.asarray(IMAGENET_MEAN, x01.dtype)) / jnp.asarray(IMAGENET_STD, x01.dtype)
 
 
-def perceptual_loss(vgg: VGG19Features, vgg_params, sr, hr, layer_weights=None):
+def perceptual_loss(vgg: VGG19Features, vgg_params, sr, hr, layer_weights=None,
+                    compute_dtype=jnp.float32):
     """BasicSR PerceptualLoss (L1 criterion, use_input_norm, no range_norm, no style term).
 
     sum_k w_k * mean|phi_k(sr) - phi_k(hr)|, the HR features treated as constants.
-    Inputs NHWC in [0, 1]; returns a scalar (perceptual_weight 1).
+    Inputs NHWC in [0, 1]; returns a scalar (perceptual_weight 1). The VGG19 convolutions
+    run in `compute_dtype` (`jaxsr.precision`); the features are compared in float32.
     """
     layer_weights = layer_weights or DEFAULT_LAYER_WEIGHTS
     both = jnp.concatenate([sr, hr], axis=0)       # one pass for both images
-    feats = vgg.apply({"params": vgg_params}, normalize_imagenet(both))
+    feats = precision.apply(vgg, vgg_params, normalize_imagenet(both), compute_dtype)
     n = sr.shape[0]
     loss = 0.0
     for name, w in layer_weights.items():

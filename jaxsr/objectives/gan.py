@@ -20,6 +20,10 @@ the 80 MB of VGG19 weights are jit arguments, not constants baked into the compi
 Config: `config.loss.{pixel_weight, perceptual_weight, gan_weight, layer_weights,
 vgg19_weights, vgg19_random}`, `config.discriminator.{num_feat, skip_connection, lr, b1,
 b2}`; the generator's optimizer is the shared `config.train` Adam (lr 1e-4, constant).
+
+Mixed precision (`config.train.compute_dtype`, `jaxsr.precision`): G and the VGG19 features
+run in that dtype, the losses in float32. D stays float32 (its spectral-norm power
+iteration normalises with eps; D is small next to G and VGG19).
 """
 import logging
 
@@ -27,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxsr import objectives
+from jaxsr import objectives, precision
 from jaxsr.models import discriminator as disc_lib
 from jaxsr.models import vgg as vgg_lib
 from jaxsr.objectives.sr import SRObjective
@@ -80,10 +84,11 @@ class GANObjective(SRObjective):
         return logits, upd["batch_stats"]
 
     def generator_loss(self, params, state, lr, hr, lsh_rng):
-        sr = self.model.apply({"params": params}, lr, train=True, rngs={"lsh": lsh_rng})
+        sr = precision.apply(self.model, params, lr, self.compute_dtype, train=True,
+                             rngs={"lsh": lsh_rng})
         l_pix = objectives.pixel_loss(self.config.train.loss, sr, hr)
         l_percep = vgg_lib.perceptual_loss(self.vgg, state["vgg_params"], sr, hr,
-                                           self.layer_weights)
+                                           self.layer_weights, self.compute_dtype)
         fake_logits, _ = self.d_logits(state["disc_params"], state["disc_stats"], sr, False)
         l_gan = bce_with_logits(fake_logits, real=True)
         total = self.w_pix * l_pix + self.w_percep * l_percep + self.w_gan * l_gan

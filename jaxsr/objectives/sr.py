@@ -1,9 +1,14 @@
-"""The standard SR objective: LR synthesised on device from the HR crop, pixel loss, Adam."""
+"""The standard SR objective: LR synthesised on device from the HR crop, pixel loss, Adam.
+
+The model runs in `config.train.compute_dtype` (`jaxsr.precision`: float32 parameters and
+optimizer state, bf16 convolutions/matmuls when asked); the LR synthesis and the loss
+are float32.
+"""
 import jax
 import jax.numpy as jnp
 import optax
 
-from jaxsr import objectives
+from jaxsr import objectives, precision
 from jaxsr.data import degradations
 
 
@@ -11,6 +16,7 @@ class SRObjective:
     def __init__(self, config, model):
         self.config = config
         self.model = model
+        self.compute_dtype = precision.compute_dtype(config)
         self.tx, self.schedule = objectives.adam(config.train)
 
     def init_params(self, rng, hr_uint8):
@@ -39,8 +45,8 @@ class SRObjective:
         hr, lr, inputs = self.degrade(hr_uint8, deg_rng)
 
         def loss_fn(params):
-            sr = self.model.apply({"params": params}, lr, train=True, rngs={"lsh": lsh_rng},
-                                  **inputs)
+            sr = precision.apply(self.model, params, lr, self.compute_dtype, train=True,
+                                 rngs={"lsh": lsh_rng}, **inputs)
             return objectives.pixel_loss(self.config.train.loss, sr, hr)
 
         loss, grads = jax.value_and_grad(loss_fn)(state["params"])
