@@ -201,3 +201,15 @@ def test_short_training_run_from_prepared_data(sources, tmp_path):
     with open(tmp_path / "w" / "metrics.jsonl") as f:
         losses = [json.loads(line).get("loss") for line in f]
     assert all(np.isfinite(x) for x in losses if x is not None) and any(losses)
+
+
+def test_throughput_experiment_runs(sources, tmp_path):
+    """Smoke run of experiments/data_throughput.py on the tiny images (threads only)."""
+    from experiments import data_throughput
+    out = tmp_path / "rows.json"
+    assert data_throughput.main(["--hr", str(sources), "--quick", "--crop", "16", "--step",
+                                 "16", "--patch", "16", "--workers", "0", "--png_repeats",
+                                 "22", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["source"] for r in rows] == ["array_record", "png"]
+    assert all(r["samples_per_s"] > 0 and r["per_cpu_s"] > 0 for r in rows)
