@@ -37,6 +37,10 @@ class DamagedCheckpointError(OSError):
     """A committed checkpoint whose files cannot be read back."""
 
 
+class CheckpointWriteError(OSError):
+    """A save that failed (full disk, I/O error); the earlier checkpoints are untouched."""
+
+
 # Models whose parameter trees are identical, so a checkpoint of one serves the other:
 # KAIR's usrnet.pth converted as 'usrnet' is also the USRNet of 'gt_usrnet' (true kernel).
 SAME_PARAMETERS = (frozenset({"usrnet", "gt_usrnet"}),)
@@ -77,7 +81,23 @@ def save(mngr, step: int, state, config, *, data_iter=None, kind: str = "train")
     if data_iter is not None:
         import grain
         items["data"] = grain.checkpoint.CheckpointSave(data_iter)
-    mngr.save(step, args=ocp.args.Composite(**items), force=True)
+    try:
+        mngr.save(step, args=ocp.args.Composite(**items), force=True)
+    except Exception as e:      # noqa: BLE001 - Orbax/TensorStore raise many types
+        raise write_error(mngr, step, e) from e
+
+
+def write_error(mngr, step: int, error: BaseException) -> CheckpointWriteError:
+    """Orbax writes a step under a temporary name and renames it when complete, so a
+    failed save leaves no step behind and the earlier ones as they were."""
+    first = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+    earlier = [s for s in mngr.all_steps() if s < step]
+    kept = f"the latest checkpoint is still step {max(earlier)}" if earlier else \
+        "there is no earlier checkpoint"
+    return CheckpointWriteError(
+        f"could not write checkpoint step {step} in {mngr.directory} "
+        f"[{type(error).__name__}: {first}]: nothing of it counts as a checkpoint and {kept}. "
+        "Free disk space (or fix the error above) and rerun to resume.")
 
 
 def damaged_error(mngr, step: int, error: BaseException) -> DamagedCheckpointError:

@@ -7,7 +7,8 @@ earlier evaluations wrote there:
 `<key>` is "x<s>" for the default settings and names the settings that change the numbers
 otherwise ("x2 chop self_ensemble", "x2 n_hashes=1"), so they sit side by side; an entry
 of an older checkpoint step is kept as "<key> @step<N>". A results.json that cannot be
-read is kept as results.json.corrupt(.N). Prints the same as a table with the protocol.
+read is kept as results.json.corrupt (results.json.N.corrupt when that exists). Prints
+the same as a table with the protocol.
 """
 import functools
 import json

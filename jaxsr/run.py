@@ -28,6 +28,7 @@ def is_recoverable(error: BaseException) -> bool:
 # (set JAXSR_TRACEBACK=1 to see it anyway).
 USER_ERRORS = (FileNotFoundError, FileExistsError, images.ImageReadError,
                checkpoint.CheckpointMismatchError, checkpoint.DamagedCheckpointError,
+               checkpoint.CheckpointWriteError,
                PartialFailure, ValueError, KeyError, ArithmeticError)
 
 
