@@ -88,6 +88,8 @@ def test_recipe_counts_origins_and_pixels(sources, tmp_path):
                                                         len(expected["b"]) + len(expected["c"])]
     assert sorted(os.listdir(out)) == ["manifest.json", "shard-00000.array_record",
                                        "shard-00001.array_record"]
+    run(sources, tmp_path / "parallel", workers=2)          # decoding processes, same output
+    assert record_tuples(tmp_path / "parallel") == record_tuples(out)
 
 
 def test_rerun_is_a_noop_and_other_data_is_refused(sources, tmp_path, capsys):
