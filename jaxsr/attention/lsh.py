@@ -148,8 +148,9 @@ def hash_codes(q, rotations, n_buckets: int, kind: str, block: int | None = None
 
 def _hash_block(q, rotations, kind: str):
     # Buckets on the major axis: the reductions over them are vectorised over positions.
-    proj = jnp.einsum("lc,crb->rbl", q, rotations.astype(q.dtype),
-                      preferred_element_type=jnp.float32)
+    # float32 also under bf16 (a small matmul next to the convolutions): buckets are a
+    # discrete choice, and bf16-rounded rotations would move near-ties to other buckets.
+    proj = jnp.einsum("lc,crb->rbl", q.astype(jnp.float32), rotations.astype(jnp.float32))
     top = jnp.max(proj, axis=1)
     if kind == CROSS_POLYTOPE:
         # argmax over concat([proj, -proj]) without building the concatenation; ties go
@@ -209,8 +210,15 @@ def look_around(x):
 # --------------------------------------------------------------------------- attention
 
 def normalize_keys(x, eps: float = KEY_EPS):
-    """F.normalize(x, dim=-1, eps): x / max(||x||_2, eps)."""
-    norm = jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)), axis=-1, keepdims=True))
+    """F.normalize(x, dim=-1, eps): x / max(||x||_2, eps), the norm in float32.
+
+    sqrt'(0) is infinite, so a plain sqrt gives an all-zero key (frequent after GLA's
+    ReLU) a NaN gradient (0 * inf); through the `where` its norm is still 0 but its
+    gradient is finite, as in torch.
+    """
+    sq = jnp.sum(jnp.square(x.astype(jnp.float32)), axis=-1, keepdims=True)
+    nonzero = sq > 0
+    norm = jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, sq, 1.0)), 0.0)
     return (x / jnp.maximum(norm, eps).astype(x.dtype)).astype(x.dtype)
 
 

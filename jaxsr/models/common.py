@@ -56,7 +56,9 @@ def edsr_frame(x, body, *, scale: int, n_feats: int, n_body: int):
     x = conv(n_feats, name="head_0")(x)
     res = conv(n_feats, name=f"body_{n_body}")(body(x))
     x = Upsampler(scale, n_feats, name="tail_0")(res + x)
-    return mean_shift(conv(3, name="tail_1")(x), 1.0)
+    # The mean is added back in float32 (a no-op cast in float32): in bfloat16 an image
+    # near 1 would be rounded to steps of 2^-8, as coarse as the uint8 output itself.
+    return mean_shift(conv(3, name="tail_1")(x).astype(jnp.float32), 1.0)
 
 
 class ResBlock(nn.Module):
