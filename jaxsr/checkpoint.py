@@ -90,13 +90,12 @@ def save(mngr, step: int, state, config, *, data_iter=None, kind: str = "train")
 def write_error(mngr, step: int, error: BaseException) -> CheckpointWriteError:
     """Orbax writes a step under a temporary name and renames it when complete, so a
     failed save leaves no step behind and the earlier ones as they were."""
-    first = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
     earlier = [s for s in mngr.all_steps() if s < step]
     kept = f"the latest checkpoint is still step {max(earlier)}" if earlier else \
         "there is no earlier checkpoint"
     return CheckpointWriteError(
         f"could not write checkpoint step {step} in {mngr.directory} "
-        f"[{type(error).__name__}: {first}]: nothing of it counts as a checkpoint and {kept}. "
+        f"[{fileio.describe_error(error)}]: nothing of it counts as a checkpoint and {kept}. "
         "Free disk space (or fix the error above) and rerun to resume.")
 
 
@@ -104,7 +103,6 @@ def damaged_error(mngr, step: int, error: BaseException) -> DamagedCheckpointErr
     """The message for an unreadable step: what, why, and the earlier steps to fall back to."""
     folder = os.path.join(str(mngr.directory), str(step))
     earlier = sorted(s for s in mngr.all_steps() if s < step)
-    first = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
     if earlier:
         fallback = (f"Earlier checkpoints there: {steps_text(earlier)}. To use the "
                     f"previous one, pass --step={earlier[-1]} (evaluate, upscale, convert), or "
@@ -114,7 +112,7 @@ def damaged_error(mngr, step: int, error: BaseException) -> DamagedCheckpointErr
         fallback = f"There is no earlier checkpoint in {mngr.directory}."
     return DamagedCheckpointError(
         f"checkpoint step {step} ({folder}) cannot be read: it is damaged or incomplete "
-        f"(truncated or partly copied?) [{type(error).__name__}: {first}]. {fallback}")
+        f"(truncated or partly copied?) [{fileio.describe_error(error)}]. {fallback}")
 
 
 def steps_text(steps, most: int = 6) -> str:

@@ -127,7 +127,7 @@ def result_key(config, reference) -> str:
     tags = []
     for k, v in settings_of(config).items():
         base = ref_model.get(k) if k in MODEL_SETTINGS else defaults.get(k)
-        if k in ("tile_overlap",) and not config.eval.tile:
+        if k == "tile_overlap" and not config.eval.tile:
             continue                      # the overlap means nothing without tiles
         if v == base:
             continue
@@ -163,8 +163,8 @@ def evaluate(config, workdir: str, step: int | None = None) -> dict:
         except Exception as e:  # noqa: BLE001 - reported, the other sets still run
             if not run.is_recoverable(e):
                 raise
-            logging.error("evaluation of %s failed: %s: %s", name, type(e).__name__, e)
-            failed.append(f"{name}: {type(e).__name__}: {e}")
+            logging.error("evaluation of %s failed: %s", name, fileio.describe_error(e, 1000))
+            failed.append(f"{name}: {fileio.describe_error(e, 1000)}")
             continue
         results[name] = {key: entry}
         path = write_results(workdir, {name: {key: entry}})

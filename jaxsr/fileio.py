@@ -93,6 +93,12 @@ def write_json(path: str, obj, *, overwrite: bool = False, **dump_kw) -> str:
     return write_text(path, json.dumps(obj, **dump_kw) + "\n", overwrite=overwrite)
 
 
+def describe_error(error: BaseException, limit: int = 300) -> str:
+    """'TypeName: first line of the message' (TensorStore and XLA errors run to pages)."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:limit] if text else ''}"
+
+
 def free_name(path: str) -> str:
     """`path` if unused, else `stem.1.ext`, `stem.2.ext`, ... (for keeping, never replacing)."""
     if not os.path.lexists(path):

@@ -260,7 +260,7 @@ def check_pairs(pairs, overwrite: bool = False) -> None:
     seen, problems, existing = {}, [], []
     for src, dst in pairs:
         if real(dst) in inputs:
-            problems.append(f"{dst} would replace the input {src if real(src) == real(dst) else dst}")
+            problems.append(f"{dst} would replace an input image")
         elif real(dst) in seen:
             problems.append(f"{src} and {seen[real(dst)]} would both be written to {dst}")
         elif os.path.lexists(dst):
@@ -276,12 +276,11 @@ def check_pairs(pairs, overwrite: bool = False) -> None:
 
 
 def _oom_message(src: str, lr: np.ndarray, up: Upscaler, error: BaseException) -> str:
-    h, w = lr.shape[:2]
-    s = up.scale
+    from jaxsr import fileio
+    (h, w), s = lr.shape[:2], up.scale
     return (f"{src} ({w}x{h} -> {w * s}x{h * s}) does not fit in memory "
-            f"({type(error).__name__}: {str(error).strip().splitlines()[0][:200] if str(error).strip() else ''}). "
-            f"Upscale it in tiles with a smaller --tile (e.g. --tile 128) or a lower "
-            f"--max_memory (e.g. --max_memory 1G)")
+            f"({fileio.describe_error(error, 200)}). Upscale it in tiles with a smaller "
+            "--tile (e.g. --tile 128) or a lower --max_memory (e.g. --max_memory 1G)")
 
 
 def upscale_one(up: Upscaler, src: str, dst: str, overwrite: bool, progress: bool) -> None:

@@ -152,7 +152,7 @@ def test_upscale_collisions_inputs_and_existing_outputs_are_settled_before_work(
     assert [os.path.basename(d) for _, d in pairs] == ["a_jpg.png", "a_png.png", "b.png"]
     with pytest.raises(ValueError, match="input folder"):
         upscale.output_pairs(str(src), str(src))
-    with pytest.raises(ValueError, match="replace the input"):
+    with pytest.raises(ValueError, match="replace an input"):
         upscale.check_pairs(upscale.output_pairs(str(src / "b.png"), str(src / "b.png")))
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "b.png").write_bytes(b"earlier result")

@@ -72,11 +72,17 @@ def wait_until(proc, ready, what: str, timeout: float = TIMEOUT):
         time.sleep(0.02)
 
 
-def logged_step(workdir) -> int:
+def metric_lines(workdir) -> list[str]:
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.isfile(path):
-        return 0
-    lines = [ln for ln in open(path).read().splitlines() if ln.strip()]
+        return []
+    return [ln for ln in open(path).read().splitlines() if ln.strip()]
+
+
+def logged_step(workdir, after_line: int = 0) -> int:
+    """The last step logged in metrics.jsonl by lines after the first `after_line` (a
+    resumed run appends; lines of the run before must not count)."""
+    lines = metric_lines(workdir)[after_line:]
     return json.loads(lines[-1])["step"] if lines else 0
 
 
@@ -132,8 +138,9 @@ def test_sigkill_mid_async_save_then_sigterm_then_resume_bit_identical(env, refe
     # Whatever the kill left half-written is not a step; the latest one is complete.
     assert_same_params(wd, latest, reference, latest)
     # 2. The next run resumes from it; SIGTERM: the step in flight is checkpointed, exit 0.
+    earlier_lines = len(metric_lines(wd))         # the killed run logged past `latest`
     proc = start_train(env, wd, overrides(train__num_steps=1000, train__checkpoint_every=1000))
-    err = _stop(proc, signal.SIGTERM, lambda: logged_step(wd) >= latest + 2,
+    err = _stop(proc, signal.SIGTERM, lambda: logged_step(wd, earlier_lines) >= latest + 2,
                 f"step {latest + 2}")
     assert proc.returncode == 0, err[-3000:]
     new = [s for s in committed_steps(wd) if s > latest]
