@@ -235,8 +235,9 @@ def format_table(results: dict, config) -> str:
     head += f"{'bicubic':>9}{'gain':>8}" if has_bic else ""
     head += "".join(f"{k:>14}" for k in more)
     lines = [f"model: {config.model.name}", head, "-" * len(head)]
-    for set_name, by_scale in results.items():
-        for scale, r in by_scale.items():
+    for set_name, by_key in results.items():
+        for key, r in by_key.items():       # the key may name settings: keep columns aligned
+            scale = f"x{r['scale']}" if "scale" in r else key
             line = (f"{set_name:<14}{scale:>6}{len(r['images']):>8}"
                     f"{r['psnr_y']:>9.2f}{r['ssim_y']:>9.4f}")
             if has_bic and "bicubic_psnr_y" in r:
