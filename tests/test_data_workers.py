@@ -1,10 +1,11 @@
 """Grain worker processes (`config.data.num_workers > 0`): the reader pickles, the stream
-is the same as with threads only, and the iterator state resumes across processes."""
+is the same as with threads only, and the iterator state resumes across processes.
+(Training with workers, from prepared data: tests/test_prepare.py.)"""
 import os
 import pickle
 import numpy as np
 
-from jaxsr import checkpoint, config_util, train
+from jaxsr import config_util
 from jaxsr.data import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,12 +68,3 @@ def test_workers_match_threads_and_resume_exactly():
     np.testing.assert_array_equal(take(resumed, 3), uninterrupted[3:])
     close(resumed)
 
-
-def test_train_checkpoints_with_worker_processes(tmp_path):
-    """`jaxsr.main ... --config.data.num_workers=2` used to end in a PicklingError."""
-    config = small_config(2)
-    config.model.n_resblocks, config.model.n_feats = 1, 8
-    config.train.update(dict(batch_size=2, num_steps=2, checkpoint_every=2, log_every=1,
-                             async_checkpoints=False))
-    train.train(config, str(tmp_path))
-    assert checkpoint.latest_step(str(tmp_path)) == 2

@@ -194,9 +194,11 @@ def test_reader_pickles_and_rejects_a_bigger_patch(sources, tmp_path):
         pipeline.make_reader(c)
 
 
-def test_short_training_run_from_prepared_data(sources, tmp_path):
+def test_short_training_run_from_prepared_data_in_worker_processes(sources, tmp_path):
+    """Also the fix of `jaxsr.main ... --config.data.num_workers=2`, which used to end in
+    a PicklingError: the reader travels to the workers, which open the shards there."""
     run(sources, tmp_path / "out")
-    c = config_for("array_record", prepared_dirs=(str(tmp_path / "out"),))
+    c = config_for("array_record", prepared_dirs=(str(tmp_path / "out"),), num_workers=2)
     c.train.update(dict(num_steps=2, checkpoint_every=2, log_every=1, async_checkpoints=False))
     train.train(c, str(tmp_path / "w"))
     assert checkpoint.latest_step(str(tmp_path / "w")) == 2
