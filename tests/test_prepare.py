@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from jaxsr import checkpoint, config_util, train
-from jaxsr.data import pipeline, prepared
+from jaxsr.data import images, pipeline, prepared
 from jaxsr.tools import prepare
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -148,6 +148,12 @@ def test_damaged_folder_and_cli_errors_name_the_problem(sources, tmp_path, capsy
     shard.write_bytes(shard.read_bytes()[:100])
     with pytest.raises(prepared.PreparedDataError, match="shard-00000.array_record has 100"):
         prepared.PreparedSource([str(out)])
+    record = prepared.encode_record(np.zeros((4, 5, 3), np.uint8), "x", 1, 2)
+    assert prepared.decode_record(record, "here").pixels.shape == (4, 5, 3)
+    with pytest.raises(images.ImageReadError, match="here: record has 60 bytes"):
+        prepared.decode_record(record[:60], "here")
+    with pytest.raises(images.ImageReadError, match="here: not a jaxsr record"):
+        prepared.decode_record(b"PNG!" + record[4:], "here")
     assert prepare.main(["--hr", str(tmp_path / "missing"), "--out", str(out)]) == 2
     assert "missing" in capsys.readouterr().err
 

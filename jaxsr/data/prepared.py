@@ -13,6 +13,7 @@ Record layout (no pickle): a fixed little-endian header
 then the source image's name (UTF-8) and height * width * channels uint8 pixels, row-major.
 `top, left` is the sub-image's origin in its source image.
 """
+import bisect
 import collections.abc
 import ctypes
 import json
@@ -141,6 +142,8 @@ class PreparedSource(collections.abc.Sequence):
         self.manifests = [read_manifest(d) for d in self.folders]
         self.paths = [os.path.join(d, s["file"])
                       for d, m in zip(self.folders, self.manifests) for s in m["shards"]]
+        counts = [s["records"] for m in self.manifests for s in m["shards"]]
+        self._shard_ends = np.cumsum(counts).tolist()   # to name the shard of a record
         self._length = sum(m["total_records"] for m in self.manifests)
         if not self._length:
             raise PreparedDataError(f"prepared folders {self.folders} hold no records")
@@ -170,7 +173,12 @@ class PreparedSource(collections.abc.Sequence):
             raise IndexError(f"record {index} of {self._length}")
         if self._records is None:
             self._records = self._open()
-        return decode_record(self._records[index], f"{self.folders} record {index}")
+        return decode_record(self._records[index], self._where(index))
+
+    def _where(self, index: int) -> str:
+        shard = bisect.bisect_right(self._shard_ends, index)
+        first = self._shard_ends[shard - 1] if shard else 0
+        return f"{self.paths[shard]} record {index - first}"
 
     def __getitem__(self, index):
         if isinstance(index, slice):

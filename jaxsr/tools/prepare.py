@@ -297,7 +297,11 @@ def prepare(hr_dirs, out: str, crop: int = 480, step: int = 240, thresh_size: in
         os.makedirs(out, exist_ok=True)
         write_json(os.path.join(out, PLAN), plan)
     write_pending(out, plan, workers, progress)
-    manifest = build_manifest(plan, [completed_shard(out, s) for s in plan["shards"]])
+    sidecars = [completed_shard(out, s) for s in plan["shards"]]
+    if None in sidecars:
+        raise PrepareError(f"shard {plan['shards'][sidecars.index(None)]['file']} in {out} "
+                           "did not verify after writing; rerun to write it again")
+    manifest = build_manifest(plan, sidecars)
     write_json(os.path.join(out, prepared.MANIFEST), manifest)
     for shard in plan["shards"]:                 # the manifest now holds what these held
         os.remove(sidecar_path(out, shard))
