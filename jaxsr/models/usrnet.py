@@ -319,3 +319,10 @@ def build(config):
 
 def num_params(params) -> int:
     return int(sum(np.prod(np.shape(x)) for x in jax.tree.leaves(params)))
+
+
+def prepare_extras(config, extras: dict) -> dict:
+    """The kernel in USRNet's convention for the set (effective kernel of blur + bicubic
+    sets, DIV2KRK converted): the same rule as the KENet/true-kernel pipelines."""
+    from jaxsr.models import blind           # blind builds on this module
+    return blind.prepare_extras(config, extras)

@@ -29,14 +29,13 @@ import json
 import math
 import os
 import sys
-import uuid
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from jaxsr import checkpoint, inference, models, upscale
+from jaxsr import checkpoint, fileio, inference, models, upscale
 
 WEIGHTS_SEP = "/"
 
@@ -193,28 +192,16 @@ def refuse_existing(paths, overwrite: bool) -> None:
 
 
 def write_files(contents: dict[str, bytes], *, overwrite: bool = False) -> None:
-    """Each file via a temporary file in its folder and a rename; without `overwrite`
-    nothing is written when any target exists, and the final link never replaces one."""
+    """Each file atomically (jaxsr.fileio); without `overwrite` nothing is written when any
+    target exists, and a file that appears meanwhile is never replaced."""
     refuse_existing(contents, overwrite)
     for path, data in contents.items():
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
         try:
-            # os.open, not mkstemp: the file gets the usual umask permissions, not 0600
-            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            if overwrite:
-                os.replace(tmp, path)
-            else:
-                os.link(tmp, path)   # fails, instead of replacing, if the file appeared since
-        except FileExistsError:
+            with fileio.atomic_path(path, overwrite=overwrite) as tmp:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+        except fileio.OverwriteError:
             raise ExportError(f"{path} appeared while exporting; not overwriting it") from None
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
 
 
 def export_workdir(workdir: str, output: str, *, shape=None, dynamic: bool = False,
