@@ -166,7 +166,8 @@ def train_dataset(config, process_index: int = 0, process_count: int = 1) -> gra
     ds = streams[0] if len(streams) == 1 else shards.ShardBlocks(streams, per_shard)
     ds = ds.filter(_not_none).to_iter_dataset(grain.ReadOptions(
         num_threads=config.data.num_threads, prefetch_buffer_size=4 * batch))
-    ds = ds.batch(per_shard * len(own), drop_remainder=True)
     if config.data.num_workers > 0:
+        # Workers hand over samples, batched here: worker w makes samples w, w+n, ... and
+        # the round robin restores the threads' order, so batches equal num_workers=0's.
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.num_workers))
-    return ds
+    return ds.batch(per_shard * len(own), drop_remainder=True)
