@@ -15,6 +15,8 @@ Casting the parameters once per step, rather than giving every module a `dtype=`
 the networks unchanged: a module computes in the dtype of what it is given. See
 docs/precision.md for the measured tolerances.
 """
+import collections
+
 import jax
 import jax.numpy as jnp
 
@@ -72,3 +74,25 @@ def apply(model, params, x, dtype, **kwargs):
     out = model.apply({"params": cast_floating(params, dtype)}, cast_floating(x, dtype),
                       **kwargs)
     return cast_floating(out, jnp.float32)
+
+
+# ------------------------------------------------------------------------- inspection
+
+def primitive_dtypes(fn, *args) -> collections.Counter:
+    """Counts (primitive name, operand dtypes) over the jaxpr of `fn(*args)`, nested
+    jaxprs (jit, custom_vjp, scan, ...) included: how tests and docs check which
+    convolutions and matmuls really run in bf16."""
+    counts = collections.Counter()
+    _count_eqns(jax.make_jaxpr(fn)(*args).jaxpr, counts)
+    return counts
+
+
+def _count_eqns(jaxpr, counts):
+    for eqn in jaxpr.eqns:
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                inner = getattr(sub, "jaxpr", None)          # ClosedJaxpr or Jaxpr
+                if inner is not None:
+                    _count_eqns(getattr(inner, "jaxpr", inner), counts)
+        dtypes = tuple(str(v.aval.dtype) for v in eqn.invars if hasattr(v.aval, "dtype"))
+        counts[(eqn.primitive.name, dtypes)] += 1
