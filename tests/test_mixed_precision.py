@@ -13,6 +13,8 @@ measured numbers are also in docs/precision.md):
   * chunk attention backward (custom VJP) at fixed buckets, bf16 vs f32: cosine measured
     > 0.99999 for q, v and the GLA score bias, required > 0.999.
 """
+import collections
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -178,6 +180,15 @@ def test_nlsa_block_gradient_bf16_close_to_f32():
     grad = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)
     g32, g16 = grad(params, x, jnp.float32), grad(params, x, BF16)
     assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(g16))
+    # The backward pass (custom VJP included) also runs its matmuls and convs in bf16;
+    # the only float32 matmul is the hash projection.
+    counts = precision.primitive_dtypes(lambda p, x: grad(p, x, BF16), params, x)
+    convs = {d for (prim, d) in counts if prim == "conv_general_dilated"}
+    dots = collections.Counter({d: n for (prim, d), n in counts.items()
+                                if prim == "dot_general"})
+    assert convs == {("bfloat16", "bfloat16")}
+    assert dots.pop(("float32", "float32")) == 1
+    assert set(dots) == {("bfloat16", "bfloat16")} and dots[("bfloat16", "bfloat16")] >= 6
     assert _cosine(g16[0], g32[0]) > 0.99
     assert _cosine(g16[1], g32[1]) > 0.99
 
