@@ -4,6 +4,13 @@ Only decoding, cropping and dihedral augmentation run here (host, worker threads
 processes); LR synthesis (bicubic, blur, noise) runs on the accelerator inside the jitted
 step (`jaxsr.data.degradations`). The iterator is deterministic for `config.seed` and its
 state goes into every checkpoint, so a resumed run sees exactly the batches it would have.
+
+`config.data.train_dirs` entries are folders or (folder, weight) pairs. The weight is
+BasicSR's dataset_enlarge_ratio: each image of that set is drawn `weight` times as often as
+one of a weight-1 set, so set i makes up w_i n_i / sum_j w_j n_j of the samples. Each data
+shard then mixes one shuffled stream per set (grain's MapDataset.mix, deterministic and
+index-based, so the iterator state stays exact); with every weight 1 the stream is the
+single shuffled list it always was.
 """
 import functools
 import logging
@@ -47,16 +54,56 @@ def usable_paths(paths, patch_size: int) -> list[str]:
     return keep
 
 
-def train_paths(config) -> list[str]:
+def parse_train_dirs(train_dirs) -> list[tuple[str, float]]:
+    """config.data.train_dirs -> [(folder, weight)]; a bad entry fails naming it."""
+    if isinstance(train_dirs, str):
+        train_dirs = (train_dirs,)
+    out = []
+    for i, entry in enumerate(train_dirs):
+        where = f"config.data.train_dirs[{i}]={entry!r}"
+        if isinstance(entry, str):
+            folder, weight = entry, 1.0
+        elif (isinstance(entry, (tuple, list)) and len(entry) == 2
+              and isinstance(entry[0], str) and isinstance(entry[1], (int, float))
+              and not isinstance(entry[1], bool)):
+            folder, weight = entry[0], float(entry[1])
+        else:
+            raise ValueError(f"{where}: give a folder or a (folder, weight) pair")
+        if not weight > 0 or not np.isfinite(weight):
+            raise ValueError(f"{where}: the weight must be a positive number (how often each "
+                             "image is drawn relative to a weight-1 set)")
+        out.append((folder, weight))
+    return out
+
+
+def train_sets(config) -> list[tuple[list[str], float]]:
+    """[(usable image paths, weight)] per training set: skimage is one set, folders one
+    per config.data.train_dirs entry."""
     if config.data.source == "skimage":
-        paths = skimage_paths("train")
+        sets = [(skimage_paths("train"), 1.0, "config.data.source='skimage'")]
     elif config.data.source == "folders":
-        paths = images.list_image_dirs(config.data.train_dirs, "config.data.train_dirs")
+        dirs = parse_train_dirs(config.data.train_dirs)
+        if not dirs:
+            images.list_image_dirs((), "config.data.train_dirs")     # the 'is empty' error
+        sets = [(images.list_image_dirs((folder,), f"config.data.train_dirs[{i}]"), weight,
+                 f"config.data.train_dirs[{i}]={folder!r}")
+                for i, (folder, weight) in enumerate(dirs)]
     else:
         raise ValueError(f"config.data.source={config.data.source!r}: use 'folders', "
                          "'skimage', 'array_record' (jaxsr.data.prepared) or 'tfds' "
                          "(jaxsr.data.tfds_source)")
-    paths = usable_paths(paths, config.train.patch_size)
+    out = []
+    for paths, weight, where in sets:
+        paths = usable_paths(paths, config.train.patch_size)
+        if not paths and len(sets) > 1:
+            raise ValueError(f"{where}: no usable training images (all unreadable or smaller "
+                             f"than the {config.train.patch_size} px patch)")
+        out.append((paths, weight))
+    return out
+
+
+def train_paths(config) -> list[str]:
+    paths = [p for set_paths, _ in train_sets(config) for p in set_paths]
     if not paths:
         raise ValueError(f"no usable training images (source {config.data.source!r}, "
                          f"dirs {tuple(config.data.train_dirs)}, patch {config.train.patch_size})")
@@ -72,8 +119,10 @@ class ImageReader:
     pickled, so each process keeps its own (a pickled lru_cache of a bound method fails).
     """
 
-    def __init__(self, source, cache: bool):
+    def __init__(self, source, cache: bool, sets=None):
         self.source, self.cache = source, cache
+        # [(number of items, weight)] of the consecutive training sets in `source`.
+        self.sets = list(sets) if sets else [(len(source), 1.0)]
         self._cached_read = None
 
     def __getstate__(self):
@@ -140,17 +189,37 @@ def make_reader(config) -> "ImageReader":
     if config.data.source == "array_record":
         from jaxsr.data import prepared
         return ImageReader(prepared.source_from_config(config), cache=False)
+    sets = train_sets(config)
     paths = train_paths(config)
-    return ImageReader(paths, cache=len(paths) <= 64)
+    return ImageReader(paths, cache=len(paths) <= 64,
+                       sets=[(len(p), w) for p, w in sets if p])
+
+
+def shard_index_stream(sets, seed: int, shard: int, num_shards: int) -> grain.MapDataset:
+    """Endless reader indices of one data shard (jaxsr.data.shards), seeded per shard.
+
+    `sets`: [(items, weight)] of the reader's consecutive sets. Equal weights: one shuffled
+    list of the shard's items. Otherwise each set is sharded and shuffled on its own and
+    the streams are mixed in proportion weight x (the set's items in the shard)."""
+    if len({w for _, w in sets}) <= 1:
+        indices = shards.shard_indices(sum(n for n, _ in sets), shard, num_shards)
+        return grain.MapDataset.source(indices).seed(seed + shard).shuffle().repeat(None)
+    streams, proportions, offset = [], [], 0
+    for i, (n, weight) in enumerate(sets):
+        if n < num_shards:
+            raise ValueError(f"config.data.train_dirs[{i}]: its {n} usable image(s) cannot "
+                             f"fill the {num_shards} data shards (each shard mixes every set)")
+        local = shards.shard_indices(n, shard, num_shards)
+        streams.append(grain.MapDataset.source([offset + k for k in local])
+                       .seed(seed + shard + num_shards * i).shuffle().repeat(None))
+        proportions.append(weight * len(local))
+        offset += n
+    return grain.MapDataset.mix(streams, proportions)
 
 
 def shard_stream(reader, config, shard: int, num_shards: int) -> grain.MapDataset:
     """Endless shuffled crops of one data shard (jaxsr.data.shards), seeded per shard."""
-    indices = shards.shard_indices(len(reader), shard, num_shards)
-    return (grain.MapDataset.source(indices)
-            .seed(config.seed + shard)
-            .shuffle()
-            .repeat(None)
+    return (shard_index_stream(reader.sets, config.seed, shard, num_shards)
             .random_map(LoadCrop(reader, config.train.patch_size, config.data.crop,
                                  config.data.center_size, config.data.augment)))
 
