@@ -8,8 +8,15 @@ Layout of a workdir:
   DIR/checkpoints/<step>/data   the Grain iterator state (train checkpoints only)
 
 A 'params' checkpoint (from `save_params`, e.g. written by `jaxsr.convert from-torch`) holds
-only {'params': ...}; evaluation reads it like any other, and train mode starts a fresh
-optimizer from it (fine-tuning). `save_params` only ever adds: it keeps every checkpoint
+only {'params': ...} (and 'params_ema' when the source had EMA weights); evaluation reads
+it like any other, and train mode starts a fresh optimizer from it (fine-tuning).
+
+EMA: a run with config.train.ema_decay > 0 keeps 'params_ema' in its state (BasicSR's
+net_g_ema). `load_weights(..., use_ema=True)` is the one place that picks the weights
+evaluate / upscale / export / convert use: the EMA ones when the checkpoint has them.
+
+DIR/best (jaxsr.validation) is a params workdir of its own (checkpoints/<step>, config.json,
+best.json naming the step and its validation PSNR); `step="best"` reads it. `save_params` only ever adds: it keeps every checkpoint
 already there and never replaces a config.json that says something else.
 
 A checkpoint that cannot be read (truncated, partly copied) raises DamagedCheckpointError
@@ -27,6 +34,9 @@ import orbax.checkpoint as ocp
 from jaxsr import config_util, fileio
 
 CHECKPOINT_DIR = "checkpoints"
+BEST_DIR = "best"            # the best validation checkpoint (jaxsr.validation)
+BEST_JSON = "best.json"
+EMA_KEY = "params_ema"
 
 
 class CheckpointMismatchError(ValueError):
@@ -70,14 +80,19 @@ def latest_step(workdir: str) -> int | None:
         return mngr.latest_step()
 
 
-def make_meta(config, step: int, kind: str) -> dict:
-    return {"step": int(step), "kind": kind, "model": config.model.name,
+def make_meta(config, step: int, kind: str, *, has_ema: bool = False,
+              extra: dict | None = None) -> dict:
+    meta = {"step": int(step), "kind": kind, "model": config.model.name,
             "scale": int(config.scale)}
+    if has_ema:     # None: EMA weights of unknown decay (e.g. converted from PyTorch)
+        meta["ema_decay"] = float(config.train.get("ema_decay", 0.0)) or None
+    return {**meta, **(extra or {})}
 
 
-def save(mngr, step: int, state, config, *, data_iter=None, kind: str = "train") -> None:
-    items = {"state": ocp.args.StandardSave(state),
-             "meta": ocp.args.JsonSave(make_meta(config, step, kind))}
+def save(mngr, step: int, state, config, *, data_iter=None, kind: str = "train",
+         extra_meta: dict | None = None) -> None:
+    meta = make_meta(config, step, kind, has_ema=EMA_KEY in state, extra=extra_meta)
+    items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
     if data_iter is not None:
         import grain
         items["data"] = grain.checkpoint.CheckpointSave(data_iter)
@@ -194,8 +209,51 @@ def _local_target(mngr, step: int):
                         dict(tree))
 
 
-def load_params(path: str, step: int | None = None):
-    """(params as numpy arrays, meta) of the latest (or given) checkpoint under `path`."""
+def best_dir(workdir: str) -> str:
+    return os.path.join(os.path.abspath(workdir), BEST_DIR)
+
+
+def read_best(workdir: str) -> dict | None:
+    """DIR/best/best.json ({'step', 'val_psnr_y', ...}) or None when there is no best yet."""
+    path = os.path.join(best_dir(workdir), BEST_JSON)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def parse_step(text) -> int | str | None:
+    """A --step value: None/'' (latest), 'best', or a step number; else ValueError."""
+    if text is None or text == "":
+        return None
+    if isinstance(text, int) or str(text) == "best":
+        return text
+    if not str(text).isdigit():
+        raise ValueError(f"--step={text!r}: give a checkpoint step number or 'best'")
+    return int(text)
+
+
+def _best_location(workdir: str) -> tuple[str, int]:
+    """(DIR/best, its step): the step best.json names when it is there (a newer best whose
+    predecessor is not removed yet), else the latest one there."""
+    where = best_dir(workdir)
+    if not os.path.isdir(checkpoint_dir(where)):
+        raise FileNotFoundError(f"no best checkpoint in {where}: it is written by training "
+                                "with config.train.eval_every > 0")
+    record = read_best(workdir) or {}
+    with manager(where, read_only=True) as mngr:
+        steps = mngr.all_steps()
+        step = record.get("step") if record.get("step") in steps else mngr.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"no finished best checkpoint in {where}")
+    return where, step
+
+
+def load_weights(path: str, step: int | str | None = None):
+    """({'params': ..., ['params_ema': ...]} as numpy arrays, meta) of the latest (or
+    given, or 'best') checkpoint under `path`."""
+    if step == "best":
+        path, step = _best_location(_resolve(path)[0])
     workdir, given = _resolve(path)
     step = given if step is None else step
     if not os.path.isdir(checkpoint_dir(workdir)):
@@ -206,11 +264,39 @@ def load_params(path: str, step: int | None = None):
         try:
             restored = mngr.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(_local_target(mngr, step))))
-            params = jax.tree.map(np.asarray, restored.state["params"])
+            weights = {k: jax.tree.map(np.asarray, restored.state[k])
+                       for k in ("params", EMA_KEY) if k in restored.state}
         except Exception as e:  # noqa: BLE001 - no target structure: any failure is damage
             raise damaged_error(mngr, step, e) from e
     logging.info("loaded params of step %d from %s", step, workdir)
-    return params, meta
+    return weights, meta
+
+
+def load_params(path: str, step: int | str | None = None):
+    """(the raw params as numpy arrays, meta) of the latest (or given) checkpoint."""
+    weights, meta = load_weights(path, step)
+    return weights["params"], meta
+
+
+def params_to_use(weights: dict, meta: dict, use_ema: bool, where: str = ""):
+    """(params, used_ema): the EMA weights when present and `use_ema`, else the raw ones;
+    logged, so every tool says which it runs."""
+    if use_ema and EMA_KEY in weights:
+        decay = meta.get("ema_decay")
+        logging.info("using EMA weights (decay %s) of step %s%s", decay or "unknown",
+                     meta.get("step"), f" in {where}" if where else "")
+        return weights[EMA_KEY], True
+    if EMA_KEY in weights:
+        logging.info("using the raw (non-EMA) weights of step %s (config.eval.use_ema=False)",
+                     meta.get("step"))
+    return weights["params"], False
+
+
+def load_eval_params(path: str, step: int | str | None = None, use_ema: bool = True):
+    """(params, meta, used_ema) for inference: what evaluate/upscale/export/convert run."""
+    weights, meta = load_weights(path, step)
+    params, used_ema = params_to_use(weights, meta, use_ema, path)
+    return params, meta, used_ema
 
 
 def _pick_step(mngr, step: int | None) -> int:
@@ -241,8 +327,9 @@ def _step_key(name: str):
     return (0, int(name), "") if name.isdigit() else (1, 0, name)
 
 
-def save_params(workdir: str, params, config, step: int = 0) -> str:
-    """Writes a params-only checkpoint (kind 'params') and DIR/config.json; returns its folder.
+def save_params(workdir: str, params, config, step: int = 0, params_ema=None) -> str:
+    """Writes a params-only checkpoint (kind 'params'; with `params_ema` when given) and
+    DIR/config.json; returns its folder.
 
     Only adds: a step that exists, or a config.json that differs from `config`, is refused
     before anything is written, and no other checkpoint is ever removed."""
@@ -256,7 +343,9 @@ def save_params(workdir: str, params, config, step: int = 0) -> str:
     with manager(workdir, keep=None) as mngr:
         if step in mngr.all_steps():
             raise FileExistsError(f"{checkpoint_dir(workdir)}/{step} exists; not overwriting it")
-        save(mngr, step, {"params": params}, config, kind="params")
+        state = {"params": params} if params_ema is None else \
+            {"params": params, EMA_KEY: params_ema}
+        save(mngr, step, state, config, kind="params")
         mngr.wait_until_finished()
     if not os.path.isfile(config_path):
         fileio.write_text(config_path, new_config)

@@ -9,6 +9,13 @@ otherwise ("x2 chop self_ensemble", "x2 n_hashes=1"), so they sit side by side; 
 of an older checkpoint step is kept as "<key> @step<N>". A results.json that cannot be
 read is kept as results.json.corrupt (results.json.N.corrupt when that exists). Prints
 the same as a table with the protocol.
+
+The weights scored are the checkpoint's EMA weights when it has them and
+config.eval.use_ema (default), else the raw params; every entry's settings say which
+('weights': 'ema' | 'params'), and `--config.eval.use_ema=false` results of an EMA
+checkpoint get their own key ("x2 use_ema=False"), beside the EMA ones. `step='best'`
+scores DIR/best (jaxsr.validation). Training's validation (jaxsr.validation) scores with
+the same functions (load_samples, score_samples).
 """
 import functools
 import json
@@ -28,21 +35,23 @@ PROTOCOL = ("Protocol: PSNR/SSIM on the Y channel of BT.601 YCbCr (Y = 16 + (65.
             "<Set>/LR_bicubic when present, else MATLAB-exact bicubic of the HR; blurred/noisy sets and DIV2KRK as named (jaxsr.data.blind_sets).")
 
 
-def load_model_params(config, workdir: str, step: int | None = None):
+def load_model_params(config, workdir: str, step: int | str | None = None):
     """(model, params) for the config; params-free models (bicubic) need no checkpoint."""
     model, params, _ = load_checkpoint(config, workdir, step)
     return model, params
 
 
-def load_checkpoint(config, workdir: str, step: int | None = None):
-    """(model, params, meta) of the latest (or given) step; meta {'step': None} for
-    params-free models."""
+def load_checkpoint(config, workdir: str, step: int | str | None = None):
+    """(model, params, meta) of the latest (or given, or 'best') step: the EMA weights when
+    the checkpoint has them and config.eval.use_ema (meta['weights'] says which); meta
+    {'step': None} for params-free models."""
     model = models.build_model(config)
     if not models.has_params(config):
         return model, {}, {"step": None, "model": config.model.name}
-    params, meta = checkpoint.load_params(workdir, step)
+    params, meta, used_ema = checkpoint.load_eval_params(
+        workdir, step, use_ema=bool(config.eval.get("use_ema", True)))
     checkpoint.check_meta(meta, config, workdir)
-    return model, params, meta
+    return model, params, dict(meta, weights="ema" if used_ema else "params")
 
 
 def make_apply_fn(model, params) -> inference.BoundApply:
@@ -76,11 +85,21 @@ def bicubic_upscale(lr_uint8: np.ndarray, scale: int) -> np.ndarray:
     return imresize_np(lr_uint8, float(scale))
 
 
-def evaluate_set(config, apply_fn, name: str) -> dict:
+def load_samples(config, name: str) -> list:
+    """The (HR, LR) pairs of set `name` as config.eval says (LR files, max_images, ...)."""
     ev = config.eval
-    samples = benchmarks.load_set(ev.benchmarks_dir, name, config.scale,
-                                  use_lr_files=ev.use_lr_files, max_images=ev.max_images,
-                                  generated_dir=ev.blind_sets_dir)
+    return benchmarks.load_set(ev.benchmarks_dir, name, config.scale,
+                               use_lr_files=ev.use_lr_files, max_images=ev.max_images,
+                               generated_dir=ev.blind_sets_dir)
+
+
+def evaluate_set(config, apply_fn, name: str) -> dict:
+    return score_samples(config, apply_fn, name, load_samples(config, name))
+
+
+def score_samples(config, apply_fn, name: str, samples) -> dict:
+    """{'psnr_y', 'ssim_y', ... (means), 'images': {name: row}} of the samples of one set."""
+    ev = config.eval
     per_image = {}
     wanted = models.eval_extras(config)
     prepare = models.prepare_extras_fn(config)
@@ -117,10 +136,11 @@ def settings_of(config) -> dict:
     return out
 
 
-def result_key(config, reference) -> str:
+def result_key(config, reference, has_ema: bool = True) -> str:
     """'x2' for the default settings, else e.g. 'x2 chop self_ensemble n_hashes=1': the
     eval settings that differ from jaxsr's defaults and the model settings that differ from
-    `reference` (the workdir's training config, when it has one)."""
+    `reference` (the workdir's training config, when it has one). `use_ema` counts only
+    for a checkpoint that has EMA weights (`has_ema`): without them it changes nothing."""
     from jaxsr import config_base
     defaults = settings_of(config_base.base_config())
     ref_model = reference.model if reference is not None else config.model
@@ -129,6 +149,8 @@ def result_key(config, reference) -> str:
         base = ref_model.get(k) if k in MODEL_SETTINGS else defaults.get(k)
         if k == "tile_overlap" and not config.eval.tile:
             continue                      # the overlap means nothing without tiles
+        if k == "use_ema" and not has_ema:
+            continue
         if v == base:
             continue
         tags.append(k if v is True else f"{k}={v}")
@@ -143,19 +165,22 @@ def _training_config(workdir: str):
 
 
 def make_entry(config, set_result: dict, meta: dict) -> dict:
+    settings = settings_of(config)
+    if "weights" in meta:           # which weights were scored: 'ema' | 'params'
+        settings["weights"] = meta["weights"]
     return {**set_result, "step": meta.get("step"), "model": config.model.name,
-            "scale": int(config.scale), "settings": settings_of(config),
+            "scale": int(config.scale), "settings": settings,
             "evaluated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
-def evaluate(config, workdir: str, step: int | None = None) -> dict:
-    """Scores the checkpoint (latest, or `step`) on every set, writing each set's entry into
+def evaluate(config, workdir: str, step: int | str | None = None) -> dict:
+    """Scores the checkpoint (latest, `step`, or 'best') on every set, writing each set's entry into
     DIR/eval/results.json as soon as it is scored. A set that fails is reported and the
     others still run; the command then fails listing them (run.PartialFailure)."""
     from jaxsr import run
     model, params, meta = load_checkpoint(config, workdir, step)
     apply_fn = make_apply_fn(model, params)
-    key = result_key(config, _training_config(workdir))
+    key = result_key(config, _training_config(workdir), has_ema="ema_decay" in meta)
     results, failed, path = {}, [], None
     for name in config.eval.datasets:
         try:
@@ -227,6 +252,13 @@ STANDARD_KEYS = ("psnr_y", "ssim_y", "bicubic_psnr_y", "images", "step", "model"
                  "settings", "evaluated")
 
 
+def weights_note(rows) -> str:
+    """' (EMA weights)' / ' (raw weights)' / ' (EMA weights, raw weights)' or ''."""
+    what = {"ema": "EMA weights", "params": "raw weights"}
+    used = sorted({r.get("settings", {}).get("weights") for r in rows} & set(what))
+    return f" ({', '.join(what[w] for w in used)})" if used else ""
+
+
 def format_table(results: dict, config) -> str:
     rows = [r for s in results.values() for r in s.values()]
     has_bic = any("bicubic_psnr_y" in r for r in rows)
@@ -234,7 +266,7 @@ def format_table(results: dict, config) -> str:
     head = f"{'set':<14}{'scale':>6}{'images':>8}{'PSNR_Y':>9}{'SSIM_Y':>9}"
     head += f"{'bicubic':>9}{'gain':>8}" if has_bic else ""
     head += "".join(f"{k:>14}" for k in more)
-    lines = [f"model: {config.model.name}", head, "-" * len(head)]
+    lines = [f"model: {config.model.name}{weights_note(rows)}", head, "-" * len(head)]
     for set_name, by_key in results.items():
         for key, r in by_key.items():       # the key may name settings: keep columns aligned
             scale = f"x{r['scale']}" if "scale" in r else key

@@ -11,6 +11,12 @@ finiteness flag is read only at log and checkpoint steps. A step whose loss or g
 are not finite leaves the state untouched and turns every later step into a no-op, so when
 the flag is read the run stops with the state before that step; no checkpoint is written
 after it (the last one stays the latest).
+
+EMA (config.train.ema_decay = d > 0): the state carries 'params_ema', initialised as a
+copy of the params and updated after every applied step, ema = d ema + (1 - d) params
+(BasicSR's net_g_ema), here in the step wrapper so every objective has it. Validation
+(config.train.eval_every > 0, jaxsr.validation) reads the state between steps and never
+touches the data stream or the RNG, so it does not change the run.
 """
 import collections
 import json
@@ -24,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxsr import checkpoint, distributed, objectives
+from jaxsr import checkpoint, distributed, objectives, validation
 from jaxsr.data import pipeline
 from jaxsr.models import build_model
 
@@ -57,9 +63,25 @@ def dummy_batch(config) -> np.ndarray:
     return np.zeros((config.train.batch_size, p, p, 3), np.uint8)
 
 
+def ema_decay(config) -> float:
+    decay = float(config.train.get("ema_decay", 0.0) or 0.0)
+    if not 0.0 <= decay < 1.0:
+        raise ValueError(f"config.train.ema_decay={decay}: must lie in [0, 1) (0: no EMA; "
+                         "BasicSR uses 0.999)")
+    return decay
+
+
+def with_ema(state, config):
+    """The state plus 'params_ema' = a copy of the params when config.train.ema_decay > 0."""
+    if not ema_decay(config):
+        return state
+    return dict(state, **{checkpoint.EMA_KEY: jax.tree.map(jnp.copy, state["params"])})
+
+
 def init_state(objective, config, repl):
     rng = jax.random.PRNGKey(config.seed)
-    return jax.jit(objective.init_state, out_shardings=repl)(rng, dummy_batch(config))
+    init = lambda r, hr: with_ema(objective.init_state(r, hr), config)
+    return jax.jit(init, out_shardings=repl)(rng, dummy_batch(config))
 
 
 def abstract_like(state, sharding):
@@ -67,8 +89,14 @@ def abstract_like(state, sharding):
                         state)
 
 
-def replace_params(state, params, repl):
-    return dict(state, params=jax.device_put(params, repl))
+def replace_params(state, params, repl, params_ema=None):
+    """The state with new params; its EMA (when kept) restarts from `params_ema`, else
+    from the params."""
+    state = dict(state, params=jax.device_put(params, repl))
+    if checkpoint.EMA_KEY in state:
+        ema = params if params_ema is None else params_ema
+        state[checkpoint.EMA_KEY] = jax.device_put(jax.tree.map(np.copy, ema), repl)
+    return state
 
 
 # ----------------------------------------------------------------------------------------
@@ -90,15 +118,21 @@ def restore_or_init(mngr, objective, config, repl, data_iter):
 
 
 def start_from_params(state, source, config, repl, strict: bool):
-    loaded, meta = checkpoint.load_params(str(source))
-    params, report = checkpoint.merge_params(jax.device_get(state["params"]), loaded)
+    weights, meta = checkpoint.load_weights(str(source))
+    init = jax.device_get(state["params"])
+    params, report = checkpoint.merge_params(init, weights["params"])
     checkpoint.log_merge_report(report, str(source))
     if strict and (report["missing"] or report["skipped_shape"] or report["unexpected"]):
         raise checkpoint.CheckpointMismatchError(
             f"params checkpoint {source} does not fit the model: {json.dumps(report)[:2000]}")
     logging.info("starting from the params of %s (model %s, step %s) with a fresh optimizer",
                  source, meta.get("model"), meta.get("step"))
-    return replace_params(state, params, repl)
+    ema = None
+    if checkpoint.EMA_KEY in state and checkpoint.EMA_KEY in weights:
+        # As BasicSR: the EMA restarts from the source's EMA weights when it has them.
+        ema, _ = checkpoint.merge_params(params, weights[checkpoint.EMA_KEY])
+        logging.info("the EMA starts from the EMA weights of %s", source)
+    return replace_params(state, params, repl, ema)
 
 
 # ----------------------------------------------------------------------------------------
@@ -115,12 +149,22 @@ class MetricWriter:
             self.tb = SummaryWriter(os.path.join(workdir, "tb"))
 
     def write(self, step: int, metrics: dict) -> None:
+        """One metrics.jsonl line; TensorBoard tags 'train/<k>', or <k> when it has a '/'
+        (e.g. 'val/Set5/psnr_y')."""
         if jax.process_index() != 0:
             return
         with open(self.path, "a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
         for k, v in metrics.items():
-            self.tb.add_scalar(f"train/{k}", v, step)
+            self.tb.add_scalar(k if "/" in k else f"train/{k}", v, step)
+        self.tb.flush()
+
+    def write_images(self, step: int, images: dict) -> None:
+        """{tag: HxWx3 uint8} as TensorBoard images."""
+        if jax.process_index() != 0:
+            return
+        for tag, img in images.items():
+            self.tb.add_image(tag, img, step, dataformats="HWC")
         self.tb.flush()
 
     def close(self):
@@ -146,9 +190,15 @@ def make_step_fn(objective, config, repl, data_sharding):
     """
     base_rng = jax.random.PRNGKey(config.seed + 1)
 
+    decay = ema_decay(config)
+
     def step_fn(state, hr, nonfinite_step):
         rng = jax.random.fold_in(base_rng, state["step"])
-        new, metrics = objective.train_step(state, hr, rng)
+        inner = {k: v for k, v in state.items() if k != checkpoint.EMA_KEY}
+        new, metrics = objective.train_step(inner, hr, rng)
+        if decay:
+            new[checkpoint.EMA_KEY] = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p,
+                                                   state[checkpoint.EMA_KEY], new["params"])
         ok = metrics["finite"] & (nonfinite_step == 0)
         new = objectives.keep_if(ok, new, state)
         first_bad = (nonfinite_step == 0) & ~metrics["finite"]
@@ -217,7 +267,10 @@ def train(config, workdir: str) -> dict:
         if distributed.is_primary():
             checkpoint.save_config(workdir, config)
         writer = MetricWriter(workdir)
-        return _loop(state, objective, config, mngr, data_iter, writer, repl, data_sharding)
+        validator = validation.Validator(config, workdir, model, writer) \
+            if validation.enabled(config) else None
+        return _loop(state, objective, config, mngr, data_iter, writer, repl, data_sharding,
+                     validator)
     finally:
         mngr.wait_until_finished()
         mngr.close()
@@ -236,7 +289,8 @@ def _log(step, metrics, steps_per_s, writer, bar) -> dict:
     return last
 
 
-def _loop(state, objective, config, mngr, data_iter, writer, repl, data_sharding) -> dict:
+def _loop(state, objective, config, mngr, data_iter, writer, repl, data_sharding,
+          validator=None) -> dict:
     tc = config.train
     step_fn = make_step_fn(objective, config, repl, data_sharding)
     step = int(jax.device_get(state["step"]))
@@ -258,11 +312,15 @@ def _loop(state, objective, config, mngr, data_iter, writer, repl, data_sharding
             stop = preemption.reached(step)
             log = step % tc.log_every == 0 or step == tc.num_steps
             save = step % tc.checkpoint_every == 0 or step == tc.num_steps or stop
-            if log or save:
+            validate = validator is not None and not stop and validator.due(step)
+            if log or save or validate:
                 check_finite(nonfinite_step, mngr)      # the one host sync
             if log:
                 last = _log(step, metrics, steps_since / (time.perf_counter() - t0), writer, bar)
-                t0, steps_since = time.perf_counter(), 0
+            if validate:
+                validator.run(step, state)
+            if log or validate:
+                t0, steps_since = time.perf_counter(), 0     # steps/s without validation
             if save:
                 checkpoint.save(mngr, step, state, config, data_iter=_IteratorSnapshot(data_state))
             if stop:

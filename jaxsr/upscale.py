@@ -51,7 +51,8 @@ _X8 = flags.DEFINE_boolean("self_ensemble", None, "x8 dihedral self-ensemble; de
 _MAX_MEMORY = flags.DEFINE_string("max_memory", "", "Memory budget for one forward, e.g. "
                                   "'2G', '512M' or bytes (default: the device's free memory).")
 _TILE_BATCH = flags.DEFINE_integer("tile_batch", 4, "Tiles (or chop patches) per forward.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+_STEP = flags.DEFINE_string("step", None, "Checkpoint step, or 'best' (DIR/best, kept by "
+                            "validation; default: latest).")
 _OVERWRITE = flags.DEFINE_boolean("overwrite", False, "Replace existing output files "
                                   "(inputs are never replaced).")
 
@@ -152,7 +153,7 @@ class Upscaler:
 
     @classmethod
     def from_workdir(cls, workdir: str, overrides: Sequence[str] = (),
-                     step: Optional[int] = None, **options) -> "Upscaler":
+                     step: "Optional[int | str]" = None, **options) -> "Upscaler":
         from jaxsr import checkpoint
         if workdir == "bicubic":
             config = bicubic_config()
@@ -164,7 +165,9 @@ class Upscaler:
         if models.has_params(config):
             if workdir == "bicubic":
                 raise ValueError(f"model {config.model.name!r} needs a workdir with params")
-            params, meta = checkpoint.load_params(workdir, step)
+            params, meta, _ = checkpoint.load_eval_params(
+                workdir, checkpoint.parse_step(step),
+                use_ema=bool(config.eval.get("use_ema", True)))
             checkpoint.check_meta(meta, config, workdir)
         return cls(model, params, config, **options)
 
@@ -200,7 +203,7 @@ def _cached_upscaler(workdir, overrides, step, options) -> Upscaler:
 
 
 def upscale(image: np.ndarray, workdir: str, *, overrides: Sequence[str] = (),
-            step: Optional[int] = None, **options) -> np.ndarray:
+            step: "Optional[int | str]" = None, **options) -> np.ndarray:
     """Super-resolves one image array with the model in `workdir` (loaded once and cached).
     Options: tile, tile_overlap, chop, self_ensemble, max_memory, tile_batch."""
     up = _cached_upscaler(workdir, tuple(overrides), step, tuple(sorted(options.items())))

@@ -5,6 +5,11 @@
     export_workdir(config, workdir, "model.pth")         # checkpoint -> .pth/.safetensors
     import_file(config, "model.pth", workdir)            # .pth/.safetensors -> checkpoint
 Neither replaces nor deletes anything that exists (see import_target, fileio).
+
+EMA weights travel in BasicSR's layout: a checkpoint with 'params_ema' becomes a .pth
+{'params': state_dict, 'params_ema': state_dict} (a .safetensors holds one flat state_dict:
+the EMA weights unless config.eval.use_ema is False), and such a .pth becomes a params
+checkpoint with both. Without EMA the .pth is the flat state_dict, as always.
 """
 import functools
 import logging
@@ -151,18 +156,28 @@ def export_workdir(config, workdir: str, output: str, fmt: str | None = None,
     from jaxsr.convert import torchio
     if not overwrite:
         fileio.refuse_existing(output)        # before the (slow) work, not after
-    params, meta = checkpoint.load_params(workdir, step)
+    weights, meta = checkpoint.load_weights(workdir, step)
     if meta.get("model") not in (None, config.model.name):
         raise core.ConversionError(f"{workdir} holds a {meta.get('model')!r} checkpoint but "
                                    f"config.model.name={config.model.name!r}")
-    check_params(params, config, source=f"params in {workdir}")
-    sd = params_to_state_dict(params, config, rgb_range)
+    fmt = fmt or ("safetensors" if str(output).endswith(".safetensors") else "pth")
+    if fmt == "safetensors" or checkpoint.EMA_KEY not in weights:
+        params, _ = checkpoint.params_to_use(weights, meta, config.eval.get("use_ema", True))
+        weights = {"params": params}
+    else:
+        logging.info("%s has EMA weights: writing BasicSR's {'params', 'params_ema'}", workdir)
+    sds = {}
+    for key, params in weights.items():
+        check_params(params, config, source=f"{key} in {workdir}")
+        sds[key] = params_to_state_dict(params, config, rgb_range)
     warnings = core.unofficial(table_for(config), config)
     for w in warnings:
         logging.warning("%s", w)
-    fmt = torchio.save_state_dict(sd, output, fmt, overwrite=overwrite)
+    sd = sds["params"]
+    fmt = torchio.save_state_dict(sds if len(sds) > 1 else sd, output, fmt, overwrite=overwrite)
     return {"keys": len(sd), "params": int(sum(v.size for v in sd.values())),
-            "format": fmt, "step": meta.get("step"), "warnings": warnings}
+            "format": fmt, "step": meta.get("step"), "warnings": warnings,
+            "entries": sorted(sds) if len(sds) > 1 else None}
 
 
 CONVERTED_DIR = "converted"
@@ -200,10 +215,17 @@ def import_file(config, path: str, workdir: str, param_key: str | None = None,
     from jaxsr import checkpoint
     from jaxsr.convert import torchio
     target = import_target(workdir, path, force)
-    sd = torchio.load_state_dict(path, param_key)
-    params, warnings = state_dict_to_params(sd, config, source=str(path), rgb_range=rgb_range)
+    sds = torchio.load_state_dicts(path, param_key)
+    converted, warnings = {}, []
+    for key, sd in sds.items():
+        source = str(path) if len(sds) == 1 else f"{path}[{key!r}]"
+        converted[key], found = state_dict_to_params(sd, config, source=source,
+                                                     rgb_range=rgb_range)
+        warnings += [w for w in found if w not in warnings]
     for w in warnings:
         logging.warning("%s: %s", path, w)
-    where = checkpoint.save_params(target, params, config)
+    sd, params = sds["params"], converted["params"]
+    where = checkpoint.save_params(target, params, config,
+                                   params_ema=converted.get(checkpoint.EMA_KEY))
     return {"keys": len(sd), "params": int(sum(np.size(v) for v in core.flatten(params).values())),
-            "checkpoint": where, "warnings": warnings}
+            "checkpoint": where, "warnings": warnings, "ema": checkpoint.EMA_KEY in converted}

@@ -95,20 +95,41 @@ def to_numpy(t) -> np.ndarray:
     return t.float().numpy() if t.is_floating_point() else t.numpy()
 
 
-def load_state_dict(path, param_key: str | None = None) -> dict[str, np.ndarray]:
-    """Reads a .pth/.pt/.safetensors file into a flat {torch key: float32 ndarray} dict."""
+def _read(path) -> tuple[pathlib.Path, object]:
     path = pathlib.Path(path)
     if not path.is_file():
         raise ConversionError(f"{path}: no such file")
-    obj = _read_raw(path, sniff_format(path))
+    return path, _read_raw(path, sniff_format(path))
+
+
+def load_state_dict(path, param_key: str | None = None) -> dict[str, np.ndarray]:
+    """Reads a .pth/.pt/.safetensors file into a flat {torch key: float32 ndarray} dict."""
+    path, obj = _read(path)
     sd = unwrap_state_dict(obj, str(path), param_key)
     return {k: to_numpy(v) for k, v in sd.items()}
+
+
+EMA_LAYOUT = ("params", "params_ema")      # BasicSR's save_network(net_g, net_g_ema)
+
+
+def load_state_dicts(path, param_key: str | None = None) -> dict[str, dict]:
+    """{'params': state_dict} and, for a BasicSR file holding both 'params' and
+    'params_ema' (and no --param_key), also {'params_ema': state_dict}."""
+    path, obj = _read(path)
+    if param_key is None and isinstance(obj, Mapping) and all(
+            isinstance(obj.get(k), Mapping) for k in EMA_LAYOUT):
+        logging.info("%s: BasicSR layout, reading both 'params' and 'params_ema'", path)
+        return {k: {n: to_numpy(v) for n, v in unwrap_state_dict(obj, str(path), k).items()}
+                for k in EMA_LAYOUT}
+    sd = unwrap_state_dict(obj, str(path), param_key)
+    return {"params": {k: to_numpy(v) for k, v in sd.items()}}
 
 
 def save_state_dict(state_dict: Mapping[str, np.ndarray], path, fmt: str | None = None, *,
                     overwrite: bool = False) -> str:
     """Writes float32 tensors in the given key order; fmt 'pth' or 'safetensors'
-    (default: from the file extension). Atomic (a failed write leaves nothing, or the old
+    (default: from the file extension). A .pth may nest one level ({'params': sd,
+    'params_ema': sd}, BasicSR's layout). Atomic (a failed write leaves nothing, or the old
     file); an existing file is refused unless `overwrite`. Returns the format used."""
     from jaxsr import fileio
     path = pathlib.Path(path)
@@ -116,7 +137,13 @@ def save_state_dict(state_dict: Mapping[str, np.ndarray], path, fmt: str | None 
     if fmt not in ("pth", "safetensors"):
         raise ValueError(f"--format must be 'pth' or 'safetensors', got {fmt!r}")
     torch = _import_torch()
-    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state_dict.items()}
+    as_torch = lambda sd: {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}
+    nested = any(isinstance(v, Mapping) for v in state_dict.values())
+    if nested and fmt == "safetensors":
+        raise ValueError("safetensors holds one flat state_dict, not "
+                         f"{sorted(state_dict)}: write a .pth")
+    tensors = {k: as_torch(v) for k, v in state_dict.items()} if nested else \
+        as_torch(state_dict)
     with fileio.atomic_path(str(path), overwrite=overwrite) as tmp:
         if fmt == "safetensors":
             import safetensors.torch

@@ -2,11 +2,12 @@
 
     python -m jaxsr.tools.export --workdir DIR --output model.jaxexport --shape 64x64
     python -m jaxsr.tools.export --workdir DIR --output model.jaxexport --dynamic
-        [--batch N] [--separate_weights] [--step N] [--overwrite] [--platforms cpu,cuda]
+        [--batch N] [--separate_weights] [--step N|best] [--overwrite] [--platforms cpu,cuda]
         [--config.model.n_hashes=1 ...]
 
 The model comes from DIR/config.json (+ `--config.a.b=v` overrides) and DIR's latest (or
-`--step`) checkpoint, exactly as `jaxsr.upscale` loads it; the exported function is the
+`--step`, or `--step best`: DIR/best) checkpoint, exactly as `jaxsr.upscale` loads it
+(EMA weights when the checkpoint has them, unless --config.eval.use_ema=false); the exported function is the
 deterministic evaluation forward `model.apply({'params': p}, lr, train=False)` on float32
 NHWC RGB in [0, 1], returning the SR batch (not clamped). Running it needs jax, jaxlib,
 numpy and flatbuffers only (no jaxsr, no flax): see docs/training.md, "Export".
@@ -226,6 +227,8 @@ def export_workdir(workdir: str, output: str, *, shape=None, dynamic: bool = Fal
         np.savez(buffer, **weights)
         if step is None and models.has_params(config):
             step = checkpoint.latest_step(workdir)
+        elif step == "best":
+            step = (checkpoint.read_best(workdir) or {}).get("step")
         info = weights_manifest(config, spec, weights, program=os.path.basename(output),
                                 npz=os.path.basename(npz), step=step)
         contents[npz] = buffer.getvalue()
@@ -249,7 +252,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="batch size (default: 1 with --shape, symbolic with --dynamic)")
     p.add_argument("--separate_weights", action="store_true",
                    help="weights as an argument, written to <stem>.npz + <stem>.json")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--step", type=checkpoint.parse_step, default=None,
+                   help="checkpoint step, or 'best' (DIR/best; default: latest)")
     p.add_argument("--overwrite", action="store_true", help="replace existing files")
     p.add_argument("--platforms", default="",
                    help="comma-separated, e.g. cpu,cuda (default: this machine's backend)")
