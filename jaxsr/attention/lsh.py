@@ -35,6 +35,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsr.attention import chunked
+from jaxsr.attention.chunked import attend_chunks, look_around  # noqa: F401 (API)
+
 MAX_BUCKETS = 128   # official cap on the number of buckets
 KEY_EPS = 5e-5      # F.normalize eps used on the keys
 HASH_BLOCK_CPU = 512  # positions hashed per loop step on CPU (see hash_codes)
@@ -201,12 +204,6 @@ def chunk_indices(order, chunk_size: int):
     return idx.reshape(n_rounds, -1, chunk_size)
 
 
-def look_around(x):
-    """[R, M, K, ...] -> [R, M, 3K, ...]: chunk m followed by chunks m-1 and m+1 (mod M,
-    within a round), the official `add_adjacent_buckets`."""
-    return jnp.concatenate([x, jnp.roll(x, 1, axis=1), jnp.roll(x, -1, axis=1)], axis=2)
-
-
 # --------------------------------------------------------------------------- attention
 
 def normalize_keys(x, eps: float = KEY_EPS):
@@ -222,108 +219,6 @@ def normalize_keys(x, eps: float = KEY_EPS):
     return (x / jnp.maximum(norm, eps).astype(x.dtype)).astype(x.dtype)
 
 
-def _take_rows(x, idx):
-    """x[idx] for row indices known to be in range (no clamping/fill code)."""
-    return x.at[idx].get(mode="promise_in_bounds")
-
-
-def look_around_transpose(d):
-    """Adjoint of `look_around`: [R, M, 3K, ...] -> [R, M, K, ...]."""
-    k = d.shape[2] // 3
-    return (d[:, :, :k] + jnp.roll(d[:, :, k:2 * k], -1, axis=1)
-            + jnp.roll(d[:, :, 2 * k:], 1, axis=1))
-
-
-def _scatter_rows(d, ids, length):
-    """Adjoint of `_take_rows`: sums the rows of d [R, M, K, ...] into [L, ...]."""
-    out = jnp.zeros((length,) + d.shape[3:], jnp.float32)
-    return out.at[ids].add(d.astype(jnp.float32), mode="promise_in_bounds")
-
-
-def _gather_chunks(q, k, v, ids, key_bias):
-    qs = _take_rows(q, ids)                                      # [R, M, K, Cq]
-    ks = look_around(_take_rows(k, ids))                         # [R, M, 3K, Cq]
-    vs = look_around(_take_rows(v, ids))                         # [R, M, 3K, C]
-    g = None
-    if key_bias is not None:                                     # [R, M, 3K, K]
-        g = look_around(_take_rows(key_bias[:, :ids.shape[-1]], ids))
-    return qs, ks, vs, g
-
-
-def _attend_forward(q, k, v, ids, key_bias):
-    qs, ks, vs, g = _gather_chunks(q, k, v, ids, key_bias)
-    s = jnp.einsum("rmic,rmjc->rmij", qs, ks, preferred_element_type=jnp.float32)
-    if g is not None:
-        s = s + jnp.swapaxes(g, -1, -2).astype(jnp.float32)
-    # softmax and logsumexp as two reductions: the fused form exp(s - lse) is equal but
-    # makes XLA:CPU compile the forward pass ~3x slower.
-    p = jax.nn.softmax(s, axis=-1)
-    lse = jax.nn.logsumexp(s, axis=-1)
-    o = jnp.einsum("rmij,rmjc->rmic", p.astype(v.dtype), vs,
-                   preferred_element_type=jnp.float32)
-    return o, lse, p
-
-
-@jax.custom_vjp
-def _attend(q, k, v, ids, key_bias):
-    o, lse, _ = _attend_forward(q, k, v, ids, key_bias)
-    return o, lse
-
-
-def _attend_fwd(q, k, v, ids, key_bias):
-    o, lse, p = _attend_forward(q, k, v, ids, key_bias)
-    # Residuals: the L-row inputs (re-gathered in the backward pass, cheaper to keep
-    # than their 3x look-around copies) and the probabilities p [R, M, K, 3K].
-    return (o, lse), (q, k, v, ids, key_bias, p)
-
-
-def _attend_bwd(res, cotangents):
-    """Explicit softmax-attention backward; XLA:CPU compiles it ~2x faster than the
-    autodiff of the forward and it avoids differentiating through the gathers."""
-    q, k, v, ids, key_bias, p = res
-    do, dlse = cotangents
-    length = q.shape[0]
-    qs, ks, vs, _ = _gather_chunks(q, k, v, ids, None)
-    # The matmuls take operands in the inputs' dtype (bf16 under mixed precision, as in
-    # the forward pass) and accumulate in float32; the softmax algebra stays float32.
-    # For float32 inputs every cast below is the identity.
-    do = do.astype(v.dtype)
-    f32 = jnp.float32
-    dvs = jnp.einsum("rmij,rmic->rmjc", p.astype(v.dtype), do, preferred_element_type=f32)
-    dp = jnp.einsum("rmic,rmjc->rmij", do, vs, preferred_element_type=f32)
-    # d lse / d s = p, so the lse cotangent enters like a shift of dp.
-    ds = p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True) + dlse[..., None])
-    ds_low = ds.astype(q.dtype)
-    dqs = jnp.einsum("rmij,rmjc->rmic", ds_low, ks, preferred_element_type=f32)
-    dks = jnp.einsum("rmij,rmic->rmjc", ds_low, qs, preferred_element_type=f32)
-    dq = _scatter_rows(dqs, ids, length).astype(q.dtype)
-    dk = _scatter_rows(look_around_transpose(dks), ids, length).astype(k.dtype)
-    dv = _scatter_rows(look_around_transpose(dvs), ids, length).astype(v.dtype)
-    dbias = None
-    if key_bias is not None:
-        dg = _scatter_rows(look_around_transpose(jnp.swapaxes(ds, -1, -2)), ids, length)
-        dbias = jnp.pad(dg, ((0, 0), (0, key_bias.shape[1] - ids.shape[-1])))
-        dbias = dbias.astype(key_bias.dtype)
-    return dq, dk, dv, np.zeros(ids.shape, jax.dtypes.float0), dbias
-
-
-_attend.defvjp(_attend_fwd, _attend_bwd)
-
-
-def attend_chunks(q, k, v, chunk_ids, key_bias=None):
-    """Per-chunk softmax attention with scores and softmax in float32.
-
-    q [L,Cq] raw queries, k [L,Cq] normalised keys, v [L,C], chunk_ids [R,M,K] (sorted,
-    padded positions); key_bias [L, >=K] (DLSN's learnable score: s[i, j] += key_bias[key
-    j, query slot i]) or None. Each tensor is gathered once into sorted order and the
-    look-around is built from rolled chunks (cheaper than gathering 3K rows per chunk).
-    Returns o [R, M*K, C] (float32) and lse [R, M*K] in sorted-padded order.
-    """
-    n_rounds = chunk_ids.shape[0]
-    o, lse = _attend(q, k, v, chunk_ids, key_bias)
-    return o.reshape(n_rounds, -1, v.shape[-1]), lse.reshape(n_rounds, -1)
-
-
 def unsort_and_merge(o, lse, undo):
     """Drops the padded copies, restores the original order and merges the rounds with
     softmax_r(lse_r) weights (equal to one softmax over the union of the rounds' keys)."""
@@ -334,12 +229,9 @@ def unsort_and_merge(o, lse, undo):
     return jnp.sum(o * w[..., None], axis=0)
 
 
-def lsh_attention(q, v, rotations, chunk_size: int, kind: str, key_bias=None,
-                  max_buckets: int = MAX_BUCKETS):
-    """NLSA / GLA for one item: q [L,Cq] (hash and match embedding), v [L,C],
-    rotations of `rotation_shape(kind, Cq, R, num_buckets(L, K))`, optional key_bias
-    [L, >=K] (GLA's fc(f)). Returns the attention output [L, C] in v's dtype (before
-    the residual)."""
+def bucket_chunks(q, rotations, chunk_size: int, kind: str, max_buckets: int = MAX_BUCKETS):
+    """Hash, sort and chunk one item q [L, Cq]: chunk ids [R, M, K] (sorted, padded
+    positions) and undo [R, L]. Checks the rotation shape."""
     length = q.shape[0]
     n_buckets = num_buckets(length, chunk_size, max_buckets)
     expected = rotation_shape(kind, q.shape[-1], rotations.shape[1], n_buckets)
@@ -348,15 +240,39 @@ def lsh_attention(q, v, rotations, chunk_size: int, kind: str, key_bias=None,
                          f"for L={length}, chunk_size={chunk_size}, kind={kind}")
     codes = jax.lax.stop_gradient(hash_codes(q, rotations, n_buckets, kind))
     order, undo = sort_order(codes, n_buckets)
-    chunk_ids = chunk_indices(order, effective_chunk_size(length, chunk_size))
-    o, lse = attend_chunks(q, normalize_keys(q), v, chunk_ids, key_bias)
-    return unsort_and_merge(o, lse, undo).astype(v.dtype)
+    return chunk_indices(order, effective_chunk_size(length, chunk_size)), undo
+
+
+def lsh_attention(q, v, rotations, chunk_size: int, kind: str, key_bias=None,
+                  max_buckets: int = MAX_BUCKETS, chunks_per_step: int | None = None):
+    """NLSA / GLA for one item: q [L,Cq] (hash and match embedding), v [L,C],
+    rotations of `rotation_shape(kind, Cq, R, num_buckets(L, K))`, optional key_bias
+    [L, >=K] (GLA's fc(f)). Returns the attention output [L, C] in v's dtype (before
+    the residual). chunks_per_step: see `jaxsr.attention.chunked`."""
+    bias = None if key_bias is None else key_bias[None]
+    return batched_lsh_attention(q[None], v[None], rotations, chunk_size, kind, bias,
+                                 max_buckets, chunks_per_step)[0]
 
 
 def batched_lsh_attention(q, v, rotations, chunk_size: int, kind: str, key_bias=None,
-                          max_buckets: int = MAX_BUCKETS):
+                          max_buckets: int = MAX_BUCKETS, chunks_per_step: int | None = None):
     """`lsh_attention` over a batch q [N,L,Cq], v [N,L,C] (key_bias [N,L,K] or None),
-    one rotation tensor shared by all items, as in the official code."""
-    def one(q1, v1, b1):
-        return lsh_attention(q1, v1, rotations, chunk_size, kind, b1, max_buckets)
-    return jax.vmap(one)(q, v, key_bias)
+    one rotation tensor shared by all items, as in the official code.
+
+    Hashing, sorting and the unsort are per item; the chunk attention runs once on the
+    batch's rows stacked into [N*L, .] tables, so its loop steps always hold a few chunks
+    (a vmap of the loop would make every step N times larger)."""
+    n, length = q.shape[:2]
+    ids, undo = jax.vmap(lambda q1: bucket_chunks(q1, rotations, chunk_size, kind,
+                                                  max_buckets))(q)      # [N,R,M,K], [N,R,L]
+    ids = ids + (jnp.arange(n, dtype=ids.dtype) * length)[:, None, None, None]
+
+    def rows(x):
+        return None if x is None else x.reshape((n * length,) + x.shape[2:])
+    q_rows = rows(q)
+    o, lse = chunked.attend_chunks(q_rows, normalize_keys(q_rows), rows(v),
+                                   ids.reshape((-1,) + ids.shape[2:]), rows(key_bias),
+                                   self_keys=key_bias is None, chunks_per_step=chunks_per_step)
+    o = o.reshape((n, -1) + o.shape[1:])
+    lse = lse.reshape((n, -1) + lse.shape[1:])
+    return jax.vmap(unsort_and_merge)(o, lse, undo).astype(v.dtype)
