@@ -35,7 +35,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from experiments import common  # noqa: E402
+from experiments import common, roofline  # noqa: E402
+from experiments.roofline import flops_of, memory_bytes  # noqa: E402,F401
 from jaxsr import inference, models, objectives, summary  # noqa: E402
 
 NETWORKS = ("edsr", "nlsn", "dlsn", "rcan", "fsrcnn")
@@ -46,6 +47,7 @@ PRESETS = {
     "tiny": {"small": ((16,), 1, True)},
 }
 ATTN_SIZE = 128
+OFFICIAL_REPEATS = {"cpu": 5, "gpu": 20}
 
 
 # ---------------------------------------------------------------------------------------
@@ -152,21 +154,9 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def memory_bytes(compiled) -> int:
-    m = compiled.memory_analysis()
-    if m is None:
-        return 0
-    return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-               - m.alias_size_in_bytes)
-
-
-def flops_of(compiled) -> float | None:
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
-    return float(cost["flops"]) if cost and "flops" in cost else None
-
-
-def jax_forward(model, params, size: int, repeats: int) -> dict:
+def jax_forward_fn(model, params, size: int) -> dict:
+    """The compiled batch-1 forward at size x size: {'run', 'compile_s', 'flops',
+    'peak_bytes'} (FLOPs counted as roofline.counted_flops does)."""
     fn = inference.bind(model, params)
     spec = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
     t0 = time.perf_counter()
@@ -174,13 +164,20 @@ def jax_forward(model, params, size: int, repeats: int) -> dict:
     compile_s = time.perf_counter() - t0
     x = jnp.asarray(np.random.default_rng(1).random(spec.shape, np.float32))
     p = fn.params
-    sec = median_time(lambda: jax.block_until_ready(compiled(p, x)), repeats)
-    flops = flops_of(compiled)
-    return {"jax_s": sec, "jax_compile_s": compile_s, "peak_bytes": memory_bytes(compiled),
-            "flops_per_px": flops / size ** 2 if flops else None}
+    return {"run": lambda: jax.block_until_ready(compiled(p, x)), "compile_s": compile_s,
+            "flops": roofline.counted_flops(fn, spec), "peak_bytes": memory_bytes(compiled)}
 
 
-def jax_train_step(config, model, repeats: int) -> dict:
+def jax_forward(model, params, size: int, repeats: int) -> dict:
+    f = jax_forward_fn(model, params, size)
+    return {"jax_s": median_time(f["run"], repeats), "jax_compile_s": f["compile_s"],
+            "peak_bytes": f["peak_bytes"], "flops": f["flops"],
+            "flops_per_px": f["flops"] / size ** 2 if f["flops"] else None}
+
+
+def jax_train_step_fn(config, model) -> dict:
+    """One train step of the 'sr' objective, jitted with the state donated, as
+    jaxsr.train runs it: {'run', 'compile_s', 'flops', 'peak_bytes'}."""
     objective = objectives.make(config, model)
     b, p = config.train.batch_size, config.train.patch_size
     hr = jnp.asarray(np.random.default_rng(2).integers(0, 256, (b, p, p, 3), np.uint8))
@@ -189,13 +186,20 @@ def jax_train_step(config, model, repeats: int) -> dict:
     t0 = time.perf_counter()
     compiled = step.lower(state, hr, jax.random.PRNGKey(1)).compile()
     compile_s = time.perf_counter() - t0
+    flops = roofline.counted_flops(step, state, hr, jax.random.PRNGKey(1))
     box = [state]
 
     def one():
         box[0], metrics = compiled(box[0], hr, jax.random.PRNGKey(1))
         jax.block_until_ready(metrics["loss"])
-    sec = median_time(one, repeats)
-    return {"jax_s": sec, "jax_compile_s": compile_s, "peak_bytes": memory_bytes(compiled)}
+    return {"run": one, "compile_s": compile_s, "flops": flops,
+            "peak_bytes": memory_bytes(compiled)}
+
+
+def jax_train_step(config, model, repeats: int) -> dict:
+    f = jax_train_step_fn(config, model)
+    return {"jax_s": median_time(f["run"], repeats), "jax_compile_s": f["compile_s"],
+            "peak_bytes": f["peak_bytes"], "flops": f["flops"]}
 
 
 def train_state(objective, model, hr, lr_side: int):
@@ -215,15 +219,23 @@ def train_state(objective, model, hr, lr_side: int):
     return jax.jit(objective.init_state)(jax.random.PRNGKey(0), hr)
 
 
-def torch_forward(net, size: int, repeats: int) -> float:
+def torch_forward_fn(net, size: int):
     import torch
     net.eval()
     x = torch.rand(1, 3, size, size)
-    with torch.no_grad():
-        return median_time(lambda: net(x), repeats)
+
+    def run():
+        with torch.no_grad():
+            net(x)
+    return run
 
 
-def torch_train_step(net, config, repeats: int) -> float:
+def torch_forward(net, size: int, repeats: int) -> float:
+    return median_time(torch_forward_fn(net, size), repeats)
+
+
+def torch_train_step_fn(net, config):
+    """Adam + L1 on a fixed batch (LR given), the torch twin of jax_train_step_fn."""
     import torch
     net.train()
     b, p, s = config.train.batch_size, config.train.patch_size, config.scale
@@ -234,7 +246,11 @@ def torch_train_step(net, config, repeats: int) -> float:
         opt.zero_grad(set_to_none=True)
         torch.nn.functional.l1_loss(net(lr), hr).backward()
         opt.step()
-    return median_time(one, repeats)
+    return one
+
+
+def torch_train_step(net, config, repeats: int) -> float:
+    return median_time(torch_train_step_fn(net, config), repeats)
 
 
 # ---------------------------------------------------------------------------------------
@@ -379,12 +395,23 @@ def add_shares(rows: list[dict]) -> None:
             r["torch_share"] = r["attention_layers"] * r["torch_s"] / whole["torch_s"]
 
 
-def markdown(rows: list[dict]) -> str:
+def roofline_cells(r: dict) -> list[str]:
+    """GFLOP/s and % of the measured matmul / conv peaks (roofline.roofline)."""
+    if "gflop_per_s" not in r:
+        return ["-", "-"]
+    fracs = [f"{r[k]:.0%}" for k in ("peak_frac_matmul_f32", "peak_frac_conv_f32") if k in r]
+    return [f"{r['gflop_per_s']:.1f}", " / ".join(fracs)]
+
+
+ROOFLINE_HEADER = ["GFLOP", "GFLOP/s", "% peak mm / conv"]
+
+
+def markdown(rows: list[dict], peak: dict | None = None) -> str:
     def ms(v):
         return "-" if v is None else f"{v * 1000:.1f}"
     body = []
     for r in rows:
-        if r["what"].startswith("profile"):
+        if r["what"].startswith("profile") or r.get("variant") == "official":
             continue
         what = r["what"] + (f" (x{r['attention_layers']})" if "attention_layers" in r else "")
         shape = f"{r['batch']}x{r['size']}x{r['size']}"
@@ -396,11 +423,41 @@ def markdown(rows: list[dict]) -> str:
                      "-" if "jax_compile_s" not in r else f"{r['jax_compile_s']:.1f}",
                      ms(r["jax_s"]), ms(r.get("torch_s")),
                      "-" if not r.get("ratio") else f"{r['ratio']:.2f}",
-                     "-" if not r.get("peak_bytes") else f"{r['peak_bytes'] / 2**20:.0f}", share])
+                     "-" if not r.get("peak_bytes") else f"{r['peak_bytes'] / 2**20:.0f}", share,
+                     *roofline_cells(r)])
     table = common.markdown_table(
         ["network", "config", "params", "what", "input (NxHxW LR)", "MFLOP/px", "compile s",
-         "JAX ms", "torch ms", "torch/JAX", "peak MiB", "attention share JAX / torch"], body)
-    return table + "\n\n" + split_table(rows)
+         "JAX ms", "torch ms", "torch/JAX", "peak MiB", "attention share JAX / torch",
+         *ROOFLINE_HEADER[1:]], body)
+    return "\n\n".join(t for t in (peak_line(peak), official_table(rows), table,
+                                    split_table(rows)) if t)
+
+
+def peak_line(peak: dict | None) -> str:
+    if not peak:
+        return ""
+    return ("Measured peak (this run, all cores): " +
+            ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peak.items()))
+
+
+def official_table(rows: list[dict]) -> str:
+    """The official-size rows (roofline.official_rows): JAX vs the official modules."""
+    body = []
+    for r in rows:
+        if r.get("variant") != "official":
+            continue
+        body.append([r["network"], r["what"], f"{r['batch']}x{r['size']}x{r['size']}",
+                     f"{r['jax_s'] * 1000:.1f}", f"{r['torch_s'] * 1000:.1f}",
+                     f"{r['ratio']:.2f}",
+                     "-" if not r.get("flops") else f"{r['flops'] / 1e9:.2f}",
+                     *roofline_cells(r),
+                     "-" if not r.get("peak_bytes") else f"{r['peak_bytes'] / 2**20:.0f}"])
+    if not body:
+        return ""
+    return ("Official sizes vs the official modules (tests/torch_refs, unstable sort), "
+            "JAX and torch alternating, median:\n\n" + common.markdown_table(
+                ["network", "what", "input (NxHxW)", "JAX ms", "official ms",
+                 "official/JAX", *ROOFLINE_HEADER, "peak MiB"], body))
 
 
 def split_table(rows: list[dict]) -> str:
@@ -428,20 +485,30 @@ def split_table(rows: list[dict]) -> str:
                                     + list(common.SPLIT), body))
 
 
-def run(preset: str, networks, out: str) -> list[dict]:
+def run(preset: str, networks, out: str, official: bool = True) -> list[dict]:
     import torch
     info = common.machine_info()
     info["torch"], info["torch_threads"] = torch.__version__, torch.get_num_threads()
     logging.info("machine: %s", info)
+    peak = roofline.peak_rates(PRESETS[preset]["small"][1])
+    info.update({f"peak_{k}_gflops": round(v, 1) for k, v in peak.items()})
+    logging.info("peak: %s", peak)
     rows = []
+
+    def finish(got):
+        for r in got:
+            roofline.roofline(r, peak)
+        rows.extend({"host": info["host"], **r} for r in got)
+        common.write_csv(out, rows)              # partial results survive an interruption
+    if official and preset != "tiny":
+        finish(roofline.official_rows(OFFICIAL_REPEATS[preset]))
     for network in networks:
         for variant, (sizes, repeats, train_step) in PRESETS[preset].items():
             t0 = time.perf_counter()
             got = bench_variant(network, variant, sizes, repeats, train_step, preset == "tiny")
             logging.info("%s/%s done in %.0f s", network, variant, time.perf_counter() - t0)
-            rows += [{"host": info["host"], **r} for r in got]
-            common.write_csv(out, rows)          # partial results survive an interruption
-    table = markdown(rows)
+            finish(got)
+    table = markdown(rows, peak)
     common.write_text(os.path.splitext(out)[0] + ".md",
                       f"Machine: {info}\n\n{table}\n")
     print(table)
@@ -453,6 +520,8 @@ def main(argv=None):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     ap.add_argument("--models", nargs="*", default=list(NETWORKS), choices=NETWORKS)
+    ap.add_argument("--no-official", action="store_true",
+                    help="skip the official-size rows (roofline.official_rows)")
     ap.add_argument("--out", default=None, help="CSV path (default: "
                     "experiments/results/benchmark-<host>.csv)")
     args = ap.parse_args(argv)
@@ -460,7 +529,7 @@ def main(argv=None):
     import socket
     out = args.out or os.path.join(common.REPO, "experiments", "results",
                                    f"benchmark-{socket.gethostname()}.csv")
-    run(args.preset, args.models, out)
+    run(args.preset, args.models, out, official=not args.no_official)
 
 
 if __name__ == "__main__":

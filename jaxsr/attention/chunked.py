@@ -27,6 +27,7 @@ is among its own keys, so the maximum is known without a pass over the scores:
 s_ij = <q_i, k_j> <= |q_i| (|k_j| <= 1) and s_ii = |q_i| (for |q_i| >= eps; below, all
 |s_ij| <= |q_i| < eps). Otherwise (GLA's learned score term) the maximum is computed.
 """
+import contextlib
 import functools
 
 import jax
@@ -34,11 +35,28 @@ import jax.numpy as jnp
 import numpy as np
 
 CPU_SCORES_PER_STEP = 2**18   # score entries per loop step on CPU (1 MB of float32)
+ALL_CHUNKS = 2**62            # a step size that means: every chunk in one step
 F32 = jnp.float32
+_default_per_step = [None]    # set by `default_chunks_per_step` (read at trace time)
+
+
+@contextlib.contextmanager
+def default_chunks_per_step(n: int | None):
+    """Within the block, attention traced without an explicit `chunks_per_step` uses n
+    (ALL_CHUNKS: one step) instead of the backend default, e.g. to cap an accelerator's
+    memory in a whole network without changing its modules, or to count FLOPs: XLA's
+    cost analysis counts a loop body once, so FLOPs are counted on the one-step program."""
+    before, _default_per_step[0] = _default_per_step[0], n
+    try:
+        yield
+    finally:
+        _default_per_step[0] = before
 
 
 def step_size(n_chunks: int, chunk_size: int, requested: int | None = None) -> int:
-    """Chunks per loop step: `requested`, or the default of this backend (module doc)."""
+    """Chunks per loop step: `requested`, else the `default_chunks_per_step` in effect,
+    else the default of this backend (module doc)."""
+    requested = _default_per_step[0] if requested is None else requested
     if requested is None:
         if jax.default_backend() != "cpu":
             return n_chunks

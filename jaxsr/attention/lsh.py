@@ -219,19 +219,53 @@ def normalize_keys(x, eps: float = KEY_EPS):
     return (x / jnp.maximum(norm, eps).astype(x.dtype)).astype(x.dtype)
 
 
-def unsort_and_merge(o, lse, undo):
+def _take_along(x, idx):
+    """x[r, idx[r, l]] for in-range indices (x [R, P, ...], idx [R, L]), as one gather of
+    whole rows of the flattened [R*P, ...] array (XLA:CPU copies rows; a gather with a
+    batch dimension is several times slower there)."""
+    n_rounds, padded = x.shape[:2]
+    flat = idx + (jnp.arange(n_rounds, dtype=idx.dtype) * padded)[:, None]
+    return x.reshape((n_rounds * padded,) + x.shape[2:]).at[flat].get(mode="promise_in_bounds")
+
+
+@jax.custom_vjp
+def _unsort(x, undo, order):
+    """x [R, P, ...] in sorted-padded order -> [R, L, ...] in the original order."""
+    return _take_along(x, undo)
+
+
+def _unsort_fwd(x, undo, order):
+    return _unsort(x, undo, order), (undo, order, x.shape[1])
+
+
+def _unsort_bwd(res, g):
+    """undo is a permutation of the first L sorted positions, so the adjoint of gathering
+    with it is gathering with its inverse (`order`), plus zeros for the padded copies: a
+    gather instead of autodiff's scatter-add (trax's permute_via_gather)."""
+    undo, order, padded = res
+    d = _take_along(g, order)
+    pad = [(0, 0), (0, padded - d.shape[1])] + [(0, 0)] * (d.ndim - 2)
+    return jnp.pad(d, pad), None, None
+
+
+_unsort.defvjp(_unsort_fwd, _unsort_bwd)
+
+
+def unsort_and_merge(o, lse, undo, order=None):
     """Drops the padded copies, restores the original order and merges the rounds with
-    softmax_r(lse_r) weights (equal to one softmax over the union of the rounds' keys)."""
-    length = undo.shape[1]
-    o = jnp.take_along_axis(o[:, :length], undo[..., None], axis=1)    # [R, L, C]
-    lse = jnp.take_along_axis(lse[:, :length], undo, axis=1)           # [R, L]
+    softmax_r(lse_r) weights (equal to one softmax over the union of the rounds' keys).
+    order: the inverse of undo (sort_order's first output), for the gather backward."""
+    if order is None:
+        order = jnp.argsort(undo, axis=-1).astype(undo.dtype)
+    o = _unsort(o, undo, order)                                        # [R, L, C]
+    lse = _unsort(lse, undo, order)                                    # [R, L]
     w = jax.nn.softmax(lse, axis=0)
     return jnp.sum(o * w[..., None], axis=0)
 
 
 def bucket_chunks(q, rotations, chunk_size: int, kind: str, max_buckets: int = MAX_BUCKETS):
     """Hash, sort and chunk one item q [L, Cq]: chunk ids [R, M, K] (sorted, padded
-    positions) and undo [R, L]. Checks the rotation shape."""
+    positions), order and undo [R, L] (`sort_order`). Checks the rotation shape."""
     length = q.shape[0]
     n_buckets = num_buckets(length, chunk_size, max_buckets)
     expected = rotation_shape(kind, q.shape[-1], rotations.shape[1], n_buckets)
@@ -240,7 +274,7 @@ def bucket_chunks(q, rotations, chunk_size: int, kind: str, max_buckets: int = M
                          f"for L={length}, chunk_size={chunk_size}, kind={kind}")
     codes = jax.lax.stop_gradient(hash_codes(q, rotations, n_buckets, kind))
     order, undo = sort_order(codes, n_buckets)
-    return chunk_indices(order, effective_chunk_size(length, chunk_size)), undo
+    return chunk_indices(order, effective_chunk_size(length, chunk_size)), order, undo
 
 
 def lsh_attention(q, v, rotations, chunk_size: int, kind: str, key_bias=None,
@@ -263,8 +297,8 @@ def batched_lsh_attention(q, v, rotations, chunk_size: int, kind: str, key_bias=
     batch's rows stacked into [N*L, .] tables, so its loop steps always hold a few chunks
     (a vmap of the loop would make every step N times larger)."""
     n, length = q.shape[:2]
-    ids, undo = jax.vmap(lambda q1: bucket_chunks(q1, rotations, chunk_size, kind,
-                                                  max_buckets))(q)      # [N,R,M,K], [N,R,L]
+    ids, order, undo = jax.vmap(lambda q1: bucket_chunks(
+        q1, rotations, chunk_size, kind, max_buckets))(q)       # [N,R,M,K], [N,R,L] x 2
     ids = ids + (jnp.arange(n, dtype=ids.dtype) * length)[:, None, None, None]
 
     def rows(x):
@@ -275,4 +309,4 @@ def batched_lsh_attention(q, v, rotations, chunk_size: int, kind: str, key_bias=
                                    self_keys=key_bias is None, chunks_per_step=chunks_per_step)
     o = o.reshape((n, -1) + o.shape[1:])
     lse = lse.reshape((n, -1) + lse.shape[1:])
-    return jax.vmap(unsort_and_merge)(o, lse, undo).astype(v.dtype)
+    return jax.vmap(unsort_and_merge)(o, lse, undo, order).astype(v.dtype)

@@ -29,6 +29,10 @@ Torch key -> Flax path (the `.0` of a one-conv `BasicBlock` is dropped, a Sequen
 index is appended with `_`): `conv_match.0.weight` -> `conv_match/kernel`,
 `conv_assembly.0.*` -> `conv_assembly/*`, `conv_assembly_fc.0.*` -> `conv_assembly_fc/*`,
 `fc.0.*` -> `fc_0/*`, `fc.2.*` -> `fc_2/*`.
+
+`chunks_per_step` (no parameters; None: the backend default) sets how many chunks the
+attention processes per loop step: a cap on the attention's memory on an accelerator
+(`jaxsr.attention.chunked`; `chunked.default_chunks_per_step` sets it for a whole model).
 """
 from typing import Optional
 
@@ -80,6 +84,7 @@ class NonLocalSparseAttention(nn.Module):
     conv_match_kernel: int = 3
     max_buckets: int = lsh.MAX_BUCKETS
     eval_seed: int = 0
+    chunks_per_step: Optional[int] = None
 
     @nn.compact
     def __call__(self, x, train: bool = False, rotations: Optional[jnp.ndarray] = None):
@@ -93,7 +98,8 @@ class NonLocalSparseAttention(nn.Module):
                                self.eval_seed)
         out = lsh.batched_lsh_attention(q.reshape(n, h * w, cq), v.reshape(n, h * w, c),
                                         rot, self.chunk_size, lsh.CROSS_POLYTOPE,
-                                        max_buckets=self.max_buckets)
+                                        max_buckets=self.max_buckets,
+                                        chunks_per_step=self.chunks_per_step)
         return out.reshape(n, h, w, c) * self.res_scale + x
 
 
@@ -112,6 +118,7 @@ class GlobalLearnableAttention(nn.Module):
     conv_match_kernel: int = 3
     max_buckets: int = lsh.MAX_BUCKETS
     eval_seed: int = 0
+    chunks_per_step: Optional[int] = None
 
     @nn.compact
     def __call__(self, x, train: bool = False, rotations: Optional[jnp.ndarray] = None):
@@ -130,5 +137,6 @@ class GlobalLearnableAttention(nn.Module):
                                self.eval_seed)
         out = lsh.batched_lsh_attention(q.reshape(n, h * w, cq), v.reshape(n, h * w, c),
                                         rot, self.chunk_size, lsh.SUPERBIT, key_bias=g,
-                                        max_buckets=self.max_buckets)
+                                        max_buckets=self.max_buckets,
+                                        chunks_per_step=self.chunks_per_step)
         return out.reshape(n, h, w, c) * self.res_scale + x

@@ -1,7 +1,10 @@
 """Hash-bucketed sparse attention of NLSN (NLSA, spec 2.3) and DLSN (GLA, spec 3.3), NCHW.
 
 Deviations from the official code, both required for parity (spec section 10):
-* the bucket sort is stable (`torch.sort(stable=True)`);
+* the bucket sort is stable (`torch.sort(stable=True)`); `module.stable_sort = False`
+  restores the official unstable `torch.sort` (for timing: everything else that costs
+  time is the official code's, op by op: shapes, op order, einsum layouts, the
+  tail-copy padding, the look-around concatenations, the N-expanded rotation einsum);
 * `module.rotations` may hold an injected rotation tensor, used instead of a fresh random
   draw: NLSA [Cq, R, nb/2] (Gaussian), GLA [Cq, R, nb] (orthogonal per round).
 """
@@ -44,21 +47,22 @@ def look_around(x):
 def hash_codes(q, rotations, n_hashes, nb, negate):
     """Cross-polytope (negate, NLSN) or Super-Bit argmax codes with round offsets -> [N, R*L]."""
     n, length, _ = q.shape
-    proj = torch.einsum("nlc,crb->nrlb", q, rotations)
+    # the official layout: rotations expanded over the batch, one batched einsum
+    proj = torch.einsum("btf,bfhi->bhti", q, rotations.unsqueeze(0).expand(n, -1, -1, -1))
     if negate:
         proj = torch.cat([proj, -proj], dim=-1)
     codes = proj.argmax(dim=-1) + (torch.arange(n_hashes) * nb).view(1, -1, 1)
     return codes.reshape(n, n_hashes * length)
 
 
-def attend(q, v, codes, n_hashes, chunk_size, extra=None):
+def attend(q, v, codes, n_hashes, chunk_size, extra=None, stable=True):
     """Chunked attention in hash order and the round merge; q [N,L,Cq], v [N,L,C] -> [N,L,C].
 
     `extra(src)`: optional callable that, given the sorted source positions [N, R*L],
     returns a score term [N, R, M, K, 3K] (DLSN's learnable similarity).
     """
     n, length, c = v.shape
-    order = codes.sort(dim=-1, stable=True).indices
+    order = codes.sort(dim=-1, stable=True).indices if stable else codes.sort(dim=-1).indices
     undo = order.sort(dim=-1).indices
     src = order % length
     qs = pad_chunks(sort_gather(q, src, n_hashes), chunk_size)
@@ -93,6 +97,7 @@ class NonLocalSparseAttention(nn.Module):
         self.conv_match = common.BasicBlock(conv, channels, channels // reduction, k_size)
         self.conv_assembly = common.BasicBlock(conv, channels, channels, 1)
         self.rotations = None
+        self.stable_sort = True
 
     def forward(self, x):
         n, c, h, w = x.shape
@@ -102,8 +107,8 @@ class NonLocalSparseAttention(nn.Module):
         if rot is None:
             rot = torch.randn(q.shape[-1], self.n_hashes, nb // 2, dtype=x.dtype)
         codes = hash_codes(q, rot, self.n_hashes, nb, negate=True)
-        out = attend(q, v, codes, self.n_hashes, self.chunk_size)
-        return out.transpose(1, 2).reshape(n, c, h, w) * self.res_scale + x
+        out = attend(q, v, codes, self.n_hashes, self.chunk_size, stable=self.stable_sort)
+        return out.permute(0, 2, 1).reshape(n, c, h, w).contiguous() * self.res_scale + x
 
 
 def orthogonal_rotations(cq, n_hashes, nb):
@@ -126,6 +131,7 @@ class GLA(nn.Module):
         self.fc = nn.Sequential(nn.Linear(channels, chunk_size), nn.ReLU(inplace=True),
                                 nn.Linear(chunk_size, chunk_size))
         self.rotations = None
+        self.stable_sort = True
 
     def forward(self, x):
         n, c, h, w = x.shape
@@ -141,5 +147,6 @@ class GLA(nn.Module):
             f3 = look_around(pad_chunks(sort_gather(f, src, self.n_hashes), self.chunk_size))
             return self.fc(f3).transpose(-1, -2)          # g[j][i] -> [.., K (query), 3K]
 
-        out = attend(q, v, codes, self.n_hashes, self.chunk_size, extra=learned_score)
-        return out.transpose(1, 2).reshape(n, c, h, w) * self.res_scale + x
+        out = attend(q, v, codes, self.n_hashes, self.chunk_size, extra=learned_score,
+                     stable=self.stable_sort)
+        return out.permute(0, 2, 1).reshape(n, c, h, w).contiguous() * self.res_scale + x
