@@ -33,3 +33,13 @@ def shared_data() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def repo_root() -> pathlib.Path:
     return REPO
+
+
+@pytest.fixture(scope="session")
+def xla_cache_env(tmp_path_factory) -> dict:
+    """Environment for jaxsr subprocesses: CPU, and one persistent XLA compilation cache
+    for the session, so that only the first of several identical runs compiles."""
+    cache = tmp_path_factory.mktemp("xla_cache")
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(cache),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}

@@ -35,11 +35,8 @@ def overrides(**more) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("xla_cache")
-    return {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(cache),
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0", "JAXSR_TRACEBACK": ""}
+def env(xla_cache_env):
+    return {**xla_cache_env, "JAXSR_TRACEBACK": ""}
 
 
 def train_cmd(workdir, items) -> list[str]:
