@@ -109,12 +109,25 @@ def restore_or_init(mngr, objective, config, repl, data_iter):
         meta = checkpoint.read_meta(mngr, step)
         checkpoint.check_meta(meta, config, str(mngr.directory))
         if meta.get("kind") == "train":
-            logging.info("resuming from step %d in %s", step, mngr.directory)
-            return checkpoint.restore(mngr, step, abstract_like(state, repl), data_iter=data_iter)
+            return resume(mngr, step, meta, state, config, repl, data_iter)
         return start_from_params(state, mngr.directory, config, repl, strict=True)
     if config.init_from:
         return start_from_params(state, config.init_from, config, repl, strict=False)
     return state
+
+
+def resume(mngr, step, meta, state, config, repl, data_iter):
+    logging.info("resuming from step %d in %s", step, mngr.directory)
+    try:
+        return checkpoint.restore(mngr, step, abstract_like(state, repl), data_iter=data_iter)
+    except checkpoint.CheckpointMismatchError as e:
+        if (checkpoint.EMA_KEY in state) == ("ema_decay" in meta):
+            raise
+        raise checkpoint.CheckpointMismatchError(
+            f"{e}\nThe checkpoint was written {'with' if 'ema_decay' in meta else 'without'} "
+            f"EMA weights and config.train.ema_decay={config.train.ema_decay}: EMA cannot be "
+            "switched on or off in a resumed run (start a new --workdir with "
+            "config.init_from=this one)") from None
 
 
 def start_from_params(state, source, config, repl, strict: bool):

@@ -130,3 +130,7 @@ def test_best_survives_keep_checkpoints(tmp_path):
     best, meta = checkpoint.load_weights(str(wd), "best")
     assert meta["step"] == 2 and meta["best"]["step"] == 2
     assert_trees_equal(best, at_two)
+    # The run has no EMA: switching it on in a resumed run is refused, saying why.
+    with pytest.raises(checkpoint.CheckpointMismatchError, match="without EMA weights"):
+        train.train(val_config(tmp_path, eval_every=0, ema=0.5, num_steps=5), str(wd))
+    assert checkpoint.latest_step(str(wd)) == 4
