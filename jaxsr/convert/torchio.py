@@ -137,7 +137,9 @@ def save_state_dict(state_dict: Mapping[str, np.ndarray], path, fmt: str | None 
     if fmt not in ("pth", "safetensors"):
         raise ValueError(f"--format must be 'pth' or 'safetensors', got {fmt!r}")
     torch = _import_torch()
-    as_torch = lambda sd: {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}
+    # np.require: a C-contiguous, writable array (torch warns on read-only buffers).
+    as_torch = lambda sd: {k: torch.from_numpy(np.require(v, requirements=("C", "W")))
+                           for k, v in sd.items()}
     nested = any(isinstance(v, Mapping) for v in state_dict.values())
     if nested and fmt == "safetensors":
         raise ValueError("safetensors holds one flat state_dict, not "
