@@ -151,6 +151,19 @@ def start_from_params(state, source, config, repl, strict: bool):
 # ----------------------------------------------------------------------------------------
 # Logging.
 
+def summary_writer(logdir: str):
+    """tensorboardX's SummaryWriter, imported without torch: tensorboardX imports torch when
+    it can (only to accept torch tensors), which costs every training start ~4 s."""
+    if "tensorboardX" not in sys.modules and "torch" not in sys.modules:
+        sys.modules["torch"] = None             # makes `import torch` raise ImportError
+        try:
+            import tensorboardX  # noqa: F401 (imported here, torch-free)
+        finally:
+            del sys.modules["torch"]
+    from tensorboardX import SummaryWriter
+    return SummaryWriter(logdir)
+
+
 class MetricWriter:
     """JSONL + TensorBoard (tensorboardX) in the workdir."""
 
@@ -158,8 +171,7 @@ class MetricWriter:
         self.path = os.path.join(workdir, "metrics.jsonl")
         self.tb = None
         if jax.process_index() == 0:
-            from tensorboardX import SummaryWriter
-            self.tb = SummaryWriter(os.path.join(workdir, "tb"))
+            self.tb = summary_writer(os.path.join(workdir, "tb"))
 
     def write(self, step: int, metrics: dict) -> None:
         """One metrics.jsonl line; TensorBoard tags 'train/<k>', or <k> when it has a '/'
