@@ -1,7 +1,7 @@
 """Entry point: `python -m jaxsr.main --config configs/X.py --workdir DIR [--mode ...]`.
 
   --mode train     train; resumes automatically from DIR when it has a checkpoint
-  --mode evaluate  evaluate the latest checkpoint in DIR (or --step N) on config.eval.datasets
+  --mode evaluate  evaluate the latest checkpoint in DIR (or --step N | best) on config.eval.datasets
   --mode info      parameter counts and FLOPs per LR pixel -> DIR/info.json
 Any config field can be overridden: `--config.train.num_steps=100`.
 
@@ -21,8 +21,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate", "info"], "What to do.")
-_STEP = flags.DEFINE_integer("step", None, "evaluate: the checkpoint step to score "
-                             "(default: the latest), e.g. the one before a damaged one.")
+_STEP = flags.DEFINE_string("step", None, "evaluate: the checkpoint step to score (default: "
+                            "the latest; e.g. the one before a damaged one), or 'best'.")
 _DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "auto", ["auto", "on", "off"],
     "jax.distributed start-up: 'auto' when an address/process count is given or a cluster "
@@ -38,13 +38,14 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.getLogger().setLevel(logging.INFO)
     logging.getLogger("absl").setLevel(logging.WARNING)   # Orbax's per-save INFO chatter
-    from jaxsr import distributed, run
+    from jaxsr import checkpoint, distributed, run
     try:
+        step = checkpoint.parse_step(_STEP.value)
         distributed.initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
                                _PROCESS_ID.value)
     except ValueError as e:
         raise app.UsageError(str(e))
-    run.run(_MODE.value, _CONFIG.value, _WORKDIR.value, step=_STEP.value)
+    run.run(_MODE.value, _CONFIG.value, _WORKDIR.value, step=step)
 
 
 if __name__ == "__main__":

@@ -134,3 +134,22 @@ def test_best_survives_keep_checkpoints(tmp_path):
     with pytest.raises(checkpoint.CheckpointMismatchError, match="without EMA weights"):
         train.train(val_config(tmp_path, eval_every=0, ema=0.5, num_steps=5), str(wd))
     assert checkpoint.latest_step(str(wd)) == 4
+
+
+def test_cli_evaluates_step_best_and_refuses_a_bad_step(runs, xla_cache_env):
+    import subprocess
+    import sys
+    tmp, _, validated = runs
+    base = [sys.executable, "-m", "jaxsr.main", "--config", "configs/edsr.py:small",
+            "--workdir", str(validated), "--mode", "evaluate",
+            "--config.model.n_resblocks=2", "--config.model.n_feats=8",
+            f"--config.eval.benchmarks_dir={tmp / 'bench'}", "--config.eval.datasets=('Tiny',)"]
+    repo = checkpoint.__file__.rsplit("/jaxsr/", 1)[0]
+    ok = subprocess.run(base + ["--step", "best"], cwd=repo, env=xla_cache_env,
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    step = checkpoint.read_best(str(validated))["step"]
+    assert f"results (step {step}" in ok.stdout + ok.stderr
+    bad = subprocess.run(base + ["--step", "latest"], cwd=repo, env=xla_cache_env,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "--step='latest'" in bad.stderr
