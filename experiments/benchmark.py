@@ -18,6 +18,11 @@ network time into attention and the rest (convolutions): the `share` column.
 
 The JAX train step is `objective.train_step` of the 'sr' objective (includes the on-device
 bicubic LR synthesis), jitted with the state donated, as jaxsr.train runs it.
+Roofline (experiments/roofline.py): the run starts by measuring the machine's peak (a large
+float32 matmul and convolution; on GPU/TPU also bf16) and the official-size rows (NLSA /
+GLA blocks, NLSN / DLSN train steps and forwards against the official modules' timing
+twins; `--no-official` skips them); every row with FLOPs (XLA cost analysis, counted with
+all attention chunks in one step) gets GFLOP/s and its fraction of those peaks.
 Output: a CSV (default experiments/results/benchmark-<host>.csv) and a markdown table on
 stdout (also written beside the CSV as .md).
 """

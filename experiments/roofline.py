@@ -251,11 +251,16 @@ def main(argv=None):
     from experiments import benchmark, common
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--torch-threads", type=int, default=None,
+                    help="torch.set_num_threads (default: torch's, = the cores)")
     ap.add_argument("--out", default=os.path.join(common.REPO, "experiments", "results",
                                                   f"roofline-{socket.gethostname()}.csv"))
     args = ap.parse_args(argv)
     common.setup_logging()
-    info = common.machine_info()
+    import torch
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    info = {**common.machine_info(), "torch_threads": torch.get_num_threads()}
     peak = peak_rates(args.repeats)
     rows = official_rows(args.repeats)
     for r in rows:

@@ -8,16 +8,16 @@ torch's `.view(N, C, H*W)`), with R hashing rounds, chunk size K and nb buckets:
   chunk_indices       order                    -> padded sorted positions [R, M, K]
   look_around         [R,M,K,...]              -> [R,M,3K,...] (chunks m, m-1, m+1)
   attend_chunks       q, keys, v, ids (+ bias) -> sorted outputs [R,M*K,C], lse [R,M*K]
-  unsort_and_merge    outputs, lse, undo       -> [L, C]
-  lsh_attention       all of the above; `batched_lsh_attention` vmaps it over N items
-                      with one rotation tensor shared by the batch (as the official code).
+                      (`jaxsr.attention.chunked`: a few chunks per loop step, with an
+                      explicit FlashAttention-style backward)
+  unsort_and_merge    outputs, lse, undo       -> [L, C] (backward: gathers by `order`)
+  lsh_attention       all of the above; `batched_lsh_attention` for N items with one
+                      rotation tensor shared by the batch (as the official code): hash,
+                      sort and unsort per item, the chunk attention on the stacked rows.
 
 Rotations: `sample_rotations` (from a JAX key: training), `fixed_rotations` (NumPy, from a
 seed and a layer name: deterministic evaluation), `orthogonal_from_gaussian` (torch's
-`orthogonal_` rule for Super-Bit LSH). The chunk attention has an explicit backward pass
-(`jax.custom_vjp`): the gradients of autodiff, but it keeps only the L-row inputs and the
-probabilities (not their 3x look-around copies): at 128x128, C=64, K=144, R=4 it needed
-316 instead of 566 MB of XLA scratch and compiled faster on CPU.
+`orthogonal_` rule for Super-Bit LSH).
 
 Everything follows the official PyTorch code (architectures.md 2.3 / 3.3), including the
 duplicated keys it creates: the tail-copy padding to a multiple of K, the wrap-around
@@ -25,9 +25,8 @@ look-one-back/look-one-forward, and a chunk that sees itself three times when th
 only one chunk. The only deviation is where the official code crashes: for L < K it has
 zero buckets; here the chunk shrinks to L, so that case is exact dense attention.
 
-Memory is O(R * L * 3K): the L x L score matrix is never formed; each embedding is
-gathered once into sorted order (an index gather, no copies per padding step) and the
-look-around is a concatenation of rolled chunks.
+The L x L score matrix is never formed, and the chunk attention holds the scores of only
+a few chunks at a time (`chunked`): memory is O(R * L * C) plus one loop step's scores.
 """
 import zlib
 
