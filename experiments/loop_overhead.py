@@ -19,12 +19,10 @@ import time
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from jaxsr import config_util, objectives, train  # noqa: E402
+from jaxsr import config_util, train  # noqa: E402
 from jaxsr.data import pipeline  # noqa: E402
-from jaxsr.models import build_model  # noqa: E402
 
 
 def synced_steps(step_fn, state, data_iter, data_sharding, bad, n):
@@ -52,11 +50,7 @@ def main():
     ap.add_argument("--output", default="")
     args = ap.parse_args()
     config = config_util.load_config_file(args.config)
-    mesh = train.make_mesh()
-    repl, data_sh = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    objective = objectives.make(config, build_model(config))
-    state = train.init_state(objective, config, repl)
-    step_fn = train.make_step_fn(objective, config, repl, data_sh)
+    _, state, step_fn, repl, data_sh = train.step_setup(config)
     data_iter = iter(pipeline.train_dataset(config))
     batches = train.device_batches(data_iter, data_sh)
     bad = jax.device_put(np.zeros((), np.int32), repl)

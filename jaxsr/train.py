@@ -233,6 +233,17 @@ def make_step_fn(objective, config, repl, data_sharding):
                    out_shardings=(repl, repl, repl), donate_argnums=0)
 
 
+def step_setup(config):
+    """(objective, initial state, jitted step, replicated sharding, data sharding): what the
+    loop runs, for scripts and tests that drive the steps by hand."""
+    mesh = make_mesh()
+    repl, data_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    objective = objectives.make(config, build_model(config))
+    state = init_state(objective, config, repl)
+    return (objective, state, make_step_fn(objective, config, repl, data_sharding), repl,
+            data_sharding)
+
+
 class _IteratorSnapshot:
     """A data-iterator state as grain's checkpoint handler reads it (get_state -> bytes).
 

@@ -6,9 +6,8 @@ import os
 import jax
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxsr import checkpoint, evaluate, metrics, objectives, train, upscale
+from jaxsr import checkpoint, evaluate, metrics, train, upscale
 from jaxsr.data import benchmarks, pipeline
 from jaxsr.models import build_model
 from test_train_e2e import make_tiny_benchmark, tiny_config
@@ -34,11 +33,7 @@ def assert_trees_equal(a, b):
 def drive(c, num_steps):
     """The train loop's step by hand, keeping the params after every step; returns them,
     the final state and the step function with its (fresh) batches."""
-    mesh = train.make_mesh()
-    repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    objective = objectives.make(c, build_model(c))
-    state = train.init_state(objective, c, repl)
-    step_fn = train.make_step_fn(objective, c, repl, data)
+    _, state, step_fn, repl, data = train.step_setup(c)
     batches = iter(pipeline.train_dataset(c))
     next_batch = lambda: jax.make_array_from_process_local_data(data, next(batches)["hr"])
     flag = jax.device_put(np.zeros((), np.int32), repl)
