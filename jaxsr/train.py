@@ -48,6 +48,12 @@ def make_mesh() -> jax.sharding.Mesh:
                          axis_types=(jax.sharding.AxisType.Auto,))
 
 
+def shardings():
+    """(replicated, split over 'data') shardings on the mesh of every process's devices."""
+    mesh = make_mesh()
+    return NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+
+
 def check_batch(config) -> None:
     n = jax.device_count()
     if config.train.batch_size % n:
@@ -236,8 +242,7 @@ def make_step_fn(objective, config, repl, data_sharding):
 def step_setup(config):
     """(objective, initial state, jitted step, replicated sharding, data sharding): what the
     loop runs, for scripts and tests that drive the steps by hand."""
-    mesh = make_mesh()
-    repl, data_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    repl, data_sharding = shardings()
     objective = objectives.make(config, build_model(config))
     state = init_state(objective, config, repl)
     return (objective, state, make_step_fn(objective, config, repl, data_sharding), repl,
@@ -289,9 +294,7 @@ def train(config, workdir: str) -> dict:
     """
     workdir = os.path.abspath(workdir)
     check_batch(config)
-    mesh = make_mesh()
-    repl = NamedSharding(mesh, P())
-    data_sharding = NamedSharding(mesh, P("data"))
+    repl, data_sharding = shardings()
     model = build_model(config)
     objective = objectives.make(config, model)
     data_iter = iter(pipeline.train_dataset(config, jax.process_index(), jax.process_count()))
