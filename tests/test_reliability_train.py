@@ -83,6 +83,14 @@ def logged_step(workdir, after_line: int = 0) -> int:
     return json.loads(lines[-1])["step"] if lines else 0
 
 
+def run_driver(driver: str, workdir, arg, env, *, keep: int):
+    """A fault-injecting driver script on the tiny run (N steps, a checkpoint each step)."""
+    return subprocess.run(
+        [sys.executable, "-c", driver, str(workdir), str(arg)]
+        + overrides(train__num_steps=N, train__checkpoint_every=1, train__keep_checkpoints=keep),
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+
+
 def committed_steps(workdir) -> list[int]:
     d = checkpoint.checkpoint_dir(str(workdir))
     return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
@@ -178,10 +186,7 @@ NAN_DRIVER = textwrap.dedent('''
 def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(env, reference,
                                                                     tmp_path):
     wd, bad = tmp_path / "wd", 6
-    out = subprocess.run(
-        [sys.executable, "-c", NAN_DRIVER, str(wd), str(bad)]
-        + overrides(train__num_steps=N, train__checkpoint_every=1, train__keep_checkpoints=3),
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    out = run_driver(NAN_DRIVER, wd, bad, env, keep=3)
     assert out.returncode != 0
     assert "non-finite" in out.stderr, out.stderr[-3000:]
     # keep_checkpoints=3: only the last three good steps are left, none at or after `bad`.
@@ -213,10 +218,7 @@ DISK_FULL_DRIVER = textwrap.dedent('''
 
 def test_write_error_during_save_keeps_previous_checkpoint(env, reference, tmp_path):
     wd, fail_at = tmp_path / "wd", 3
-    out = subprocess.run(
-        [sys.executable, "-c", DISK_FULL_DRIVER, str(wd), str(fail_at)]
-        + overrides(train__num_steps=N, train__checkpoint_every=1, train__keep_checkpoints=100),
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    out = run_driver(DISK_FULL_DRIVER, wd, fail_at, env, keep=100)
     assert out.returncode != 0
     assert f"checkpoint step {fail_at}" in out.stderr, out.stderr[-3000:]
     assert committed_steps(wd) == list(range(1, fail_at))
