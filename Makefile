@@ -1,6 +1,7 @@
 # Two entry points for a fresh clone: `make demo` and `make test`.
-# Both create/update .venv from requirements.txt on their own (idempotent: the venv is
-# rebuilt only when requirements.txt is newer than the stamp file).
+# Both create/update .venv from requirements-dev.txt (= requirements.txt + what the tests
+# need) on their own (idempotent: reinstalled only when a requirements file is newer than
+# the stamp file).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,9 +12,9 @@ DEMO_DIR ?= workdirs/demo
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q -r requirements-dev.txt
 	$(BIN)/pip install -q --no-deps -e .
 	touch $(STAMP)
 
