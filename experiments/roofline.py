@@ -1,8 +1,6 @@
-"""Roofline columns and the official-size rows of `experiments/benchmark.py`.
+"""The official-size rows of `experiments/benchmark.py` (also on their own:
+`python experiments/roofline.py`), with the roofline columns of experiments/costs.py.
 
-* `peak_rates`: the machine's measured peak, in the same run as the rows it divides: a
-  large float32 matmul and a large 3x3 convolution on all cores (on GPU/TPU also the
-  bfloat16 matmul), GFLOP/s of XLA's cost analysis per second.
 * `official_rows`: the configurations the official-code comparison is about, against
   the timing-faithful transcriptions of the official modules (tests/torch_refs, run as
   the official code runs: unstable `torch.sort`, fresh random rotations, float32, torch
@@ -11,19 +9,15 @@
   (n_resblocks=8, n_feats=64, attn_every=8, K=144, R=4) and DLSN (n_resgroups=2,
   n_resblocks=2, n_feats=64, K=128, R=3) train steps (batch 16, LR 48x48, x2, L1 + Adam)
   and forwards at LR 128/256. JAX and torch calls alternate (A B A B ...), median.
-
-FLOPs: XLA's cost analysis of the compiled program. It counts a loop body once, so the
-programs are lowered for counting with every attention chunk in one step
-(`chunked.default_chunks_per_step(ALL_CHUNKS)`, the same arithmetic); the timed programs
-are the default ones.
+* `memory_rows`: XLA's memory analysis of a 512x512 forward per attention step size.
 """
-import statistics
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import bench_fns, common
+from experiments.costs import (ROOFLINE_HEADER, alternating_medians, counted_flops,
+                               memory_bytes, peak_line, peak_rates, roofline, roofline_cells)
 from jaxsr.attention import chunked
 
 BLOCK_SIZES = (64, 128, 256)
@@ -35,78 +29,6 @@ OFFICIAL = {   # network -> model overrides of configs/X.py (x2)
              "n_hashes": 3},
 }
 
-
-def alternating_medians(fns: dict, repeats: int) -> dict:
-    """Median seconds per callable, calls interleaved (A B A B ...) after one warm-up
-    each, so that load changes on a shared machine hit all of them alike."""
-    for fn in fns.values():
-        fn()
-    times = {k: [] for k in fns}
-    for _ in range(max(1, repeats)):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
-def flops_of(compiled) -> float | None:
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
-    return float(cost["flops"]) if cost and "flops" in cost else None
-
-
-def counted_flops(jitted, *args) -> float | None:
-    """FLOPs of `jitted(*args)` with every attention chunk in one step (module doc).
-    `jitted`: a jax.jit function or an inference.BoundApply (which wraps one)."""
-    jit_fn = getattr(jitted, "_fn", jitted)
-    jit_fn.clear_cache()          # a cached trace would ignore the step-size context ...
-    try:
-        with chunked.default_chunks_per_step(chunked.ALL_CHUNKS):
-            return flops_of(jitted.lower(*args).compile())
-    finally:
-        jit_fn.clear_cache()      # ... and later traces must not reuse this one
-
-
-# ---------------------------------------------------------------------------------------
-# The machine's peak
-
-def peak_rates(repeats: int = 5, matmul_size: int = 4096,
-               conv_shape=(8, 256, 256, 64)) -> dict:
-    """GFLOP/s of a 4096^2 float32 matmul and a 3x3 64->64 convolution on 8x256x256
-    (NHWC), on all cores; on accelerators also the bfloat16 matmul."""
-    rng = np.random.default_rng(0)
-    n, ch = matmul_size, conv_shape[-1]
-    a = jnp.asarray(rng.random((n, n), np.float32))
-    x = jnp.asarray(rng.random(conv_shape, np.float32))
-    w = jnp.asarray(rng.random((3, 3, ch, ch), np.float32))
-    conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(
-        x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
-    cases = {"matmul_f32": (jax.jit(jnp.matmul), (a, a)), "conv_f32": (conv, (x, w))}
-    if jax.default_backend() != "cpu":
-        b = a.astype(jnp.bfloat16)
-        cases["matmul_bf16"] = (jax.jit(jnp.matmul), (b, b))
-    out = {}
-    for name, (fn, args) in cases.items():
-        compiled = fn.lower(*args).compile()
-        sec = alternating_medians({name: lambda: jax.block_until_ready(compiled(*args))},
-                                  repeats)[name]
-        out[name] = flops_of(compiled) / sec / 1e9
-    return out
-
-
-def roofline(row: dict, peak: dict) -> None:
-    """Adds achieved GFLOP/s and the fraction of the matmul and conv peaks to a row
-    with 'flops' and 'jax_s'."""
-    if not row.get("flops") or not row.get("jax_s"):
-        return
-    row["gflop_per_s"] = row["flops"] / row["jax_s"] / 1e9
-    for name, rate in peak.items():
-        row[f"peak_frac_{name}"] = row["gflop_per_s"] / rate
-
-
-# ---------------------------------------------------------------------------------------
-# Official-size rows
 
 def _block_pair(kind: str):
     from jaxsr.attention import GlobalLearnableAttention, NonLocalSparseAttention
@@ -155,16 +77,7 @@ def block_rows(kind: str, size: int, repeats: int) -> list[dict]:
     return rows
 
 
-def memory_bytes(compiled) -> int:
-    m = compiled.memory_analysis()
-    if m is None:
-        return 0
-    return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-               - m.alias_size_in_bytes)
-
-
 def official_config(network: str):
-    from experiments import common
     c = common.load_config(f"configs/{network}.py")
     for k, v in OFFICIAL[network].items():
         c.model[k] = v
@@ -173,25 +86,24 @@ def official_config(network: str):
 
 def network_rows(network: str, repeats: int, sizes=NET_SIZES) -> list[dict]:
     """Train step (batch 16, LR 48x48) and forwards of the official-size network."""
-    from experiments import benchmark
     from jaxsr import models
     config = official_config(network)
     model = models.build_model(config)
-    tnet = benchmark.torch_model(network, config)
+    tnet = bench_fns.torch_model(network, config)
     for m in tnet.attention_layers():
         m.stable_sort = False
     base = {"network": network, "variant": "official", "scale": int(config.scale)}
-    step = benchmark.jax_train_step_fn(config, model)
-    torch_step = benchmark.torch_train_step_fn(tnet, config)
+    step = bench_fns.jax_train_step_fn(config, model)
+    torch_step = bench_fns.torch_train_step_fn(tnet, config)
     t = alternating_medians({"jax": step["run"], "torch": torch_step}, repeats)
     p = config.train.patch_size // config.scale
     rows = [{**base, "what": "train_step", "size": p, "batch": int(config.train.batch_size),
              "jax_s": t["jax"], "torch_s": t["torch"], "flops": step["flops"],
              "peak_bytes": step["peak_bytes"]}]
-    params = benchmark.random_params(model, min(sizes))
+    params = bench_fns.random_params(model, min(sizes))
     for size in sizes:
-        fwd = benchmark.jax_forward_fn(model, params, size)
-        torch_fwd = benchmark.torch_forward_fn(tnet, size)
+        fwd = bench_fns.jax_forward_fn(model, params, size)
+        torch_fwd = bench_fns.torch_forward_fn(tnet, size)
         t = alternating_medians({"jax": fwd["run"], "torch": torch_fwd}, repeats)
         rows.append({**base, "what": "forward", "size": size, "batch": 1, "jax_s": t["jax"],
                      "torch_s": t["torch"], "flops": fwd["flops"],
@@ -248,7 +160,6 @@ def main(argv=None):
     import socket
     import sys
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from experiments import benchmark, common
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--torch-threads", type=int, default=None,
@@ -267,8 +178,8 @@ def main(argv=None):
         roofline(r, peak)
     mem = memory_rows()
     common.write_csv(args.out, rows + mem)
-    text = "\n\n".join([f"Machine: {info}", benchmark.peak_line(peak),
-                        benchmark.official_table(rows), memory_table(mem),
+    text = "\n\n".join([f"Machine: {info}", peak_line(peak),
+                        official_table(rows), memory_table(mem),
                         f"load average at the end: {os.getloadavg()[0]:.2f}"])
     common.write_text(os.path.splitext(args.out)[0] + ".md", text + "\n")
     logging.info("wrote %s", args.out)
@@ -276,7 +187,6 @@ def main(argv=None):
 
 
 def memory_table(rows: list[dict]) -> str:
-    from experiments import common
     return ("Forward + backward of one block, XLA memory analysis (arguments + outputs + "
             "scratch):\n\n" + common.markdown_table(
                 ["block", "map", "chunks per step", "MiB"],
@@ -286,3 +196,23 @@ def memory_table(rows: list[dict]) -> str:
 
 if __name__ == "__main__":
     main()
+
+
+def official_table(rows: list[dict]) -> str:
+    """The official-size rows (roofline.official_rows): JAX vs the official modules."""
+    body = []
+    for r in rows:
+        if r.get("variant") != "official":
+            continue
+        body.append([r["network"], r["what"], f"{r['batch']}x{r['size']}x{r['size']}",
+                     f"{r['jax_s'] * 1000:.1f}", f"{r['torch_s'] * 1000:.1f}",
+                     f"{r['ratio']:.2f}",
+                     "-" if not r.get("flops") else f"{r['flops'] / 1e9:.2f}",
+                     *roofline_cells(r),
+                     "-" if not r.get("peak_bytes") else f"{r['peak_bytes'] / 2**20:.0f}"])
+    if not body:
+        return ""
+    return ("Official sizes vs the official modules (tests/torch_refs, unstable sort), "
+            "JAX and torch alternating, median:\n\n" + common.markdown_table(
+                ["network", "what", "input (NxHxW)", "JAX ms", "official ms",
+                 "official/JAX", *ROOFLINE_HEADER, "peak MiB"], body))

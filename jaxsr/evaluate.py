@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from jaxsr import checkpoint, fileio, inference, metrics, models
+from jaxsr import checkpoint, errors, fileio, inference, metrics, models
 from jaxsr.data import benchmarks
 
 PROTOCOL = ("Protocol: PSNR/SSIM on the Y channel of BT.601 YCbCr (Y = 16 + (65.481 R + "
@@ -176,8 +176,7 @@ def make_entry(config, set_result: dict, meta: dict) -> dict:
 def evaluate(config, workdir: str, step: int | str | None = None) -> dict:
     """Scores the checkpoint (latest, `step`, or 'best') on every set, writing each set's entry into
     DIR/eval/results.json as soon as it is scored. A set that fails is reported and the
-    others still run; the command then fails listing them (run.PartialFailure)."""
-    from jaxsr import run
+    others still run; the command then fails listing them (errors.PartialFailure)."""
     model, params, meta = load_checkpoint(config, workdir, step)
     apply_fn = make_apply_fn(model, params)
     key = result_key(config, _training_config(workdir), has_ema="ema_decay" in meta)
@@ -186,7 +185,7 @@ def evaluate(config, workdir: str, step: int | str | None = None) -> dict:
         try:
             entry = make_entry(config, evaluate_set(config, apply_fn, name), meta)
         except Exception as e:  # noqa: BLE001 - reported, the other sets still run
-            if not run.is_recoverable(e):
+            if not errors.is_recoverable(e):
                 raise
             logging.error("evaluation of %s failed: %s", name, fileio.describe_error(e, 1000))
             failed.append(f"{name}: {fileio.describe_error(e, 1000)}")
@@ -198,7 +197,7 @@ def evaluate(config, workdir: str, step: int | str | None = None) -> dict:
         print(format_table(results, config))
         print(f"results (step {meta.get('step')}, key {key!r}): {path}")
     if failed:
-        raise run.PartialFailure(f"{len(failed)} of {len(config.eval.datasets)} set(s) failed "
+        raise errors.PartialFailure(f"{len(failed)} of {len(config.eval.datasets)} set(s) failed "
                                  "(the others are in DIR/eval/results.json):\n  "
                                  + "\n  ".join(failed))
     return results

@@ -295,8 +295,8 @@ def upscale_one(up: Upscaler, src: str, dst: str, overwrite: bool, progress: boo
     try:
         sr = up(lr, progress=progress, info=info)
     except Exception as e:  # noqa: BLE001 - only out-of-memory is turned into advice
-        from jaxsr import run
-        if run.is_out_of_memory(e):
+        from jaxsr import errors
+        if errors.is_out_of_memory(e):
             raise MemoryError(_oom_message(src, lr, up, e)) from e
         raise
     if info.get("mode") == "auto-tiled":

@@ -93,7 +93,8 @@ def test_lr_file_of_wrong_size_is_named(tmp_path):
 def test_cli_unknown_key_and_clean_errors(tmp_path):
     def run(*args):
         return subprocess.run([sys.executable, "-m", "jaxsr.main", *args], cwd=REPO,
-                              capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+                              capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                              timeout=300)
     r = run("--config", "configs/edsr.py:small", "--workdir", str(tmp_path), "--config.train.nope=1")
     assert r.returncode != 0 and "unknown config key(s): train.nope" in r.stderr
     assert "train.num_steps" in r.stderr                     # lists the valid keys

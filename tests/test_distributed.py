@@ -86,7 +86,7 @@ class Processes:
         for p in self.procs:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+                p.wait(timeout=30)
 
 
 def run_two_processes(procs, tmp_path, workdir, num_steps, tag):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxsr import checkpoint, config_util, evaluate, fileio, run, upscale
+from jaxsr import checkpoint, config_util, errors, evaluate, fileio, run, upscale
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "JAXSR_TRACEBACK": ""}
@@ -125,7 +125,7 @@ def test_each_set_is_written_when_scored_and_a_failing_set_keeps_the_others(tmp_
         return scored(config, apply_fn, name)
 
     monkeypatch.setattr(evaluate, "evaluate_set", spy)
-    with pytest.raises(run.PartialFailure, match="Missing"):
+    with pytest.raises(errors.PartialFailure, match="Missing"):
         evaluate.evaluate(c, str(wd))
     assert seen_before == {"One": [], "Missing": ["One"], "Two": ["One"]}
     saved = json.load(open(results_path))

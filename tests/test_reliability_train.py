@@ -61,10 +61,10 @@ def wait_until(proc, ready, what: str, timeout: float = TIMEOUT):
     while not ready():
         if proc.poll() is not None:
             raise AssertionError(f"run ended (rc {proc.returncode}) before {what}: "
-                                 f"{proc.communicate()[1][-3000:]}")
+                                 f"{proc.communicate(timeout=30)[1][-3000:]}")
         if time.time() - t0 > timeout:
             proc.kill()
-            proc.communicate()
+            proc.communicate(timeout=30)
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
 
@@ -127,7 +127,7 @@ def _stop(proc, sig, ready, what):
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.communicate()
+            proc.communicate(timeout=30)
 
 
 def test_sigkill_mid_async_save_then_sigterm_then_resume_bit_identical(env, reference,

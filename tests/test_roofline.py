@@ -1,11 +1,12 @@
-"""experiments/roofline.py: FLOP counting through the attention loop, roofline columns,
-alternating timing, the official-size rows' torch twins and the memory option."""
+"""experiments/costs.py and roofline.py: FLOP counting through the attention loop,
+roofline columns, alternating timing, the official-size rows' torch twins and the memory
+option."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import roofline
+from experiments import costs, roofline
 from jaxsr.attention import chunked, lsh
 
 
@@ -18,36 +19,36 @@ def test_counted_flops_include_every_chunk_of_the_loop():
         return lsh.lsh_attention(q, v, rot, k, lsh.CROSS_POLYTOPE, chunks_per_step=per_step)
     args = (jnp.zeros((length, cq)), jnp.zeros((length, c)))
     matmuls = 2 * r * (length // k) * k * 3 * k * (cq + c)
-    looped = roofline.flops_of(jax.jit(lambda q, v: attention(q, v, 2)).lower(*args).compile())
+    looped = costs.flops_of(jax.jit(lambda q, v: attention(q, v, 2)).lower(*args).compile())
     fn = jax.jit(attention)
-    counted = roofline.counted_flops(fn, *args)
+    counted = costs.counted_flops(fn, *args)
     assert looped < matmuls / 4 < matmuls <= counted < 1.3 * matmuls
     # the counting trace must not leak into later compilations of the same function
     with chunked.default_chunks_per_step(2):
-        assert roofline.flops_of(fn.lower(*args).compile()) == pytest.approx(looped)
+        assert costs.flops_of(fn.lower(*args).compile()) == pytest.approx(looped)
 
 
 def test_roofline_columns_follow_the_formula():
     row = {"flops": 3e9, "jax_s": 0.5}
-    roofline.roofline(row, {"matmul_f32": 12.0, "conv_f32": 4.0})
+    costs.roofline(row, {"matmul_f32": 12.0, "conv_f32": 4.0})
     assert row["gflop_per_s"] == pytest.approx(6.0)
     assert row["peak_frac_matmul_f32"] == pytest.approx(0.5)
     assert row["peak_frac_conv_f32"] == pytest.approx(1.5)
     empty = {"flops": None, "jax_s": 1.0}
-    roofline.roofline(empty, {"matmul_f32": 1.0})
+    costs.roofline(empty, {"matmul_f32": 1.0})
     assert "gflop_per_s" not in empty
 
 
 def test_alternating_medians_interleave_the_calls():
     calls = []
-    out = roofline.alternating_medians({"a": lambda: calls.append("a"),
+    out = costs.alternating_medians({"a": lambda: calls.append("a"),
                                         "b": lambda: calls.append("b")}, 3)
     assert calls == ["a", "b"] * 4           # one warm-up each, then A B A B A B
     assert set(out) == {"a", "b"} and all(v >= 0 for v in out.values())
 
 
 def test_peak_rates_on_small_problems():
-    peak = roofline.peak_rates(1, matmul_size=256, conv_shape=(1, 32, 32, 16))
+    peak = costs.peak_rates(1, matmul_size=256, conv_shape=(1, 32, 32, 16))
     assert set(peak) >= {"matmul_f32", "conv_f32"} and min(peak.values()) > 0
 
 

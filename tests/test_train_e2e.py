@@ -111,7 +111,7 @@ def _run_step(path, devices):
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     subprocess.run([sys.executable, "-c", _STEP_SCRIPT, str(path)], check=True, env=env,
-                   cwd=REPO)
+                   cwd=REPO, timeout=300)
     return np.load(path)
 
 

@@ -56,11 +56,11 @@ def test_folder_with_corrupt_file_and_modes(workdir, tmp_path):
     cmd = [sys.executable, "-m", "jaxsr.upscale", f"--workdir={wd}", f"--input={src}",
            f"--output={out}", "--tile=36", "--tile_overlap=32", "--config.eval.tile_batch=2"]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    bad_key = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    bad_key = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert bad_key.returncode != 0
     assert "eval.tile_batch" in bad_key.stderr and "eval.tile_overlap" in bad_key.stderr
     res = subprocess.run(cmd[:-1] + ["--config.eval.chop=false"], capture_output=True,
-                         text=True, env=env)
+                         text=True, env=env, timeout=300)
     assert res.returncode == 1, res.stderr
     assert "d_bad.png" in res.stderr and "3 of 4" in res.stdout
     assert sorted(os.listdir(out)) == ["a_rgb.png", "b_gray.png", "c_rgba.png"]

@@ -15,7 +15,7 @@ SHOW = "import os, jaxsr; print(repr(os.environ.get('XLA_FLAGS')))"
 def _flags_after_import(**env):
     base = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", xla_cpu.OPT_OUT_ENV)}
     out = subprocess.run([sys.executable, "-c", SHOW], env={**base, **env}, cwd=REPO,
-                         check=True, capture_output=True, text=True).stdout.strip()
+                         check=True, capture_output=True, text=True, timeout=120).stdout.strip()
     return eval(out)  # noqa: S307 (our own repr of a str or None)
 
 

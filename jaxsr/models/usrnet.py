@@ -46,6 +46,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsr.models import kernel_convention
+
 HAS_PARAMS = True
 EVAL_EXTRAS = ("kernel",)      # jaxsr.evaluate passes a blind set's kernel as kernel=
 
@@ -324,5 +326,4 @@ def num_params(params) -> int:
 def prepare_extras(config, extras: dict) -> dict:
     """The kernel in USRNet's convention for the set (effective kernel of blur + bicubic
     sets, DIV2KRK converted): the same rule as the KENet/true-kernel pipelines."""
-    from jaxsr.models import blind           # blind builds on this module
-    return blind.prepare_extras(config, extras)
+    return kernel_convention.prepare_extras(config, extras)
