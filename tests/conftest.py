@@ -16,17 +16,57 @@ def pytest_configure(config):
         flags.FLAGS.mark_as_parsed()
 
 
+def _module_source(item) -> str:
+    path = pathlib.Path(str(item.fspath))
+    cache = _module_source.cache
+    if path not in cache:
+        cache[path] = path.read_text()
+    return cache[path]
+
+
+_module_source.cache = {}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Markers from what a test uses, so that no file has to remember them:
+    needs_data (the shared_data fixture), subprocess (starts processes), torch (imports
+    torch or the torch references). `slow` is set by hand on the tests that take long."""
+    for item in items:
+        source = _module_source(item)
+        if "shared_data" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.needs_data)
+        if "subprocess" in source or "xla_cache_env" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.subprocess)
+        if "import torch" in source or 'importorskip("torch")' in source \
+                or "torch_refs" in source:
+            item.add_marker(pytest.mark.torch)
+
+
 def _shared_data_dir() -> pathlib.Path:
     env = os.environ.get("JAXSR_SHARED_DATA")
     return pathlib.Path(env) if env else REPO.parent / "shared" / "data"
 
 
+def data_required() -> bool:
+    """CI (.ci/run sets JAXSR_SHARED_DATA; most CI systems set CI=true) must have the data:
+    a misplaced folder there is a failure, not 16 silent skips."""
+    ci = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+    return ci or bool(os.environ.get("JAXSR_SHARED_DATA"))
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> pathlib.Path:
-    """../shared/data (benchmarks, train images); tests that need it skip when absent."""
+    """../shared/data (benchmarks, train images). Missing: a failure naming the path in CI
+    (data_required), a skip with the reason on a developer's machine."""
     d = _shared_data_dir()
-    if not (d / "benchmarks").is_dir():
-        pytest.skip(f"shared benchmark data not found at {d} (set JAXSR_SHARED_DATA)")
+    missing = [sub for sub in ("benchmarks", "train") if not (d / sub).is_dir()]
+    if missing:
+        message = (f"shared data not found: {', '.join(str(d / m) for m in missing)} "
+                   "(set JAXSR_SHARED_DATA to the folder holding benchmarks/ and train/)")
+        if data_required():
+            pytest.fail(message + " -- required here because CI or JAXSR_SHARED_DATA is set",
+                        pytrace=False)
+        pytest.skip(message)
     return d
 
 
