@@ -42,20 +42,25 @@ class NonFiniteLossError(ArithmeticError):
 # ----------------------------------------------------------------------------------------
 # Mesh and sharded state.
 
-def make_mesh() -> jax.sharding.Mesh:
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+    """The ('data',) mesh of every process's devices, or of `devices` (e.g. the
+    compile-only devices of a TPU topology, jaxsr.aot)."""
+    devices = jax.devices() if devices is None else list(devices)
     # Auto axes: XLA infers intermediate shardings and indexing sharded arrays works.
-    return jax.make_mesh((jax.device_count(),), ("data",),
-                         axis_types=(jax.sharding.AxisType.Auto,))
+    return jax.make_mesh((len(devices),), ("data",),
+                         axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
 
 
-def shardings():
-    """(replicated, split over 'data') shardings on the mesh of every process's devices."""
-    mesh = make_mesh()
+def shardings(devices=None):
+    """(replicated, split over 'data') shardings on the mesh of every process's devices
+    (or of `devices`)."""
+    mesh = make_mesh(devices)
     return NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
 
 
-def check_batch(config) -> None:
-    n = jax.device_count()
+def check_batch(config, n: int | None = None) -> None:
+    """`n`: the number of devices the batch is split over (default: all of them)."""
+    n = jax.device_count() if n is None else n
     if config.train.batch_size % n:
         raise ValueError(f"config.train.batch_size={config.train.batch_size} must be a multiple "
                          f"of the {n} devices (data-parallel split)")

@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsr import target_platform
+
 CPU_SCORES_PER_STEP = 2**18   # score entries per loop step on CPU (1 MB of float32)
 ALL_CHUNKS = 2**62            # a step size that means: every chunk in one step
 F32 = jnp.float32
@@ -58,7 +60,7 @@ def step_size(n_chunks: int, chunk_size: int, requested: int | None = None) -> i
     else the default of this backend (module doc)."""
     requested = _default_per_step[0] if requested is None else requested
     if requested is None:
-        if jax.default_backend() != "cpu":
+        if target_platform.current() != "cpu":
             return n_chunks
         requested = CPU_SCORES_PER_STEP // (3 * chunk_size * chunk_size)
     return int(max(1, min(requested, n_chunks)))

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsr import target_platform
 from jaxsr.attention import chunked
 from jaxsr.attention.chunked import attend_chunks, look_around  # noqa: F401 (API)
 
@@ -139,7 +140,7 @@ def hash_codes(q, rotations, n_buckets: int, kind: str, block: int | None = None
     if n_buckets == 1:                               # L < K: a single bucket
         return jnp.zeros((n_hashes, length), jnp.int32)
     if block is None:
-        block = HASH_BLOCK_CPU if jax.default_backend() == "cpu" else length
+        block = HASH_BLOCK_CPU if target_platform.current() == "cpu" else length
     if block >= length:
         return _hash_block(q, rotations, kind)
     n_blocks = -(-length // block)

@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsr import target_platform
 from jaxsr.data import kernels as K
 from jaxsr.data import motion_kernels
 from jaxsr.ops.imresize import imresize, imresize_np
@@ -329,7 +330,7 @@ def blur(x, kern, padding: str = "reflect", mode: str = "correlate", stride: int
     kern = kern[:, ::-1, ::-1] if mode == "convolve" else kern
     xp_ = _pad(x, ks // 2, padding, jnp)
     if impl == "auto":
-        impl = "fft" if jax.default_backend() == "cpu" else "direct"
+        impl = "fft" if target_platform.current() == "cpu" else "direct"
     if impl == "direct":
         return _blur_direct(xp_, kern, stride)
     return _blur_fft(xp_, kern.astype(x.dtype), h, w)[:, ::stride, ::stride]

@@ -1,0 +1,258 @@
+"""`--mode compile`: ahead-of-time compilation of the training step and the evaluation
+forward for a TPU slice (or this machine), without the hardware.
+
+libtpu's deviceless topology (`jax.experimental.topologies.get_topology_desc`) gives the
+compile-only devices of any TPU slice on a CPU-only host, multi-host slices included (one
+process compiles the SPMD program every host would run). On them this builds what training
+builds -- `objectives.make`, `build_model`, `train.shardings(devices)`,
+`train.make_step_fn` and the state of `train.init_state` as abstract values
+(`jax.eval_shape`) -- lowers the jitted step with sharded `jax.ShapeDtypeStruct` inputs and
+compiles it with the TPU compiler. The forward is `inference.BoundApply`, the function
+evaluation jits, on one LR image per chip. The code paths that differ per platform are
+traced for the target (`jaxsr.target_platform`): on a TPU the LSH attention runs all
+chunks in one step, as it would there.
+
+Reported per device (XLA's memory analysis) and per step (its cost analysis): argument,
+output, temporary, aliased and generated-code bytes, their sum against the chip's HBM,
+FLOPs and bytes accessed, and the roofline lower bound max(FLOPs / peak, bytes / HBM
+bandwidth) from the published peaks (jaxsr.accelerators). A program that does not fit
+raises DoesNotFitError with what to change (also when the compiler itself runs out).
+"""
+import json
+import logging
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsr import accelerators, errors, inference, models, objectives, precision, train
+from jaxsr import target_platform
+from jaxsr.models import build_model
+
+GIB = accelerators.GIB
+DEFAULT_EVAL_LR = 256   # LR side of the compiled evaluation forward (config.eval.compile_lr_size)
+MEMORY_FIELDS = ("argument", "output", "temp", "alias", "generated_code")
+
+
+class DoesNotFitError(ValueError):
+    """The program needs more memory per chip than the target has."""
+
+
+def quiet_libtpu_env() -> None:
+    """On a host that is not a TPU VM libtpu logs errors about the missing TPU metadata
+    when it loads; naming a (nonexistent) local worker silences them. Only defaults: a TPU
+    VM's own settings win. Run before libtpu loads (before the first topology call)."""
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-4")
+    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+
+
+def target_devices(target: accelerators.Target) -> list:
+    if target.platform == "cpu":
+        return jax.devices()
+    quiet_libtpu_env()
+    try:
+        from jax.experimental import topologies
+        return list(topologies.get_topology_desc(**target.topology_kwargs()).devices)
+    except (ImportError, RuntimeError) as e:
+        if "libtpu" in str(e).lower() or "tpu" in str(e).lower() and "plugin" in str(e).lower():
+            raise ValueError(f"--target={target.spec} needs libtpu (pip install -r "
+                             f"requirements-dev.txt, or 'jaxsr[tpu]'): {e}") from e
+        raise
+
+
+# ---------------------------------------------------------------------------------------
+# Compile.
+
+def abstract_state(objective, config, repl):
+    """The training state of `train.init_state` as sharded ShapeDtypeStructs (no arrays)."""
+    shapes = jax.eval_shape(lambda: train.init_state(objective, config, repl))
+    return train.abstract_like(shapes, repl)
+
+
+def compile_train_step(config, devices):
+    """The compiled training step of `config` on `devices` (what train._loop runs)."""
+    train.check_batch(config, len(devices))
+    repl, data_sharding = train.shardings(devices)
+    objective = objectives.make(config, build_model(config))
+    state = abstract_state(objective, config, repl)
+    hr = jax.ShapeDtypeStruct(train.dummy_batch(config).shape, jnp.uint8,
+                              sharding=data_sharding)
+    flag = jax.ShapeDtypeStruct((), jnp.int32, sharding=repl)
+    step = train.make_step_fn(objective, config, repl, data_sharding)
+    return step.lower(state, hr, flag).compile(), state
+
+
+def eval_lr_shape(config, lr_size: int, n_devices: int) -> tuple:
+    """One LR image per device, padded as evaluation pads it (model multiple, min size)."""
+    side = inference.padded_size(lr_size, models.input_multiple(config),
+                                 models.min_input_size(config))
+    return (n_devices, side, side, 3)
+
+
+def compile_forward(config, devices, params, lr_size: int):
+    """The compiled evaluation forward (`inference.BoundApply`, as evaluate jits it) on an
+    LR batch of one `lr_size`^2 image per device, split over the devices."""
+    repl, data_sharding = train.shardings(devices)
+    bound = inference.BoundApply(build_model(config), params, precision.compute_dtype(config))
+    x = jax.ShapeDtypeStruct(eval_lr_shape(config, lr_size, len(devices)), jnp.float32,
+                             sharding=data_sharding)
+    return bound.lower(x).compile()
+
+
+# ---------------------------------------------------------------------------------------
+# Report.
+
+def memory_report(compiled) -> dict:
+    """Per-device bytes from XLA's memory analysis; 'total' = arguments + outputs +
+    temporaries + code - aliased (donated state)."""
+    m = compiled.memory_analysis()
+    rep = {f"{k}_bytes": int(getattr(m, f"{k}_size_in_bytes", 0) or 0) for k in MEMORY_FIELDS}
+    rep["total_bytes"] = (rep["argument_bytes"] + rep["output_bytes"] + rep["temp_bytes"]
+                          + rep["generated_code_bytes"] - rep["alias_bytes"])
+    return rep
+
+
+def cost_report(compiled) -> dict:
+    """FLOPs and bytes accessed of one call per device (XLA's cost analysis; the
+    partitioned SPMD program, so per device)."""
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    cost = cost or {}
+    return {"flops": float(cost.get("flops", 0.0)),
+            "bytes_accessed": float(cost.get("bytes accessed", 0.0))}
+
+
+def roofline(cost: dict, chip) -> dict:
+    """Lower bound on one call's time: max(FLOPs / peak, bytes / HBM bandwidth)."""
+    if chip is None or not cost["flops"]:
+        return {}
+    t_flops = cost["flops"] / chip.bf16_flops
+    t_bytes = cost["bytes_accessed"] / chip.hbm_bytes_per_s
+    return {"seconds": max(t_flops, t_bytes), "compute_seconds": t_flops,
+            "memory_seconds": t_bytes, "bound": "compute" if t_flops >= t_bytes else "memory",
+            "peak_bf16_flops": chip.bf16_flops, "hbm_bytes_per_s": chip.hbm_bytes_per_s,
+            "source": chip.source}
+
+
+def advice(config, what: str) -> str:
+    tips = ["lower config.train.batch_size (or config.train.per_device_batch_size)"
+            if what == "train_step" else
+            "evaluate in tiles (config.eval.tile) or a smaller --compile_lr_size"]
+    if config.train.get("compute_dtype", "float32") == "float32" \
+            and config.model.name not in precision.FLOAT32_ONLY_MODELS:
+        tips.append("use config.train.compute_dtype=bfloat16")
+    if what == "train_step":
+        tips.append("lower config.train.patch_size")
+    tips.append("or use a slice with more chips / a chip with more HBM")
+    return ", ".join(tips)
+
+
+def check_fits(name: str, rep: dict, target, config) -> None:
+    if target.chip is None:
+        return
+    need, have = rep["memory"]["total_bytes"], target.chip.hbm_bytes
+    if need > have:
+        raise DoesNotFitError(
+            f"{name} on {target.spec} needs {need / GIB:.1f} GiB of {have / GIB:.0f} GiB per "
+            f"chip ({target.chip.device_kind}): {advice(config, name)}")
+
+
+def _compile(name, build, target, config) -> tuple:
+    t0 = time.perf_counter()
+    try:
+        compiled = build()
+    except Exception as e:        # the TPU compiler's own out-of-memory verdict
+        if not errors.is_out_of_memory(e):
+            raise
+        hbm = f" of {target.chip.hbm_bytes / GIB:.0f} GiB" if target.chip else ""
+        raise DoesNotFitError(f"{name} on {target.spec} does not fit in the memory{hbm} per "
+                              f"chip (compiler: {str(e).splitlines()[0][:300]}): "
+                              f"{advice(config, name)}") from None
+    rep = {"compile_seconds": round(time.perf_counter() - t0, 2),
+           "memory": memory_report(compiled), "cost": cost_report(compiled)}
+    rep["roofline"] = roofline(rep["cost"], target.chip)
+    return compiled, rep
+
+
+def run_compile(config, target_spec: str, eval_lr_size: int = DEFAULT_EVAL_LR,
+                workdir: str | None = None, attention_chunks: int | None = None) -> dict:
+    """Compiles the train step and the eval forward of `config` for `target_spec`, writes
+    `workdir`/compile.json, logs the report; raises DoesNotFitError when either does not
+    fit in the chip's HBM (after writing the report)."""
+    target = accelerators.parse_target(target_spec)
+    devices = target_devices(target)
+    result = {"target": target_describe(target, devices), "config": _config_summary(config)}
+    platform = None if target.platform == "cpu" else "tpu"
+    chunks = attention_chunks
+    from jaxsr.attention import chunked
+    with target_platform.tracing_for(platform), chunked.default_chunks_per_step(chunks):
+        built = {}
+
+        def build_step():
+            built["step"], built["state"] = compile_train_step(config, devices)
+            return built["step"]
+
+        _, result["train_step"] = _compile("train_step", build_step, target, config)
+        params = built["state"]["params"]
+        _, result["eval_forward"] = _compile(
+            "eval_forward", lambda: compile_forward(config, devices, params, eval_lr_size),
+            target, config)
+    result["train_step"]["global_batch"] = int(config.train.batch_size)
+    result["eval_forward"]["lr_shape"] = list(eval_lr_shape(config, eval_lr_size,
+                                                            len(devices)))
+    if workdir:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "compile.json"), "w") as f:
+            json.dump(result, f, indent=2)
+    logging.info("\n%s", format_report(result))
+    for name in ("train_step", "eval_forward"):
+        check_fits(name, result[name], target, config)
+    return result
+
+
+def target_describe(target, devices) -> dict:
+    d = {"spec": target.spec, "platform": target.platform, "devices": len(devices),
+         "processes": len({dev.process_index for dev in devices}),
+         "device_kind": devices[0].device_kind}
+    if target.chip is not None:
+        d.update(topology=target.topology_name, chips=target.num_chips,
+                 hbm_bytes=target.chip.hbm_bytes, peak_bf16_flops=target.chip.bf16_flops,
+                 hbm_bytes_per_s=target.chip.hbm_bytes_per_s, source=target.chip.source)
+    return d
+
+
+def _config_summary(config) -> dict:
+    return {"model": config.model.name, "scale": int(config.scale),
+            "batch_size": int(config.train.batch_size),
+            "patch_size": int(config.train.patch_size),
+            "compute_dtype": config.train.get("compute_dtype", "float32")}
+
+
+def format_report(result: dict) -> str:
+    t = result["target"]
+    hbm = t.get("hbm_bytes")
+    lines = [f"target {t['spec']}: {t['devices']} x {t['device_kind']}, "
+             f"{t['processes']} host(s)" + (f", {hbm / GIB:.0f} GiB HBM per chip" if hbm else "")]
+    for name in ("train_step", "eval_forward"):
+        r = result[name]
+        m, c, roof = r["memory"], r["cost"], r["roofline"]
+        what = (f"global batch {r['global_batch']}" if name == "train_step"
+                else f"LR {'x'.join(map(str, r['lr_shape']))}")
+        lines.append(f"{name} ({what}), per device, compiled in {r['compile_seconds']} s:")
+        lines.append("  bytes: " + ", ".join(f"{k} {m[k + '_bytes'] / 2**20:.1f} MiB"
+                                              for k in MEMORY_FIELDS))
+        fit = f" of {hbm / GIB:.0f} GiB ({100 * m['total_bytes'] / hbm:.0f}%)" if hbm else ""
+        lines.append(f"  total {m['total_bytes'] / GIB:.2f} GiB{fit}")
+        lines.append(f"  {c['flops'] / 1e9:.1f} GFLOP, {c['bytes_accessed'] / 1e9:.2f} GB "
+                     "accessed per call")
+        if roof:
+            lines.append(f"  roofline >= {roof['seconds'] * 1e3:.2f} ms ({roof['bound']}-bound"
+                         f"; compute {roof['compute_seconds'] * 1e3:.2f} ms at "
+                         f"{roof['peak_bf16_flops'] / 1e12:.0f} TFLOP/s bf16, memory "
+                         f"{roof['memory_seconds'] * 1e3:.2f} ms at "
+                         f"{roof['hbm_bytes_per_s'] / 1e9:.0f} GB/s)")
+    return "\n".join(lines)
