@@ -53,6 +53,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.source = "folders"     # 'folders' | 'skimage' (embedded demo photos) | 'tfds'
                                   # | 'array_record' (sub-images by jaxsr.tools.prepare)
     c.data.train_dirs = ()        # HR image folders (PNG/JPEG)
+    c.data.train_lr_dirs = ()     # paired data: one LR folder per train_dirs entry ('{scale}'
+                                  # -> config.scale); LR is then read, not synthesised
     c.data.prepared_dirs = ()     # source 'array_record': folders written by jaxsr.tools.prepare
     c.data.num_shards = 0         # data shards (0: one per JAX process); the global batch is
                                   # the same for any process count that divides it

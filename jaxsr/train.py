@@ -270,14 +270,16 @@ class _IteratorSnapshot:
 
 
 def device_batches(data_iter, data_sharding, depth: int = 2):
-    """(global HR batch on the devices, iterator state after it), `depth` batches ahead of
-    the step that uses them, so the host-to-device copy overlaps the current step."""
+    """(global batch dict on the devices: 'hr', plus 'lr' for paired data; iterator state
+    after it), `depth` batches ahead of the step that uses them, so the host-to-device copy
+    overlaps the current step."""
     queue = collections.deque()
     while True:
         while len(queue) < depth:
-            local = next(data_iter)["hr"]
-            queue.append((jax.make_array_from_process_local_data(data_sharding, local),
-                          data_iter.get_state()))
+            local = next(data_iter)
+            queue.append((jax.tree.map(
+                lambda x: jax.make_array_from_process_local_data(data_sharding, x), local),
+                data_iter.get_state()))
         yield queue.popleft()
 
 

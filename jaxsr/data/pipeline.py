@@ -2,7 +2,9 @@
 
 Only decoding, cropping and dihedral augmentation run here (host, worker threads or
 processes); LR synthesis (bicubic, blur, noise) runs on the accelerator inside the jitted
-step (`jaxsr.data.degradations`). The iterator is deterministic for `config.seed` and its
+step (`jaxsr.data.degradations`). Paired data (`config.data.train_lr_dirs`, or a paired
+prepared folder; jaxsr.data.paired) gives {'hr', 'lr'} batches of aligned crops instead,
+and the step uses that LR. The iterator is deterministic for `config.seed` and its
 state goes into every checkpoint, so a resumed run sees exactly the batches it would have.
 
 `config.data.train_dirs` entries are folders or (folder, weight) pairs. The weight is
@@ -20,7 +22,7 @@ import grain
 import numpy as np
 from PIL import Image
 
-from jaxsr.data import images, sampling, shards
+from jaxsr.data import images, paired, sampling, shards
 
 # The embedded demo data: photos shipped inside scikit-image's wheel (no download).
 SKIMAGE_TRAIN = ("astronaut.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
@@ -76,9 +78,10 @@ def parse_train_dirs(train_dirs) -> list[tuple[str, float]]:
     return out
 
 
-def train_sets(config) -> list[tuple[list[str], float]]:
+def train_sets(config) -> list[tuple[list, float]]:
     """[(usable image paths, weight)] per training set: skimage is one set, folders one
-    per config.data.train_dirs entry."""
+    per config.data.train_dirs entry. With config.data.train_lr_dirs the items are
+    (HR path, LR path) pairs (jaxsr.data.paired)."""
     if config.data.source == "skimage":
         sets = [(skimage_paths("train"), 1.0, "config.data.source='skimage'")]
     elif config.data.source == "folders":
@@ -88,6 +91,9 @@ def train_sets(config) -> list[tuple[list[str], float]]:
         sets = [(images.list_image_dirs((folder,), f"config.data.train_dirs[{i}]"), weight,
                  f"config.data.train_dirs[{i}]={folder!r}")
                 for i, (folder, weight) in enumerate(dirs)]
+        lr_dirs = paired.lr_dirs(config, len(dirs))
+        if lr_dirs:
+            return _paired_sets(sets, lr_dirs, config)
     else:
         raise ValueError(f"config.data.source={config.data.source!r}: use 'folders', "
                          "'skimage', 'array_record' (jaxsr.data.prepared) or 'tfds' "
@@ -102,7 +108,19 @@ def train_sets(config) -> list[tuple[list[str], float]]:
     return out
 
 
-def train_paths(config) -> list[str]:
+def _paired_sets(sets, lr_dirs, config) -> list[tuple[list, float]]:
+    out = []
+    for i, ((paths, weight, where), lr_dir) in enumerate(zip(sets, lr_dirs)):
+        pairs = paired.match(paths, lr_dir, config.scale, f"config.data.train_lr_dirs[{i}]")
+        pairs = paired.usable_pairs(pairs, config.train.patch_size, config.scale)
+        if not pairs and len(sets) > 1:
+            raise ValueError(f"{where}: no usable training pairs (unreadable or smaller "
+                             f"than the {config.train.patch_size} px patch)")
+        out.append((pairs, weight))
+    return out
+
+
+def train_paths(config) -> list:
     paths = [p for set_paths, _ in train_sets(config) for p in set_paths]
     if not paths:
         raise ValueError(f"no usable training images (source {config.data.source!r}, "
@@ -119,8 +137,8 @@ class ImageReader:
     pickled, so each process keeps its own (a pickled lru_cache of a bound method fails).
     """
 
-    def __init__(self, source, cache: bool, sets=None):
-        self.source, self.cache = source, cache
+    def __init__(self, source, cache: bool, sets=None, scale: int = 1):
+        self.source, self.cache, self.scale = source, cache, scale
         # [(number of items, weight)] of the consecutive training sets in `source`.
         self.sets = list(sets) if sets else [(len(source), 1.0)]
         self._cached_read = None
@@ -133,7 +151,11 @@ class ImageReader:
 
     def _read_uncached(self, index: int) -> np.ndarray:
         item = self.source[index]
-        return images.read_rgb(item) if isinstance(item, str) else item
+        if isinstance(item, str):
+            return images.read_rgb(item)
+        if isinstance(item, tuple) and isinstance(item[0], str):   # (HR path, LR path)
+            return paired.read_pair(*item, self.scale)
+        return item
 
     def __call__(self, index: int) -> np.ndarray:
         if not self.cache:
@@ -145,23 +167,30 @@ class ImageReader:
 
 def dihedral(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """EDSR's augmentation: independent p=0.5 horizontal flip, vertical flip, transpose."""
-    hflip, vflip, transpose = rng.random(3) < 0.5
-    if hflip:
-        img = img[:, ::-1]
-    if vflip:
-        img = img[::-1]
-    if transpose:
-        img = img.transpose(1, 0, 2)
-    return np.ascontiguousarray(img)
+    return sampling.apply_dihedral(img, sampling.dihedral_flags(rng))
 
 
 class LoadCrop(grain.transforms.RandomMap):
-    """index -> {'hr': uint8 patch}, or None when the image turns out to be unreadable."""
+    """index -> {'hr': uint8 patch} (or {'hr', 'lr'} for a pair), or None when the image
+    turns out to be unreadable."""
 
     def __init__(self, reader: ImageReader, patch: int, crop_mode: str, center_size: int,
                  augment: bool):
         self.reader, self.patch, self.crop_mode = reader, patch, crop_mode
         self.center_size, self.augment = center_size, augment
+
+    def crop_pair(self, pair: paired.Pair, rng: np.random.Generator):
+        """EDSR get_patch + augment: aligned crops, one dihedral draw for both."""
+        scale = self.reader.scale
+        if min(paired.usable_extent(pair.hr.shape[:2], pair.lr.shape[:2], scale)) < \
+                self.patch // scale:
+            return None
+        hr, lr = sampling.crop_pair(pair.hr, pair.lr, rng, self.patch, scale, self.crop_mode,
+                                    self.center_size)
+        if self.augment:
+            flags = sampling.dihedral_flags(rng)
+            hr, lr = sampling.apply_dihedral(hr, flags), sampling.apply_dihedral(lr, flags)
+        return {"hr": np.ascontiguousarray(hr), "lr": np.ascontiguousarray(lr)}
 
     def random_map(self, index, rng: np.random.Generator):
         try:
@@ -169,6 +198,8 @@ class LoadCrop(grain.transforms.RandomMap):
         except images.ImageReadError as e:
             logging.warning("skipping training image: %s", e)
             return None
+        if isinstance(img, paired.Pair):
+            return self.crop_pair(img, rng)
         if min(img.shape[:2]) < self.patch:
             return None
         img = sampling.crop_hr(img, rng, self.patch, self.crop_mode, self.center_size)
@@ -188,11 +219,12 @@ def make_reader(config) -> "ImageReader":
         return ImageReader(tfds_source.source_from_config(config), cache=False)
     if config.data.source == "array_record":
         from jaxsr.data import prepared
-        return ImageReader(prepared.source_from_config(config), cache=False)
+        return ImageReader(prepared.source_from_config(config), cache=False,
+                           scale=config.scale)
     sets = train_sets(config)
     paths = train_paths(config)
     return ImageReader(paths, cache=len(paths) <= 64,
-                       sets=[(len(p), w) for p, w in sets if p])
+                       sets=[(len(p), w) for p, w in sets if p], scale=config.scale)
 
 
 def shard_index_stream(sets, seed: int, shard: int, num_shards: int) -> grain.MapDataset:
@@ -225,7 +257,8 @@ def shard_stream(reader, config, shard: int, num_shards: int) -> grain.MapDatase
 
 
 def train_dataset(config, process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
-    """The per-process training stream of {'hr': uint8 [B/process_count, P, P, 3]} batches:
+    """The per-process training stream of {'hr': uint8 [B/process_count, P, P, 3]} batches
+    (paired data: and 'lr': uint8 [B/process_count, P/s, P/s, 3]):
     this process's data shards, each local batch one per-shard batch of each (shards.py)."""
     batch = config.train.batch_size
     own, per_shard, num_shards = shards.plan(config.data.num_shards, batch, process_index,

@@ -12,6 +12,10 @@ Record layout (no pickle): a fixed little-endian header
 
 then the source image's name (UTF-8) and height * width * channels uint8 pixels, row-major.
 `top, left` is the sub-image's origin in its source image.
+
+Paired folders (`prepare --lr`, jaxsr.data.paired) hold version-2 records: after the name,
+`<II` LR height, LR width, then the HR pixels, then the aligned LR sub-image's pixels (LR
+origin = (top, left) / scale); the manifest says "scale" and "lr_record_shape".
 """
 import bisect
 import collections.abc
@@ -23,13 +27,15 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from jaxsr.data import images
+from jaxsr.data import images, paired
 
 MANIFEST = "manifest.json"
 FORMAT = "jaxsr.prepared/1"
 _MAGIC = b"JXSR"
 _VERSION = 1
+_VERSION_PAIRED = 2
 _HEADER = struct.Struct("<4sHIIHIIH")
+_LR_HEADER = struct.Struct("<II")
 RECORD_LAYOUT = ("little-endian header <4sHIIHIIH: magic b'JXSR', version, height, width, "
                  "channels, top, left, name length; then the name (UTF-8), then "
                  "height*width*channels uint8 pixels, row-major")
@@ -44,14 +50,23 @@ class SubImage(NamedTuple):
     name: str                 # source image name
     top: int                  # origin in the source image
     left: int
+    lr: np.ndarray | None = None   # paired records: the aligned LR sub-image
 
 
-def encode_record(pixels: np.ndarray, name: str, top: int, left: int) -> bytes:
+def encode_record(pixels: np.ndarray, name: str, top: int, left: int,
+                  lr: np.ndarray | None = None) -> bytes:
     pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
     h, w, c = pixels.shape
     name_bytes = name.encode("utf-8")
-    header = _HEADER.pack(_MAGIC, _VERSION, h, w, c, top, left, len(name_bytes))
-    return header + name_bytes + pixels.tobytes()
+    version = _VERSION if lr is None else _VERSION_PAIRED
+    header = _HEADER.pack(_MAGIC, version, h, w, c, top, left, len(name_bytes))
+    if lr is None:
+        return header + name_bytes + pixels.tobytes()
+    lr = np.ascontiguousarray(lr, dtype=np.uint8)
+    if lr.ndim != 3 or lr.shape[2] != c:
+        raise ValueError(f"LR sub-image of {name} has shape {lr.shape}, HR {pixels.shape}")
+    return (header + name_bytes + _LR_HEADER.pack(*lr.shape[:2]) + pixels.tobytes()
+            + lr.tobytes())
 
 
 def decode_record(data: bytes, where: str) -> SubImage:
@@ -59,16 +74,25 @@ def decode_record(data: bytes, where: str) -> SubImage:
     if len(data) < _HEADER.size:
         raise images.ImageReadError(f"{where}: record of {len(data)} bytes is too short")
     magic, version, h, w, c, top, left, name_len = _HEADER.unpack_from(data)
-    if magic != _MAGIC or version != _VERSION:
+    if magic != _MAGIC or version not in (_VERSION, _VERSION_PAIRED):
         raise images.ImageReadError(f"{where}: not a jaxsr record (magic {magic!r}, "
                                     f"version {version})")
     start = _HEADER.size + name_len
-    if len(data) != start + h * w * c:
-        raise images.ImageReadError(f"{where}: record has {len(data)} bytes, the header "
-                                    f"says {start + h * w * c} ({h}x{w}x{c})")
     name = bytes(data[_HEADER.size:start]).decode("utf-8")
+    lh = lw = 0
+    if version == _VERSION_PAIRED and len(data) >= start + _LR_HEADER.size:
+        lh, lw = _LR_HEADER.unpack_from(data, start)
+        start += _LR_HEADER.size
+    if len(data) != start + (h * w + lh * lw) * c:
+        raise images.ImageReadError(f"{where}: record has {len(data)} bytes, the header "
+                                    f"says {start + (h * w + lh * lw) * c} ({h}x{w}x{c}"
+                                    + (f" + LR {lh}x{lw}x{c})" if lh else ")"))
     pixels = np.frombuffer(data, np.uint8, count=h * w * c, offset=start).reshape(h, w, c)
-    return SubImage(pixels, name, top, left)
+    lr = None
+    if version == _VERSION_PAIRED:
+        lr = np.frombuffer(data, np.uint8, count=lh * lw * c,
+                           offset=start + h * w * c).reshape(lh, lw, c)
+    return SubImage(pixels, name, top, left, lr)
 
 
 def read_manifest(folder: str) -> dict:
@@ -180,16 +204,33 @@ class PreparedSource(collections.abc.Sequence):
         first = self._shard_ends[shard - 1] if shard else 0
         return f"{self.paths[shard]} record {index - first}"
 
+    def scale(self) -> int:
+        """The LR scale of paired folders (their records carry LR), 0 for HR-only ones;
+        folders of both kinds, or of different scales, cannot be mixed."""
+        scales = {int(m.get("scale", 0) or 0) for m in self.manifests}
+        if len(scales) > 1:
+            raise PreparedDataError(f"prepared folders {self.folders} mix HR-only and "
+                                    f"paired data or scales ({sorted(scales)}): a batch "
+                                    "either carries LR or not")
+        return scales.pop()
+
     def __getitem__(self, index):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
-        return self.record(index).pixels
+        rec = self.record(index)
+        if rec.lr is None:
+            return rec.pixels
+        return paired.Pair(rec.pixels, rec.lr)
 
 
 def source_from_config(config) -> PreparedSource:
     """`config.data.prepared_dirs` -> PreparedSource, checked against the patch size."""
     source = PreparedSource(tuple(config.data.prepared_dirs))
     patch = config.train.patch_size
+    scale = source.scale()
+    if scale and scale != config.scale:
+        raise PreparedDataError(f"prepared folders {source.folders} hold x{scale} LR/HR "
+                                f"pairs, but config.scale={config.scale}")
     if source.min_side() < patch:
         raise PreparedDataError(
             f"config.train.patch_size={patch} is larger than the {source.min_side()} px "

@@ -6,6 +6,9 @@
   init_state(rng, hr_batch_uint8) -> state   # dict: 'step', 'params' (SR model), 'opt_state', ...
   train_step(state, hr_batch_uint8, rng) -> (state, metrics)   # pure; jitted by train.py
 
+where a batch is the HR uint8 array or the pipeline's dict ({'hr'}, plus 'lr' for paired
+data; `split_batch`).
+
 Shared helpers for the optimizer, the learning-rate schedule and the non-finite guard
 live here so that every objective builds them the same way.
 """
@@ -159,6 +162,29 @@ def all_finite(*trees) -> jnp.ndarray:
 def keep_if(ok, new_tree, old_tree):
     """`new_tree` where ok else `old_tree`: a non-finite step leaves the state untouched."""
     return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_tree, old_tree)
+
+
+def split_batch(batch):
+    """A training batch -> (HR uint8 [B, H, W, 3], LR uint8 [B, H/s, W/s, 3] or None).
+
+    The loop passes the pipeline's dict: {'hr'}, or {'hr', 'lr'} for paired data
+    (jaxsr.data.paired), whose LR replaces the on-device synthesis; scripts and tests
+    may pass the HR array alone."""
+    if isinstance(batch, dict):
+        return batch["hr"], batch.get("lr")
+    return batch, None
+
+
+def synthesised_only(batch, name: str):
+    """The HR of a batch for objectives that need the synthesis's own parameters
+    (kernels, noise levels); paired data has none, so it is refused."""
+    hr, lr = split_batch(batch)
+    if lr is not None:
+        raise ValueError(f"config.train.objective={name!r} learns from the kernels and noise "
+                         "levels of the on-device synthesis, which paired LR files do not "
+                         "have: remove config.data.train_lr_dirs (or use unpaired prepared "
+                         "data)")
+    return hr
 
 
 def hr_to_float(hr_uint8) -> jnp.ndarray:

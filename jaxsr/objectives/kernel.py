@@ -53,6 +53,7 @@ class KernelObjective:
         return dict(params, **{self.subtree: trainable}) if self.subtree else trainable
 
     def init_state(self, rng, hr_uint8):
+        hr_uint8, _ = objectives.split_batch(hr_uint8)
         s = self.config.scale
         lr = jnp.zeros((1, hr_uint8.shape[1] // s, hr_uint8.shape[2] // s, 3), jnp.float32)
         params = self.model.init({"params": rng}, lr, train=False)["params"]
@@ -62,7 +63,7 @@ class KernelObjective:
     # -- one step ----------------------------------------------------------------------------
     def synthesize(self, hr_uint8, rng):
         """(LR float [B, h, w, 3] in [0, 1], true kernels [B, l, l])."""
-        hr = objectives.hr_to_float(hr_uint8)
+        hr = objectives.hr_to_float(objectives.synthesised_only(hr_uint8, "kernel"))
         lr_hw = (hr.shape[1] // self.spec.scale, hr.shape[2] // self.spec.scale)
         p = degradations.sample_params(rng, self.spec, hr.shape[0], lr_hw)
         lr = degradations.apply_degradation(hr * 255.0, p, self.spec) / 255.0

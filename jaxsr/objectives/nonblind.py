@@ -22,7 +22,7 @@ class NonBlindObjective(SRObjective):
                              "use e.g. --config.degradation.name=kenet or kair")
 
     def degrade(self, hr_uint8, rng):
-        hr = objectives.hr_to_float(hr_uint8)
+        hr = objectives.hr_to_float(objectives.synthesised_only(hr_uint8, "nonblind"))
         lr_hw = (hr.shape[1] // self.spec.scale, hr.shape[2] // self.spec.scale)
         p = degradations.sample_params(rng, self.spec, hr.shape[0], lr_hw)
         lr = degradations.apply_degradation(hr * 255.0, p, self.spec) / 255.0

@@ -1,4 +1,5 @@
-"""The standard SR objective: LR synthesised on device from the HR crop, pixel loss, Adam.
+"""The standard SR objective: LR synthesised on device from the HR crop (or the batch's
+LR crop for paired data), pixel loss, Adam.
 
 The model runs in `config.train.compute_dtype` (`jaxsr.precision`: float32 parameters and
 optimizer state, bf16 convolutions/matmuls when asked); the LR synthesis and the loss
@@ -20,6 +21,7 @@ class SRObjective:
         self.tx, self.schedule = objectives.adam(config.train)
 
     def init_params(self, rng, hr_uint8):
+        hr_uint8, _ = objectives.split_batch(hr_uint8)
         lr_shape = (1, hr_uint8.shape[1] // self.config.scale,
                     hr_uint8.shape[2] // self.config.scale, 3)
         params_rng, lsh_rng = jax.random.split(rng)
@@ -32,8 +34,13 @@ class SRObjective:
         return {"step": jnp.zeros((), jnp.int32), "params": params,
                 "opt_state": self.tx.init(params)}
 
-    def synthesize(self, hr_uint8, rng):
+    def synthesize(self, batch, rng):
+        """(HR, LR) float in [0, 1]: the batch's LR when it has one (paired data), else LR
+        synthesised from the HR with config.degradation."""
+        hr_uint8, lr_uint8 = objectives.split_batch(batch)
         hr = objectives.hr_to_float(hr_uint8)
+        if lr_uint8 is not None:
+            return hr, objectives.hr_to_float(lr_uint8)
         return hr, degradations.synthesize_lr(hr, rng, self.config)
 
     def degrade(self, hr_uint8, rng):

@@ -5,6 +5,17 @@
 
 then train with `--config.data.source=array_record --config.data.prepared_dirs="('data/DIV2K_sub',)"`.
 
+Paired data (LR files beside the HR, jaxsr.data.paired):
+
+    python -m jaxsr.tools.prepare --hr data/DIV2K/DIV2K_train_HR \
+        --lr data/DIV2K/DIV2K_train_LR_bicubic/X2 --scale 2 --out data/DIV2K_sub_x2
+
+pairs each HR file with its LR file by name (`0001.png` <-> `0001x2.png` or `0001.png`, one
+--lr folder per --hr folder) and stores aligned sub-images in each record: the origins are
+laid on the LR grid (crop / scale, step / scale, thresh_size / scale there), and the HR
+sub-image starts at scale x the LR origin, as BasicSR's extract_subimages does for its
+separate HR and LR folders. --crop and --step must then be multiples of --scale.
+
 The recipe is BasicSR's extract_subimages: along each axis of an image of side n the
 origins are 0, step, 2 step, ... up to n - crop, plus n - crop itself when the pixels left
 over after the last regular crop are more than thresh_size. Images are decoded with
@@ -31,7 +42,7 @@ import numpy as np
 from PIL import Image
 
 import jaxsr
-from jaxsr.data import images, prepared
+from jaxsr.data import images, paired, prepared
 
 PLAN = "plan.json"
 SHARD_SUFFIX = ".array_record"
@@ -71,27 +82,45 @@ def image_name(path: str) -> str:
     return os.path.splitext(os.path.basename(path))[0]
 
 
-def survey(paths, crop: int, step: int, thresh_size: int):
-    """Sizes from the file headers (no decoding) -> (usable images, skipped)."""
+def survey(paths, crop: int, step: int, thresh_size: int, lr_paths=None, scale: int = 0):
+    """Sizes from the file headers (no decoding) -> (usable images, skipped). With
+    `lr_paths` (one per path) and `scale`, origins are counted on the LR grid and a
+    wrongly sized pair is an error (paired.PairError naming both files)."""
     usable, skipped, seen = [], [], {}
-    for p in paths:
+    grid = (crop // scale, step // scale, thresh_size // scale) if lr_paths else \
+        (crop, step, thresh_size)
+    for k, p in enumerate(paths):
         name = image_name(p)
         if name in seen:
             raise PrepareError(f"two sources are named {name!r}: {seen[name]} and {p}; "
                                "sub-images are identified by name, rename one")
         seen[name] = p
         try:
-            with Image.open(p) as im:
-                w, h = im.size
+            h, w = image_size(p)
+            if lr_paths:
+                lr_hw = image_size(lr_paths[k])
         except Exception as e:                  # noqa: BLE001 (any unreadable file)
             skipped.append({"path": p, "reason": f"unreadable: {e}"})
             continue
-        if h < crop or w < crop:
-            skipped.append({"path": p, "reason": f"{w}x{h} is smaller than the {crop} px crop"})
+        item = {"name": name, "path": p, "height": h, "width": w}
+        if lr_paths:
+            paired.check_sizes((h, w), lr_hw, scale, p, lr_paths[k])
+            item["lr_path"] = lr_paths[k]
+            h, w = paired.usable_extent((h, w), lr_hw, scale)
+        if h < grid[0] or w < grid[0]:
+            skipped.append({"path": p, "reason": f"{w}x{h} is smaller than the {grid[0]} px "
+                            + ("LR crop" if lr_paths else "crop")})
             continue
-        count = len(subimage_origins(h, w, crop, step, thresh_size))
-        usable.append({"name": name, "path": p, "height": h, "width": w, "records": count})
+        item["records"] = len(subimage_origins(h, w, *grid))
+        usable.append(item)
     return usable, skipped
+
+
+def image_size(path: str):
+    """(height, width) from the file header."""
+    with Image.open(path) as im:
+        w, h = im.size
+    return h, w
 
 
 def group_into_shards(usable, records_per_shard: int) -> list[list[dict]]:
@@ -109,16 +138,36 @@ def group_into_shards(usable, records_per_shard: int) -> list[list[dict]]:
     return shards
 
 
-def make_plan(hr_dirs, crop, step, thresh_size, records_per_shard, compression) -> dict:
-    paths = images.list_image_dirs(hr_dirs, "--hr")
-    usable, skipped = survey(paths, crop, step, thresh_size)
+def list_sources(hr_dirs, lr_dirs, scale: int):
+    """(HR paths, their LR paths or None): one --lr folder per --hr folder, names matched
+    as in training (jaxsr.data.paired.match)."""
+    if not lr_dirs:
+        return images.list_image_dirs(hr_dirs, "--hr"), None
+    if len(lr_dirs) != len(hr_dirs):
+        raise PrepareError(f"{len(lr_dirs)} --lr folder(s) for {len(hr_dirs)} --hr folder(s): "
+                           "give one LR folder per HR folder, in the same order")
+    pairs = [pair for h, l in zip(hr_dirs, lr_dirs)
+             for pair in paired.match(images.list_image_dirs((h,), "--hr"), l, scale,
+                                      f"--lr {l}")]
+    return [h for h, _ in pairs], [l for _, l in pairs]
+
+
+def make_plan(hr_dirs, crop, step, thresh_size, records_per_shard, compression,
+              lr_dirs=(), scale: int = 0) -> dict:
+    paths, lr_paths = list_sources(hr_dirs, lr_dirs, scale)
+    usable, skipped = survey(paths, crop, step, thresh_size, lr_paths, scale)
     shards = group_into_shards(usable, records_per_shard)
+    sources = {"dirs": [os.path.abspath(d) for d in hr_dirs], "files": len(paths),
+               "sha256": listing_checksum(paths + (lr_paths or []))}
+    settings = {"crop": crop, "step": step, "thresh_size": thresh_size,
+                "records_per_shard": records_per_shard, "compression": compression}
+    if lr_paths:                                  # absent for HR-only data, as before
+        sources["lr_dirs"] = [os.path.abspath(d) for d in lr_dirs]
+        settings["scale"] = scale
     return {
         "format": prepared.FORMAT,
-        "sources": {"dirs": [os.path.abspath(d) for d in hr_dirs], "files": len(paths),
-                    "sha256": listing_checksum(paths)},
-        "settings": {"crop": crop, "step": step, "thresh_size": thresh_size,
-                     "records_per_shard": records_per_shard, "compression": compression},
+        "sources": sources,
+        "settings": settings,
         "skipped_unopenable": skipped,
         "shards": [{"file": f"shard-{i:05d}{SHARD_SUFFIX}", "images": group}
                    for i, group in enumerate(shards)],
@@ -143,9 +192,27 @@ def read_json(path: str):
         raise PrepareError(f"cannot read {path}: {e}; delete it or use --overwrite") from None
 
 
+def cut_pair(path, lr_path, name, crop, step, thresh_size, scale):
+    """Aligned records of a pair: origins on the LR grid, HR at scale x those."""
+    try:
+        hr, lr = paired.read_pair(path, lr_path, scale)
+    except images.ImageReadError as e:
+        return None, f"unreadable: {e}"
+    h, w = paired.usable_extent(hr.shape[:2], lr.shape[:2], scale)
+    c = crop // scale
+    if h < c or w < c:
+        return None, f"{w}x{h} is smaller than the {c} px LR crop"
+    return [prepared.encode_record(hr[scale * t:scale * t + crop, scale * l:scale * l + crop],
+                                   name, scale * t, scale * l, lr[t:t + c, l:l + c])
+            for t, l in subimage_origins(h, w, c, step // scale, thresh_size // scale)], None
+
+
 def cut_image(task):
-    """Worker: (path, name, crop, step, thresh_size) -> (records, None) or (None, reason)."""
-    path, name, crop, step, thresh_size = task
+    """Worker: (path, name, crop, step, thresh_size, lr_path, scale) -> (records, None) or
+    (None, reason); lr_path None: HR only."""
+    path, name, crop, step, thresh_size, lr_path, scale = task
+    if lr_path:
+        return cut_pair(path, lr_path, name, crop, step, thresh_size, scale)
     try:
         img = images.read_rgb(path)
     except images.ImageReadError as e:
@@ -223,10 +290,15 @@ def build_manifest(plan: dict, sidecars) -> dict:
             first += item["records"]
         skipped += info["skipped"]
         shards.append({"file": info["file"], "records": info["records"], "bytes": info["bytes"]})
-    return {"format": prepared.FORMAT, "jaxsr_version": jaxsr.__version__,
-            "sources": plan["sources"], "settings": plan["settings"],
-            "record_shape": [crop, crop, 3], "record_layout": prepared.RECORD_LAYOUT,
-            "total_records": first, "images": listed, "skipped": skipped, "shards": shards}
+    manifest = {"format": prepared.FORMAT, "jaxsr_version": jaxsr.__version__,
+                "sources": plan["sources"], "settings": plan["settings"],
+                "record_shape": [crop, crop, 3], "record_layout": prepared.RECORD_LAYOUT,
+                "total_records": first, "images": listed, "skipped": skipped,
+                "shards": shards}
+    scale = plan["settings"].get("scale")
+    if scale:
+        manifest.update(scale=scale, lr_record_shape=[crop // scale, crop // scale, 3])
+    return manifest
 
 
 def own_files(out: str) -> list[str]:
@@ -271,14 +343,20 @@ def check_existing(out: str, plan: dict, overwrite: bool):
 
 def prepare(hr_dirs, out: str, crop: int = 480, step: int = 240, thresh_size: int = 0,
             records_per_shard: int = 1000, workers: int = 1, compression: str = "none",
-            overwrite: bool = False, progress: bool = True) -> dict:
-    """Writes (or resumes, or confirms) the prepared folder `out`; returns its manifest."""
+            overwrite: bool = False, progress: bool = True, lr_dirs=(),
+            scale: int = 0) -> dict:
+    """Writes (or resumes, or confirms) the prepared folder `out`; returns its manifest.
+    `lr_dirs` (one per HR folder) and `scale`: paired records (module docstring)."""
     if min(crop, step, records_per_shard, workers) < 1 or thresh_size < 0:
         raise PrepareError("--crop, --step, --records_per_shard and --workers must be >= 1 "
                            "and --thresh_size >= 0")
+    if lr_dirs and (scale < 1 or crop % scale or step % scale):
+        raise PrepareError(f"--lr needs --scale >= 1 dividing --crop and --step (got scale "
+                           f"{scale}, crop {crop}, step {step})")
     if compression not in WRITER_OPTIONS:
         raise PrepareError(f"--compression={compression!r}: use one of {sorted(WRITER_OPTIONS)}")
-    plan = make_plan(hr_dirs, crop, step, thresh_size, records_per_shard, compression)
+    plan = make_plan(hr_dirs, crop, step, thresh_size, records_per_shard, compression,
+                     lr_dirs, scale if lr_dirs else 0)
     if not plan["shards"]:
         raise PrepareError(f"no usable images in {list(hr_dirs)}: " + "; ".join(
             f"{s['path']}: {s['reason']}" for s in plan["skipped_unopenable"]))
@@ -318,7 +396,8 @@ def write_pending(out: str, plan: dict, workers: int, progress: bool) -> None:
         print(f"resuming {out}: {len(plan['shards']) - len(pending)} of "
               f"{len(plan['shards'])} shards are complete")
     settings = plan["settings"]
-    tasks = [(i["path"], i["name"], settings["crop"], settings["step"], settings["thresh_size"])
+    tasks = [(i["path"], i["name"], settings["crop"], settings["step"], settings["thresh_size"],
+              i.get("lr_path"), settings.get("scale", 0))
              for s in pending for i in s["images"]]
     results = ordered_results(tasks, workers)
     with tqdm(total=done_images + len(tasks), initial=done_images, unit="img",
@@ -339,6 +418,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m jaxsr.tools.prepare", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--hr", nargs="+", required=True, help="HR image folders")
+    ap.add_argument("--lr", nargs="+", default=(),
+                    help="LR folders, one per --hr folder: store aligned LR+HR sub-images")
+    ap.add_argument("--scale", type=int, default=0, help="the LR scale of --lr (2, 3, 4)")
     ap.add_argument("--out", required=True, help="folder for the shards and manifest.json")
     ap.add_argument("--crop", type=int, default=480, help="sub-image side (BasicSR: 480)")
     ap.add_argument("--step", type=int, default=240, help="stride between sub-images")
@@ -356,7 +438,8 @@ def main(argv=None) -> int:
     try:
         manifest = prepare(args.hr, args.out, args.crop, args.step, args.thresh_size,
                            args.records_per_shard, args.workers, args.compression,
-                           args.overwrite, progress=not args.no_progress)
+                           args.overwrite, progress=not args.no_progress,
+                           lr_dirs=args.lr, scale=args.scale)
     except (PrepareError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
