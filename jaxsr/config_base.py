@@ -17,11 +17,17 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "edsr"
+    c.model.init = "flax"         # 'flax': the modules' own initializers; 'torch': PyTorch's
+                                  # defaults + the official code's explicit inits (models/init.py)
 
     c.train = ml_collections.ConfigDict()
     c.train.objective = "sr"      # jaxsr.objectives.<name>
     c.train.num_steps = 1000
-    c.train.batch_size = 16
+    c.train.batch_size = 16       # global batch per optimizer step (all devices, all micro-batches)
+    c.train.per_device_batch_size = 0  # >0: batch_size = this x devices x grad_accum_steps
+    c.train.grad_accum_steps = 1  # micro-batches per optimizer step, gradients averaged (scan)
+    c.train.lr_scaling = "none"   # 'none' | 'linear' | 'sqrt': lr x (batch_size / lr_reference_batch)
+    c.train.lr_reference_batch = 16   # the batch the config's lr belongs to (NLSN/DLSN/EDSR: 16)
     c.train.patch_size = 96       # HR side of the training crop
     c.train.lr = 1e-4
     c.train.b1 = 0.9

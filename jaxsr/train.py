@@ -58,12 +58,48 @@ def shardings(devices=None):
     return NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
 
 
-def check_batch(config, n: int | None = None) -> None:
-    """`n`: the number of devices the batch is split over (default: all of them)."""
+def resolve_batch(config, n: int | None = None) -> int:
+    """The global batch per optimizer step. With config.train.per_device_batch_size = p > 0
+    it is p x devices x grad_accum_steps and is written into config.train.batch_size (what
+    the data pipeline, the lr scaling and the saved config read); else batch_size."""
     n = jax.device_count() if n is None else n
-    if config.train.batch_size % n:
-        raise ValueError(f"config.train.batch_size={config.train.batch_size} must be a multiple "
-                         f"of the {n} devices (data-parallel split)")
+    tc = config.train
+    per_device = int(tc.get("per_device_batch_size", 0) or 0)
+    if per_device < 0:
+        raise ValueError(f"config.train.per_device_batch_size={per_device}: must be >= 0 "
+                         "(0: use config.train.batch_size)")
+    if per_device:
+        tc.batch_size = per_device * n * objectives.grad_accum_steps(tc)
+        logging.info("global batch %d = per_device_batch_size %d x %d devices x "
+                     "grad_accum_steps %d", tc.batch_size, per_device, n,
+                     objectives.grad_accum_steps(tc))
+    return tc.batch_size
+
+
+def batch_split_error(batch: int, n: int, k: int) -> ValueError:
+    """What to change when `batch` cannot be split into k micro-batches over n devices."""
+    good_k = [d for d in range(1, batch + 1) if batch % d == 0 and (batch // d) % n == 0]
+    fixes = [f"config.train.grad_accum_steps={' or '.join(map(str, good_k[:3]))} "
+             f"(keeps the batch of {batch})"] if good_k else [
+        f"a batch of {batch} cannot give every one of {n} devices a sample: run on fewer "
+        "devices (e.g. JAX_PLATFORMS / CUDA_VISIBLE_DEVICES) or raise the batch"]
+    per_device = max(1, batch // (n * k))
+    fixes.append(f"config.train.per_device_batch_size={per_device} (global batch "
+                 f"{per_device * n * k}; set config.train.lr_scaling to adapt the lr)")
+    fixes.append(f"config.train.batch_size={-(-batch // (n * k)) * n * k}")
+    return ValueError(
+        f"config.train.batch_size={batch} cannot be split into grad_accum_steps={k} "
+        f"micro-batches over {n} devices: it must be a multiple of {n} x {k} = {n * k}. "
+        "Use one of: " + "; ".join(fixes))
+
+
+def check_batch(config, n: int | None = None) -> None:
+    """Resolves the global batch (`resolve_batch`) and checks that it splits into
+    grad_accum_steps micro-batches over `n` devices (default: all of them)."""
+    n = jax.device_count() if n is None else n
+    batch, k = resolve_batch(config, n), objectives.grad_accum_steps(config.train)
+    if batch % (n * k):
+        raise batch_split_error(batch, n, k)
     if config.train.patch_size % config.scale:
         raise ValueError(f"config.train.patch_size={config.train.patch_size} (HR side) must be a "
                          f"multiple of config.scale={config.scale}")
@@ -247,6 +283,7 @@ def make_step_fn(objective, config, repl, data_sharding):
 def step_setup(config):
     """(objective, initial state, jitted step, replicated sharding, data sharding): what the
     loop runs, for scripts and tests that drive the steps by hand."""
+    check_batch(config)
     repl, data_sharding = shardings()
     objective = objectives.make(config, build_model(config))
     state = init_state(objective, config, repl)

@@ -98,6 +98,25 @@ def _check_lengths(train_cfg, name: str, warmup: int, min_lr: float, lr: float) 
         raise _bad("num_steps", num_steps, "schedule 'cosine' decays over num_steps > 0")
 
 
+LR_SCALING = ("none", "linear", "sqrt")
+
+
+def lr_batch_factor(train_cfg) -> float:
+    """The factor `config.train.lr_scaling` applies to lr (and min_lr) for the global batch
+    B = train.batch_size against train.lr_reference_batch B0: 1 ('none'), B / B0
+    ('linear', Goyal et al. 2017), sqrt(B / B0) ('sqrt', the usual rule for Adam)."""
+    rule = train_cfg.get("lr_scaling", "none") or "none"
+    if rule not in LR_SCALING:
+        raise _bad("lr_scaling", rule, f"unknown rule (one of {', '.join(LR_SCALING)})")
+    if rule == "none":
+        return 1.0
+    ref = int(train_cfg.get("lr_reference_batch", 16) or 0)
+    if ref <= 0:
+        raise _bad("lr_reference_batch", ref, "must be a positive batch size")
+    ratio = int(train_cfg.batch_size) / ref
+    return ratio if rule == "linear" else ratio ** 0.5
+
+
 def lr_schedule(train_cfg, lr: float | None = None) -> optax.Schedule:
     """The lr of the update at (0-based) step s; docs/training.md has the formulas.
 
@@ -107,11 +126,14 @@ def lr_schedule(train_cfg, lr: float | None = None) -> optax.Schedule:
     restart_weights, then min_lr). `warmup_steps` W > 0 ramps linearly from 0 (step 0) to
     lr (step W) in front: 'cosine' then decays over the remaining num_steps - W steps, the
     other schedules keep their absolute step numbers (as BasicSR's warmup_iter).
+    Steps are optimizer steps (with gradient accumulation, one per accumulated batch); lr
+    and min_lr are multiplied by `lr_batch_factor` (train.lr_scaling).
     """
-    lr = float(train_cfg.lr if lr is None else lr)
+    factor = lr_batch_factor(train_cfg)
+    lr = float(train_cfg.lr if lr is None else lr) * factor
     name = train_cfg.get("schedule", "step") or "step"
     warmup = int(train_cfg.get("warmup_steps", 0) or 0)
-    min_lr = float(train_cfg.get("min_lr", 0.0) or 0.0)
+    min_lr = float(train_cfg.get("min_lr", 0.0) or 0.0) * factor
     if name not in SCHEDULES:
         raise _bad("schedule", name, f"unknown schedule (one of {', '.join(SCHEDULES)})")
     _check_lengths(train_cfg, name, warmup, min_lr, lr)
@@ -152,6 +174,43 @@ def adam(train_cfg, lr: float | None = None):
     if clip > 0:
         tx = optax.chain(optax.clip_by_global_norm(clip), tx)
     return tx, schedule
+
+
+def grad_accum_steps(train_cfg) -> int:
+    """config.train.grad_accum_steps (>= 1): micro-batches per optimizer step."""
+    k = int(train_cfg.get("grad_accum_steps", 1) or 1)
+    if k < 1:
+        raise _bad("grad_accum_steps", k, "must be >= 1 (1: no accumulation)")
+    return k
+
+
+def split_micro(x, steps: int):
+    """[B, ...] -> [steps, B / steps, ...], micro-batch i = rows i, i + steps, i + 2 steps...
+
+    Interleaved rather than contiguous: the batch arrives split over the devices in
+    contiguous blocks, so every micro-batch takes rows from every device and the
+    data-parallel split stays even (no resharding) when B / devices is a multiple of steps.
+    """
+    return jnp.swapaxes(x.reshape(x.shape[0] // steps, steps, *x.shape[1:]), 0, 1)
+
+
+def accumulate(loss_and_grads, batch, steps: int):
+    """The mean of `loss_and_grads(micro_batch)` (a pytree: loss, grads, aux) over `steps`
+    equal micro-batches of `batch` (a pytree of [B, ...] arrays), by a lax.scan that keeps
+    one micro-batch's activations alive at a time. For a loss that is a mean over the
+    batch this is the big-batch value up to float32 rounding (summation order)."""
+    if steps == 1:
+        return loss_and_grads(batch)
+    micro = jax.tree.map(lambda x: split_micro(x, steps), batch)
+    first = jax.tree.map(lambda x: x[0], micro)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                         jax.eval_shape(loss_and_grads, first))
+
+    def body(total, mb):
+        return jax.tree.map(jnp.add, total, loss_and_grads(mb)), None
+
+    total, _ = jax.lax.scan(body, zeros, micro)
+    return jax.tree.map(lambda t: t / steps, total)
 
 
 def all_finite(*trees) -> jnp.ndarray:

@@ -135,6 +135,12 @@ class GANObjective(SRObjective):
 
 
 def make(config, model):
+    if objectives.grad_accum_steps(config.train) > 1:
+        # D's spectral-norm statistics and its update depend on the whole batch of SR
+        # outputs after G's update: splitting that needs its own design.
+        raise ValueError(f"config.train.grad_accum_steps={config.train.grad_accum_steps}: "
+                         "objective 'gan' does not accumulate gradients; use "
+                         "grad_accum_steps=1 with a batch that fits (or per_device_batch_size)")
     for section in ("loss", "discriminator"):
         if section not in config:
             raise ValueError(f"config.train.objective='gan' needs config.{section} "

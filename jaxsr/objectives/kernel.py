@@ -82,13 +82,20 @@ class KernelObjective:
 
     def train_step(self, state, hr_uint8, rng):
         lr, k_true = self.synthesize(hr_uint8, rng)
-
-        def loss_fn(trainable):
-            k_est = self.estimate(self.merge(state["params"], trainable), lr)
-            return self.kernel_loss(k_est, k_true), k_est
-
         old = self.trainable(state["params"])
-        (loss, k_est), grads = jax.value_and_grad(loss_fn, has_aux=True)(old)
+
+        def loss_and_grads(micro):      # one micro-batch (config.train.grad_accum_steps)
+            lr_m, k_m = micro
+
+            def loss_fn(trainable):
+                k_est = self.estimate(self.merge(state["params"], trainable), lr_m)
+                return self.kernel_loss(k_est, k_m), k_est
+
+            (loss, k_est), grads = jax.value_and_grad(loss_fn, has_aux=True)(old)
+            return loss, grads, jnp.mean(kenet_lib.kernel_psnr(k_est, k_m))
+
+        loss, grads, kernel_psnr = objectives.accumulate(
+            loss_and_grads, (lr, k_true), objectives.grad_accum_steps(self.config.train))
         updates, opt_state = self.tx.update(grads, state["opt_state"], old)
         new_trainable = optax.apply_updates(old, updates)
         ok = objectives.all_finite(loss, grads)
@@ -96,7 +103,7 @@ class KernelObjective:
                                   {"t": old, "o": state["opt_state"]})
         new = {"step": state["step"] + 1, "params": self.merge(state["params"], kept["t"]),
                "opt_state": kept["o"]}
-        metrics = {"loss": loss, "kernel_psnr": jnp.mean(kenet_lib.kernel_psnr(k_est, k_true)),
+        metrics = {"loss": loss, "kernel_psnr": kernel_psnr,
                    "grad_norm": optax.tree.norm(grads), "finite": ok,
                    "lr": self.schedule(state["step"])}
         return new, metrics

@@ -19,6 +19,7 @@ class SRObjective:
         self.model = model
         self.compute_dtype = precision.compute_dtype(config)
         self.tx, self.schedule = objectives.adam(config.train)
+        self.accum_steps = objectives.grad_accum_steps(config.train)
 
     def init_params(self, rng, hr_uint8):
         hr_uint8, _ = objectives.split_batch(hr_uint8)
@@ -47,16 +48,27 @@ class SRObjective:
         """(HR, LR, extra keyword inputs of the model) for one step."""
         return (*self.synthesize(hr_uint8, rng), {})
 
-    def train_step(self, state, hr_uint8, rng):
-        deg_rng, lsh_rng = jax.random.split(rng)
-        hr, lr, inputs = self.degrade(hr_uint8, deg_rng)
+    def loss_and_grads(self, params, micro, lsh_rng):
+        """(loss, grads) of one (micro-)batch (hr, lr, inputs)."""
+        hr, lr, inputs = micro
 
         def loss_fn(params):
             sr = precision.apply(self.model, params, lr, self.compute_dtype, train=True,
                                  rngs={"lsh": lsh_rng}, **inputs)
             return objectives.pixel_loss(self.config.train.loss, sr, hr)
 
-        loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+        return jax.value_and_grad(loss_fn)(params)
+
+    def train_step(self, state, hr_uint8, rng):
+        """One optimizer step on the global batch, as `config.train.grad_accum_steps`
+        micro-batches whose gradients are averaged. The LR of the whole batch is
+        synthesised first and every micro-batch uses the same hash rotations, so the
+        step equals the one-batch step up to float32 summation order."""
+        deg_rng, lsh_rng = jax.random.split(rng)
+        batch = self.degrade(hr_uint8, deg_rng)
+        loss, grads = objectives.accumulate(
+            lambda micro: self.loss_and_grads(state["params"], micro, lsh_rng), batch,
+            self.accum_steps)
         updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         ok = objectives.all_finite(loss, grads)
