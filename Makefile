@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= workdirs/demo
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test test-fast test-durations bench venv clean
 
 venv: $(STAMP)
 
@@ -24,6 +24,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
+
+# About a minute on 2 cores: no test that starts processes or took over 0.5 s in the last
+# `make test-durations` run (tests/durations.json).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests -m "not slow and not subprocess"
+
+test-durations: $(STAMP)
+	JAXSR_RECORD_DURATIONS=tests/durations.json $(BIN)/python -m pytest tests
 
 bench: $(STAMP)
 	$(BIN)/python experiments/benchmark.py --preset cpu

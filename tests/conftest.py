@@ -2,12 +2,18 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import json
 import pathlib
 
 import pytest
 from absl import flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# Seconds per test (setup + call + teardown) of the last `make test-durations` run; a test
+# above FAST_LIMIT_S there is `slow` (left out by `make test-fast`). A test not in the file
+# yet counts as fast until the file is regenerated.
+DURATIONS = REPO / "tests" / "durations.json"
+FAST_LIMIT_S = 0.5
 
 
 def pytest_configure(config):
@@ -30,8 +36,12 @@ _module_source.cache = {}
 def pytest_collection_modifyitems(config, items):
     """Markers from what a test uses, so that no file has to remember them:
     needs_data (the shared_data fixture), subprocess (starts processes), torch (imports
-    torch or the torch references). `slow` is set by hand on the tests that take long."""
+    torch or the torch references), slow (over FAST_LIMIT_S in tests/durations.json, or
+    marked by hand)."""
+    durations = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
     for item in items:
+        if durations.get(item.nodeid, 0.0) > FAST_LIMIT_S:
+            item.add_marker(pytest.mark.slow)
         source = _module_source(item)
         if "shared_data" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.needs_data)
@@ -83,3 +93,20 @@ def xla_cache_env(tmp_path_factory) -> dict:
     return {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(cache),
             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
             "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
+# `make test-durations`: JAXSR_RECORD_DURATIONS=tests/durations.json records each test's
+# setup + call + teardown seconds of this run into that file.
+_recorded: dict = {}
+
+
+def pytest_runtest_logreport(report):
+    if os.environ.get("JAXSR_RECORD_DURATIONS"):
+        _recorded[report.nodeid] = _recorded.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session, exitstatus):
+    out = os.environ.get("JAXSR_RECORD_DURATIONS")
+    if out and _recorded:
+        pathlib.Path(out).write_text(json.dumps(
+            {k: round(v, 3) for k, v in sorted(_recorded.items())}, indent=0) + "\n")
