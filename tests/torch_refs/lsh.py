@@ -15,6 +15,11 @@ from torch import nn
 from . import common
 
 
+# Callables given each chunk score tensor [N, R, M, K, 3K] (after the learned term) as it
+# is computed, so a test can measure how peaked its attention is; empty by default.
+score_observers = []
+
+
 def n_buckets(length, chunk_size):
     """nb = min(L//K + (L//K) % 2, 128): rounded up to even, capped (spec 2.3)."""
     n = length // chunk_size
@@ -72,6 +77,8 @@ def attend(q, v, codes, n_hashes, chunk_size, extra=None, stable=True):
     scores = torch.einsum("nrmkd,nrmjd->nrmkj", qs, k3)
     if extra is not None:
         scores = scores + extra(src)
+    for observe in score_observers:
+        observe(scores)
     lse = torch.logsumexp(scores, dim=-1, keepdim=True)
     out = torch.einsum("nrmkj,nrmjc->nrmkc", torch.exp(scores - lse), v3)
     out = out.reshape(n, n_hashes, -1, c)[:, :, :length].reshape(n, n_hashes * length, c)

@@ -6,8 +6,10 @@ from .lsh import NonLocalSparseAttention
 
 
 class NLSN(nn.Module):
+    """attn_every: ResBlocks between NLSAs (official 8; smaller = a cheaper test net)."""
+
     def __init__(self, scale, n_resblocks=32, n_feats=256, res_scale=0.1, chunk_size=144,
-                 n_hashes=4, rgb_range=1.0):
+                 n_hashes=4, rgb_range=1.0, attn_every=8):
         super().__init__()
         conv = common.default_conv
 
@@ -21,7 +23,7 @@ class NLSN(nn.Module):
         body = [nlsa()]
         for i in range(n_resblocks):
             body.append(common.ResBlock(conv, n_feats, 3, res_scale))
-            if (i + 1) % 8 == 0:
+            if (i + 1) % attn_every == 0:
                 body.append(nlsa())
         body.append(conv(n_feats, n_feats, 3))
         self.body = nn.Sequential(*body)
