@@ -3,8 +3,9 @@ EDSR/NLSN/DLSN `forward_chop`, x8 self-ensemble and memory-aware automatic tilin
 
 Everything here works on one HxWxC float32 numpy image in [0, 1] and a batched forward
 `apply_fn(lr_nhwc) -> sr_nhwc` (build it with `bind(model, params)`, or pass any jitted
-function). Each distinct input shape is compiled once (`compiled_forward`); the compiled
-executable's XLA memory analysis is what decides whether a whole image fits.
+function). Each distinct input shape is compiled once (`compiled_forward`, in
+jaxsr.forward with padding and batched runs); the compiled executable's XLA memory
+analysis is what decides whether a whole image fits.
 
 Modes (`super_resolve`):
 * whole image (default): reflect-pad to the model's `multiple`/`min_size`, run, crop back.
@@ -23,178 +24,15 @@ Modes (`super_resolve`):
 * `self_ensemble=True`: the 8 dihedral transforms in the official order, each run with the
   mode above, inverted and averaged.
 """
-import collections
-import functools
 import math
 from typing import Callable, Optional
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from jaxsr import precision
-
-ApplyFn = Callable[[jax.Array], jax.Array]
-
-
-# ---------------------------------------------------------------------------------------
-# Compiled forwards and their memory
-# ---------------------------------------------------------------------------------------
-
-class BoundApply:
-    """`model.apply` jitted with params as an argument (not baked into the HLO as
-    constants), callable as `f(lr_nhwc)` and lowerable as `f.lower(spec)`.
-
-    `compute_dtype` (`jaxsr.precision`): float32 (default) is plain `model.apply`;
-    bfloat16 casts params and input inside the jitted function (params stay float32 on
-    the device) and returns float32.
-    """
-
-    def __init__(self, model, params, compute_dtype=jnp.float32, **apply_kwargs):
-        self.model, self.params = model, params
-        self.compute_dtype = compute_dtype
-        kwargs = dict(train=False, **apply_kwargs)
-        # Per-image inputs (e.g. a blur kernel) are keyword arguments of the call.
-        self._fn = jax.jit(lambda p, x, **extras: precision.apply(
-            model, p, x, compute_dtype, **kwargs, **extras))
-
-    def __call__(self, x, **extras):
-        return self._fn(self.params, x, **extras)
-
-    def lower(self, x, **extras):
-        return self._fn.lower(self.params, x, **extras)
-
-
-def bind(model, params, compute_dtype=jnp.float32, **apply_kwargs) -> BoundApply:
-    """The `apply_fn` for `super_resolve` (deterministic eval: no 'lsh' rng), computed
-    in `compute_dtype` (e.g. `precision.compute_dtype(config)`; default float32)."""
-    return BoundApply(model, jax.device_put(params), compute_dtype, **apply_kwargs)
-
-
-_CACHE_FNS = 4  # functions whose executables are kept (LRU); also pins their ids
-_compiled: "collections.OrderedDict[int, tuple]" = collections.OrderedDict()
-
-
-def _split(apply_fn: ApplyFn):
-    """(function, leading args, keyword args): params (BoundApply) and the arguments of a
-    `functools.partial(jitted, ...)` stay runtime arguments, so one executable serves
-    every image whose arguments have the same shapes."""
-    if isinstance(apply_fn, BoundApply):
-        return apply_fn._fn, (apply_fn.params,), {}
-    if isinstance(apply_fn, functools.partial) and isinstance(apply_fn.func, BoundApply):
-        bound = apply_fn.func
-        return bound._fn, (bound.params,) + apply_fn.args, dict(apply_fn.keywords)
-    if isinstance(apply_fn, functools.partial) and hasattr(apply_fn.func, "lower"):
-        return apply_fn.func, apply_fn.args, dict(apply_fn.keywords)
-    return apply_fn, (), {}
-
-
-def _signature(tree) -> tuple:
-    leaves, treedef = jax.tree.flatten(tree)
-    return (treedef,) + tuple((np.shape(x), str(getattr(x, "dtype", type(x)))) for x in leaves)
-
-
-def compiled_forward(apply_fn: ApplyFn, shape):
-    """(callable x -> y, XLA memory stats) of `apply_fn` for a float32 input of `shape`;
-    compiled once per function and shape (and shapes of bound arguments)."""
-    fn, args, kwargs = _split(apply_fn)
-    key = id(fn)
-    if key not in _compiled or _compiled[key][0] is not fn:
-        lowerable = fn if hasattr(fn, "lower") else jax.jit(fn)
-        _compiled[key] = (fn, lowerable, {})
-        while len(_compiled) > _CACHE_FNS:
-            _compiled.popitem(last=False)
-    _compiled.move_to_end(key)
-    _, lowerable, table = _compiled[key]
-    shape = tuple(int(s) for s in shape)
-    sig = (shape, _signature((args, kwargs)) if (args or kwargs) else ())
-    if sig not in table:
-        spec = jax.ShapeDtypeStruct(shape, jnp.float32)
-        compiled = lowerable.lower(*args, spec, **kwargs).compile()
-        table[sig] = (compiled, compiled.memory_analysis())
-    compiled, stats = table[sig]
-    return (lambda x: compiled(*args, x, **kwargs)), stats
-
-
-def num_compiled(apply_fn: ApplyFn) -> int:
-    """How many input shapes of `apply_fn` have been compiled (for tests and logs)."""
-    fn = _split(apply_fn)[0]
-    entry = _compiled.get(id(fn))
-    return len(entry[2]) if entry and entry[0] is fn else 0
-
-
-def forward_memory_bytes(apply_fn: ApplyFn, shape) -> int:
-    """Peak device memory of the compiled forward for `shape`, from XLA's memory analysis
-    (arguments incl. params + outputs + temporaries - aliased buffers)."""
-    stats = compiled_forward(apply_fn, shape)[1]
-    if stats is None:
-        return 0
-    total = (stats.argument_size_in_bytes + stats.output_size_in_bytes
-             + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
-    return int(max(total, getattr(stats, "peak_memory_in_bytes", 0) or 0))
-
-
-def available_memory_bytes(device=None) -> Optional[int]:
-    """Free memory of `device` (accelerators: memory_stats; CPU: MemAvailable)."""
-    device = device or jax.devices()[0]
-    try:
-        stats = device.memory_stats()
-    except Exception:  # backends without memory stats
-        stats = None
-    if stats and "bytes_limit" in stats:
-        return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-# ---------------------------------------------------------------------------------------
-# Padding and batched runs
-# ---------------------------------------------------------------------------------------
-
-def padded_size(n: int, multiple: int = 1, min_size: int = 1) -> int:
-    n = max(n, min_size)
-    return -(-n // multiple) * multiple
-
-
-def pad_image(x: np.ndarray, multiple: int = 1, min_size: int = 1) -> np.ndarray:
-    """Reflect-pads the bottom/right of an (N)HWC array to the model's size requirements."""
-    h, w = x.shape[-3:-1]
-    ph, pw = padded_size(h, multiple, min_size) - h, padded_size(w, multiple, min_size) - w
-    if ph == 0 and pw == 0:
-        return x
-    pads = [(0, 0)] * (x.ndim - 3) + [(0, ph), (0, pw), (0, 0)]
-    return np.pad(x, pads, mode="reflect")
-
-
-def run_batch(apply_fn: ApplyFn, x: np.ndarray, *, scale: int, multiple: int = 1,
-              min_size: int = 1, batch: int = 0, progress=None) -> np.ndarray:
-    """Runs an NHWC batch `batch` at a time (0: all at once); the last chunk is filled up
-    by repeating so every call has the same shape (one compile). Pads and crops back."""
-    n, h, w = x.shape[:3]
-    xp = pad_image(np.asarray(x, np.float32), multiple, min_size)
-    batch = n if batch <= 0 else min(batch, n)
-    fwd = compiled_forward(apply_fn, (batch,) + xp.shape[1:])[0]
-    outs = []
-    for i in range(0, n, batch):
-        chunk = xp[i:i + batch]
-        if len(chunk) < batch:
-            fill = np.repeat(chunk[-1:], batch - len(chunk), axis=0)
-            chunk = np.concatenate([chunk, fill])
-        outs.append(np.asarray(fwd(chunk))[: min(batch, n - i)])
-        if progress is not None:
-            progress.update(1)
-    sr = np.concatenate(outs)
-    if sr.shape[1:3] != (xp.shape[1] * scale, xp.shape[2] * scale):
-        raise ValueError(f"model output {sr.shape[1:3]} is not scale={scale} times its "
-                         f"input {xp.shape[1:3]}: check config.scale")
-    return sr[:, : h * scale, : w * scale]
+from jaxsr.forward import (  # noqa: F401 (bind, BoundApply, ...: entry points used via inference)
+    ApplyFn, BoundApply, available_memory_bytes, bind, compiled_forward, forward_memory_bytes,
+    num_compiled, pad_image, padded_size, run_batch)
 
 
 # ---------------------------------------------------------------------------------------
