@@ -269,3 +269,70 @@ def test_prepare_pairs_round_trip(tmp_path):
     assert prepare_tool.main(["--hr", bad_hr, "--lr", bad_lr.format(scale=2), "--scale", "2",
                               "--out", str(tmp_path / "p2"), "--crop", "16", "--step", "16",
                               "--no_progress"]) == 2
+
+
+# ---------------------------------------------------------------------------------------
+# Real DIV2K pixels: LR files made by our MATLAB bicubic against the on-device synthesis.
+
+@pytest.fixture(scope="module")
+def div2k_pair(shared_data, tmp_path_factory):
+    """A 200x240 part of a DIV2K HR image and its MATLAB-bicubic x2 LR, DIV2K layout."""
+    root = tmp_path_factory.mktemp("div2k")
+    hr = images.read_rgb(str(shared_data / "train/DIV2K_valid_HR_subset/im_2.png"))
+    hr = hr[400:600, 600:840]
+    images.write_png(str(root / "HR/0002.png"), hr)
+    images.write_png(str(root / "LR/X2/0002x2.png"), imresize_np(hr, 1 / SCALE))
+    return str(root / "HR"), str(root / "LR/X{scale}")
+
+
+def both_lrs(config, batch):
+    """(LR of the batch, LR synthesised on the device from its HR), 0-255 floats."""
+    import jax
+    from jaxsr.objectives import sr
+    objective = sr.SRObjective(config, model=None)
+    _, given = objective.synthesize(batch, jax.random.PRNGKey(0))
+    _, made = objective.synthesize(batch["hr"], jax.random.PRNGKey(0))
+    return np.asarray(given) * 255, np.round(np.asarray(made) * 255)
+
+
+def test_matlab_pair_equals_device_synthesis_away_from_borders(div2k_pair):
+    c = config_for((div2k_pair[0],), (div2k_pair[1],), batch=8, patch=48, augment=False)
+    batch = next(iter(pipeline.train_dataset(c)))
+    given, made = both_lrs(c, batch)
+    np.testing.assert_array_equal(given, batch["lr"])        # the step reads the file's LR
+    m = 2                    # the x2 antialiased cubic reaches 2 LR pixels (4 HR) across
+    np.testing.assert_array_equal(given[:, m:-m, m:-m], made[:, m:-m, m:-m])
+    assert (given != made).any()             # the crop border: mirrored HR vs the image's
+    # Augmented: a transposed crop is resized columns first on the device, while the file
+    # was made rows first from the upright image; with MATLAB's uint8 rounding between the
+    # passes that moves interior pixels by at most one level.
+    c.data.augment = True
+    batch = next(iter(pipeline.train_dataset(c)))
+    given, made = both_lrs(c, batch)
+    assert np.abs(given[:, m:-m, m:-m] - made[:, m:-m, m:-m]).max() <= 1
+
+
+def test_the_jitted_step_trains_on_the_batch_lr(div2k_pair):
+    """The loop's path: device_batches puts {'hr', 'lr'} on the devices and the step's L1
+    is that of the model on the batch's LR, not on a synthesised one."""
+    import jax
+    from jaxsr import train
+    from jaxsr.models import build_model
+    from test_train_e2e import TINY
+    c = config_for((div2k_pair[0],), (div2k_pair[1],), batch=4, patch=32)
+    c.model.n_resblocks, c.model.n_feats = TINY["n_resblocks"], TINY["n_feats"]
+    _, state, step_fn, repl, data_sharding = train.step_setup(c)
+    params = jax.device_get(state["params"])
+    batch, _ = next(train.device_batches(iter(pipeline.train_dataset(c)), data_sharding))
+    assert sorted(batch) == ["hr", "lr"] and batch["lr"].shape == (4, 16, 16, 3)
+    # The step must read this LR: the pair's LR with its columns reversed.
+    wrong = np.asarray(batch["lr"])[:, :, ::-1]
+    batch = dict(batch, lr=jax.make_array_from_process_local_data(data_sharding, wrong))
+    _, metrics, flag = step_fn(state, batch, jax.device_put(np.zeros((), np.int32), repl))
+    assert int(flag) == 0
+    model, hr = build_model(c), np.asarray(batch["hr"]) / 255.0
+    l1 = jax.jit(lambda lr: jax.numpy.mean(jax.numpy.abs(
+        model.apply({"params": params}, lr, train=True) - hr)))
+    np.testing.assert_allclose(float(metrics["loss"]), l1(wrong / 255.0), rtol=1e-5)
+    _, made = both_lrs(c, jax.device_get(batch))
+    assert abs(l1(made / 255.0) - l1(wrong / 255.0)) > 1e-3          # >> the 1e-5 match
