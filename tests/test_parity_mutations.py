@@ -25,7 +25,8 @@ torch = pytest.importorskip("torch")
 from jaxsr import convert, models  # noqa: E402
 from jaxsr.attention import chunked, lsh  # noqa: E402
 from jaxsr.convert import core  # noqa: E402
-from test_torch_parity import TOL, inject_rotations, make_config, to_torch_sd  # noqa: E402
+from test_torch_parity import (TOL, inject_rotations, make_config, peaked_params,  # noqa: E402
+                               to_torch_sd)
 from torch_refs import lsh as torch_lsh  # noqa: E402
 from torch_refs.dlsn import DLSN  # noqa: E402
 from torch_refs.nlsn import NLSN  # noqa: E402
@@ -46,20 +47,6 @@ NETS = {
     "dlsn": (dict(n_resgroups=2, n_resblocks=1, n_feats=16, res_scale=0.1, chunk_size=K,
                   n_hashes=2), dict(reduction=4), lambda kw: DLSN(2, **kw)),
 }
-
-
-def peaked_params(config, seed=0, gains=(("head", 4.0), ("conv_match", 4.0))):
-    """N(0, (gain/sqrt(fan_in))^2) kernels (gain 1 except `gains`), N(0, 0.1^2) biases."""
-    rng = np.random.default_rng(seed)
-    flat = {}
-    for path, s in convert.abstract_params(config).items():
-        if len(s.shape) > 1:
-            gain = next((g for part, g in gains if part in path), 1.0)
-            std = gain / np.sqrt(np.prod(s.shape[:-1]))
-        else:
-            std = 0.1
-        flat[path] = (rng.standard_normal(s.shape) * std).astype(np.float32)
-    return core.unflatten(flat)
 
 
 def jax_forward_fresh(config, params, x, seed=0):

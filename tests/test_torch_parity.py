@@ -3,7 +3,9 @@ both ways with jaxsr.convert: same input, same injected hash rotations, stable s
 
 Sizes exercise the LSH corner cases with chunk size K = 16: L = 20 (just above K: 2
 buckets, 12 padded copies, 2 chunks), L = 36 (3 chunks, wrap-around look-back/forward),
-L = 16 (exactly one chunk that sees itself three times) and L = 72 (5 chunks).
+L = 16 (exactly one chunk that sees itself three times) and L = 72 (5 chunks). NLSN/DLSN
+use `peaked_params` (chunk scores spread over several units). Many chunks per round (15)
+and mutation checks showing that these checks catch real bugs: test_parity_mutations.py.
 """
 import functools
 
@@ -39,6 +41,23 @@ def random_params(config, seed=0):
     flat = {p: (rng.standard_normal(s.shape) * (0.5 / np.sqrt(max(np.prod(s.shape[:-1]), 1))
                                                if len(s.shape) > 1 else 0.05)).astype(np.float32)
             for p, s in shapes.items()}
+    return core.unflatten(flat)
+
+
+def peaked_params(config, seed=0, gains=(("head", 4.0), ("conv_match", 4.0))):
+    """N(0, (gain/sqrt(fan_in))^2) kernels (gain 1 except `gains`), N(0, 0.1^2) biases:
+    the larger head and conv_match weights spread the LSH chunk scores over several units
+    (0.5/sqrt(fan_in) gives ~0.1: a nearly uniform softmax that hides attention bugs;
+    test_parity_mutations measures the spread)."""
+    rng = np.random.default_rng(seed)
+    flat = {}
+    for path, s in convert.abstract_params(config).items():
+        if len(s.shape) > 1:
+            gain = next((g for part, g in gains if part in path), 1.0)
+            std = gain / np.sqrt(np.prod(s.shape[:-1]))
+        else:
+            std = 0.1
+        flat[path] = (rng.standard_normal(s.shape) * std).astype(np.float32)
     return core.unflatten(flat)
 
 
@@ -83,11 +102,12 @@ def to_torch_sd(sd):
     return {k: torch.from_numpy(v) for k, v in sd.items()}
 
 
-def check_both_directions(config, ref_factory, hw, n_attention, batch=1):
+def check_both_directions(config, ref_factory, hw, n_attention, batch=1,
+                          params_fn=random_params):
     """JAX->torch and torch->JAX: outputs agree to TOL, and JAX->torch->JAX is bit-exact."""
     x = np.random.default_rng(1).random((batch, *hw, 3), dtype=np.float32)
     # JAX -> torch
-    params = random_params(config)
+    params = params_fn(config)
     ref = ref_factory().eval()
     ref.load_state_dict(to_torch_sd(convert.params_to_state_dict(params, config)), strict=True)
     y_jax, rots = jax_forward(config, params, x)
@@ -125,7 +145,8 @@ def test_nlsn_parity(scale, hw):
     # 8 ResBlocks so that the official NLSA placement gives two attention layers (body.0, body.9)
     kw = dict(n_resblocks=8, n_feats=8, res_scale=0.1, chunk_size=16, n_hashes=2)
     c = make_config("nlsn", scale, reduction=4, attn_every=8, **kw)
-    check_both_directions(c, lambda: NLSN(scale, **kw), hw, n_attention=2)
+    check_both_directions(c, lambda: NLSN(scale, **kw), hw, n_attention=2,
+                          params_fn=peaked_params)
 
 
 # L = 20 with a batch of 2, L = 36, L = 72 (5 chunks)
@@ -133,7 +154,8 @@ def test_nlsn_parity(scale, hw):
 def test_dlsn_parity(scale, hw, batch):
     kw = dict(n_resgroups=2, n_resblocks=1, n_feats=8, res_scale=0.1, chunk_size=16, n_hashes=2)
     c = make_config("dlsn", scale, reduction=4, **kw)
-    check_both_directions(c, lambda: DLSN(scale, **kw), hw, n_attention=2, batch=batch)
+    check_both_directions(c, lambda: DLSN(scale, **kw), hw, n_attention=2, batch=batch,
+                          params_fn=peaked_params)
 
 
 def test_nlcunet_parity():
