@@ -10,8 +10,10 @@ Why a loop: the scores of all chunks at once, [B, M, K, 3K] in float32, are 113 
 128x128 map (K=144, 4 rounds), and XLA:CPU streams that tensor through memory in every
 pass (score matmul, max, exp, sum, normalise, output matmul; six more in the backward).
 A loop step of a few chunks keeps its scores (CPU_SCORES_PER_STEP entries, ~1 MB) in the
-cache from the score matmul to the output: the forward of that map went from ~300 to
-~90 ms on a 2-core CPU (docs/performance.md). Each step gathers its rows straight from
+cache from the score matmul to the output: on a 2-core CPU the chunk attention's forward
+on that map went from 480-856 to 83-124 ms (loaded microbenchmark), and with the other
+changes of docs/performance.md the whole NLSA core from 167 to 75 ms forward, 300 to 133
+ms forward + backward (idle machine). Each step gathers its rows straight from
 the L-row tables (no sorted or look-around copies), and the backward recomputes the
 probabilities per step from the saved log-sum-exp (as FlashAttention does) and adds the
 step's gradients into [L, .] accumulators: the memory is O(L * C), not O(B * M * K * 3K),

@@ -3,8 +3,9 @@
 
 Decoding a 2K PNG costs ~70 ms of CPU per image (more in wall time on a loaded machine:
 docs/performance.md, "Input pipeline"); a prepared record is raw uint8 pixels, so a
-training sample costs one record read and a crop (0.5-0.9 ms of CPU). A folder holds `manifest.json` (written
-last: its presence means the folder is complete) and `shard-NNNNN.array_record` files.
+training sample costs one record read and a crop (0.5-0.9 ms of CPU). A folder holds
+`manifest.json` (written last: its presence means the folder is complete) and
+`shard-NNNNN.array_record` files.
 
 Record layout (no pickle): a fixed little-endian header
 
