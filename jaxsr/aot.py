@@ -21,6 +21,7 @@ raises DoesNotFitError with what to change (also when the compiler itself runs o
 import json
 import logging
 import os
+import re
 import time
 
 import jax
@@ -47,20 +48,33 @@ def quiet_libtpu_env() -> None:
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
     os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-4")
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    # Compile-only: no TPU is opened, so several compiling processes (and a training run
+    # probing for a TPU) need not exclude each other through /tmp/libtpu_lockfile.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
+
+def prepare_host() -> None:
+    """Before the first backend use of a compile-only run: the host computes on its CPU
+    (never grabbing a TPU or GPU another job may be using; JAX_PLATFORMS still wins) and
+    libtpu stays quiet."""
+    if not os.environ.get("JAX_PLATFORMS"):
+        jax.config.update("jax_platforms", "cpu")
+    quiet_libtpu_env()
 
 
 def target_devices(target: accelerators.Target) -> list:
+    """The devices to compile for: this host's (cpu) or a TPU slice's compile-only ones."""
     if target.platform == "cpu":
         return jax.devices()
+    import importlib.util
+    if importlib.util.find_spec("libtpu") is None:
+        raise ValueError(f"--target={target.spec} needs the TPU compiler, libtpu, which is not "
+                         "installed: pip install 'libtpu==0.0.42.*' (the version jax[tpu] "
+                         "pins for jax 0.10.2; make test installs it from "
+                         "requirements-dev.txt)")
     quiet_libtpu_env()
-    try:
-        from jax.experimental import topologies
-        return list(topologies.get_topology_desc(**target.topology_kwargs()).devices)
-    except (ImportError, RuntimeError) as e:
-        if "libtpu" in str(e).lower() or "tpu" in str(e).lower() and "plugin" in str(e).lower():
-            raise ValueError(f"--target={target.spec} needs libtpu (pip install -r "
-                             f"requirements-dev.txt, or 'jaxsr[tpu]'): {e}") from e
-        raise
+    from jax.experimental import topologies
+    return list(topologies.get_topology_desc(**target.topology_kwargs()).devices)
 
 
 # ---------------------------------------------------------------------------------------
@@ -72,17 +86,14 @@ def abstract_state(objective, config, repl):
     return train.abstract_like(shapes, repl)
 
 
-def compile_train_step(config, devices):
+def compile_train_step(config, devices, objective, state):
     """The compiled training step of `config` on `devices` (what train._loop runs)."""
-    train.check_batch(config, len(devices))
     repl, data_sharding = train.shardings(devices)
-    objective = objectives.make(config, build_model(config))
-    state = abstract_state(objective, config, repl)
     hr = jax.ShapeDtypeStruct(train.dummy_batch(config).shape, jnp.uint8,
                               sharding=data_sharding)
     flag = jax.ShapeDtypeStruct((), jnp.int32, sharding=repl)
     step = train.make_step_fn(objective, config, repl, data_sharding)
-    return step.lower(state, hr, flag).compile(), state
+    return step.lower(state, hr, flag).compile()
 
 
 def eval_lr_shape(config, lr_size: int, n_devices: int) -> tuple:
@@ -106,12 +117,14 @@ def compile_forward(config, devices, params, lr_size: int):
 # Report.
 
 def memory_report(compiled) -> dict:
-    """Per-device bytes from XLA's memory analysis; 'total' = arguments + outputs +
-    temporaries + code - aliased (donated state)."""
+    """Per-device bytes from XLA's memory analysis. 'total' = the program's peak (TPU
+    reports it as peak_memory, arguments included, and no separate temporaries; elsewhere
+    arguments + outputs + temporaries - aliased, the donated state) + generated code."""
     m = compiled.memory_analysis()
     rep = {f"{k}_bytes": int(getattr(m, f"{k}_size_in_bytes", 0) or 0) for k in MEMORY_FIELDS}
-    rep["total_bytes"] = (rep["argument_bytes"] + rep["output_bytes"] + rep["temp_bytes"]
-                          + rep["generated_code_bytes"] - rep["alias_bytes"])
+    rep["peak_bytes"] = int(getattr(m, "peak_memory_in_bytes", 0) or 0)
+    summed = rep["argument_bytes"] + rep["output_bytes"] + rep["temp_bytes"] - rep["alias_bytes"]
+    rep["total_bytes"] = max(summed, rep["peak_bytes"]) + rep["generated_code_bytes"]
     return rep
 
 
@@ -122,8 +135,11 @@ def cost_report(compiled) -> dict:
     if isinstance(cost, (list, tuple)):
         cost = cost[0] if cost else {}
     cost = cost or {}
-    return {"flops": float(cost.get("flops", 0.0)),
-            "bytes_accessed": float(cost.get("bytes accessed", 0.0))}
+    rep = {"flops": float(cost.get("flops", 0.0)),
+           "bytes_accessed": float(cost.get("bytes accessed", 0.0))}
+    if "optimal_seconds" in cost:       # the TPU compiler's own cost-model estimate
+        rep["xla_optimal_seconds"] = float(cost["optimal_seconds"])
+    return rep
 
 
 def roofline(cost: dict, chip) -> dict:
@@ -151,56 +167,71 @@ def advice(config, what: str) -> str:
     return ", ".join(tips)
 
 
-def check_fits(name: str, rep: dict, target, config) -> None:
-    if target.chip is None:
-        return
-    need, have = rep["memory"]["total_bytes"], target.chip.hbm_bytes
-    if need > have:
-        raise DoesNotFitError(
-            f"{name} on {target.spec} needs {need / GIB:.1f} GiB of {have / GIB:.0f} GiB per "
-            f"chip ({target.chip.device_kind}): {advice(config, name)}")
+_COMPILER_OOM = re.compile(r"required for .*?\(([\d.]+)([GM])\) exceeds available HBM "
+                           r"\(([\d.]+)([GM])\)")
 
 
-def _compile(name, build, target, config) -> tuple:
+def does_not_fit_message(name, target, config, need=None, have=None, detail="") -> str:
+    """'<program> on <target> needs X GiB of Y GiB per chip: <what to change>'."""
+    have = have if have is not None else (target.chip.hbm_bytes if target.chip else None)
+    amount = (f"needs {need / GIB:.1f} GiB of {have / GIB:.1f} GiB per chip"
+              if need and have else "does not fit in the memory per chip")
+    kind = f" ({target.chip.device_kind})" if target.chip else ""
+    return f"{name} on {target.spec}{kind} {amount}{detail}: {advice(config, name)}"
+
+
+def compiler_oom(name, error, target, config) -> str:
+    text = str(error)
+    m = _COMPILER_OOM.search(text)
+    unit = lambda v, u: float(v) * (GIB if u == "G" else 2 ** 20)
+    if m:
+        return does_not_fit_message(name, target, config, unit(m[1], m[2]), unit(m[3], m[4]),
+                                    " (TPU compiler)")
+    return does_not_fit_message(name, target, config,
+                                detail=f" (compiler: {text.splitlines()[0][:300]})")
+
+
+def compile_and_report(name, build, target, config) -> dict:
+    """{compile_seconds, memory, cost, roofline} of `build()`, or {does_not_fit: message}
+    when it needs more than the chip's HBM (memory analysis or the compiler's verdict)."""
     t0 = time.perf_counter()
     try:
         compiled = build()
     except Exception as e:        # the TPU compiler's own out-of-memory verdict
         if not errors.is_out_of_memory(e):
             raise
-        hbm = f" of {target.chip.hbm_bytes / GIB:.0f} GiB" if target.chip else ""
-        raise DoesNotFitError(f"{name} on {target.spec} does not fit in the memory{hbm} per "
-                              f"chip (compiler: {str(e).splitlines()[0][:300]}): "
-                              f"{advice(config, name)}") from None
+        return {"does_not_fit": compiler_oom(name, e, target, config)}
     rep = {"compile_seconds": round(time.perf_counter() - t0, 2),
            "memory": memory_report(compiled), "cost": cost_report(compiled)}
     rep["roofline"] = roofline(rep["cost"], target.chip)
-    return compiled, rep
+    need = rep["memory"]["total_bytes"]
+    if target.chip is not None and need > target.chip.hbm_bytes:
+        rep["does_not_fit"] = does_not_fit_message(name, target, config, need)
+    return rep
 
 
-def run_compile(config, target_spec: str, eval_lr_size: int = DEFAULT_EVAL_LR,
+def run_compile(config, target: str = "cpu", eval_lr_size: int = DEFAULT_EVAL_LR,
                 workdir: str | None = None, attention_chunks: int | None = None) -> dict:
-    """Compiles the train step and the eval forward of `config` for `target_spec`, writes
+    """Compiles the train step and the eval forward of `config` for `target`, writes
     `workdir`/compile.json, logs the report; raises DoesNotFitError when either does not
-    fit in the chip's HBM (after writing the report)."""
-    target = accelerators.parse_target(target_spec)
+    fit in the chip's HBM (after writing the report). `attention_chunks`: LSH chunks per
+    loop step (None: the target's default, all chunks at once on a TPU)."""
+    target = accelerators.parse_target(target)
     devices = target_devices(target)
+    train.check_batch(config, len(devices))
     result = {"target": target_describe(target, devices), "config": _config_summary(config)}
-    platform = None if target.platform == "cpu" else "tpu"
-    chunks = attention_chunks
     from jaxsr.attention import chunked
-    with target_platform.tracing_for(platform), chunked.default_chunks_per_step(chunks):
-        built = {}
-
-        def build_step():
-            built["step"], built["state"] = compile_train_step(config, devices)
-            return built["step"]
-
-        _, result["train_step"] = _compile("train_step", build_step, target, config)
-        params = built["state"]["params"]
-        _, result["eval_forward"] = _compile(
-            "eval_forward", lambda: compile_forward(config, devices, params, eval_lr_size),
+    with target_platform.tracing_for(None if target.platform == "cpu" else "tpu"), \
+            chunked.default_chunks_per_step(attention_chunks):
+        repl, _ = train.shardings(devices)
+        objective = objectives.make(config, build_model(config))
+        state = abstract_state(objective, config, repl)
+        result["train_step"] = compile_and_report(
+            "train_step", lambda: compile_train_step(config, devices, objective, state),
             target, config)
+        result["eval_forward"] = compile_and_report(
+            "eval_forward", lambda: compile_forward(config, devices, state["params"],
+                                                    eval_lr_size), target, config)
     result["train_step"]["global_batch"] = int(config.train.batch_size)
     result["eval_forward"]["lr_shape"] = list(eval_lr_shape(config, eval_lr_size,
                                                             len(devices)))
@@ -209,8 +240,10 @@ def run_compile(config, target_spec: str, eval_lr_size: int = DEFAULT_EVAL_LR,
         with open(os.path.join(workdir, "compile.json"), "w") as f:
             json.dump(result, f, indent=2)
     logging.info("\n%s", format_report(result))
-    for name in ("train_step", "eval_forward"):
-        check_fits(name, result[name], target, config)
+    failed = [result[k]["does_not_fit"] for k in ("train_step", "eval_forward")
+              if "does_not_fit" in result[k]]
+    if failed:
+        raise DoesNotFitError("; ".join(failed))
     return result
 
 
@@ -239,16 +272,21 @@ def format_report(result: dict) -> str:
              f"{t['processes']} host(s)" + (f", {hbm / GIB:.0f} GiB HBM per chip" if hbm else "")]
     for name in ("train_step", "eval_forward"):
         r = result[name]
-        m, c, roof = r["memory"], r["cost"], r["roofline"]
         what = (f"global batch {r['global_batch']}" if name == "train_step"
                 else f"LR {'x'.join(map(str, r['lr_shape']))}")
+        if "memory" not in r:
+            lines.append(f"{name} ({what}): DOES NOT FIT: {r['does_not_fit']}")
+            continue
+        m, c, roof = r["memory"], r["cost"], r["roofline"]
         lines.append(f"{name} ({what}), per device, compiled in {r['compile_seconds']} s:")
         lines.append("  bytes: " + ", ".join(f"{k} {m[k + '_bytes'] / 2**20:.1f} MiB"
-                                              for k in MEMORY_FIELDS))
+                                              for k in MEMORY_FIELDS + ("peak",)))
         fit = f" of {hbm / GIB:.0f} GiB ({100 * m['total_bytes'] / hbm:.0f}%)" if hbm else ""
         lines.append(f"  total {m['total_bytes'] / GIB:.2f} GiB{fit}")
+        est = (f"; XLA's cost model: {c['xla_optimal_seconds'] * 1e3:.2f} ms"
+               if "xla_optimal_seconds" in c else "")
         lines.append(f"  {c['flops'] / 1e9:.1f} GFLOP, {c['bytes_accessed'] / 1e9:.2f} GB "
-                     "accessed per call")
+                     f"accessed per call{est}")
         if roof:
             lines.append(f"  roofline >= {roof['seconds'] * 1e3:.2f} ms ({roof['bound']}-bound"
                          f"; compute {roof['compute_seconds'] * 1e3:.2f} ms at "

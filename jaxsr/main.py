@@ -3,6 +3,10 @@
   --mode train     train; resumes automatically from DIR when it has a checkpoint
   --mode evaluate  evaluate the latest checkpoint in DIR (or --step N | best) on config.eval.datasets
   --mode info      parameter counts and FLOPs per LR pixel -> DIR/info.json
+  --mode compile   compile the train step and eval forward ahead of time for --target
+                   (a TPU slice: v5e:2x4, v4-32, v5litepod-8, v6e-8, v5p-16; or cpu) without
+                   the hardware: per-chip memory vs HBM, FLOPs, roofline -> DIR/compile.json;
+                   exits non-zero when it does not fit (jaxsr.aot)
 Any config field can be overridden: `--config.train.num_steps=100`.
 
 Multi-process (one process per host; see README "Multi-host"): on Cloud TPU, SLURM or Open
@@ -20,7 +24,12 @@ from jaxsr import config_util
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/X.py[:arg]).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate", "info"], "What to do.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate", "info", "compile"],
+                          "What to do.")
+_TARGET = flags.DEFINE_string("target", "cpu", "compile: a TPU topology (v5e:2x4, v4:2x2x4), "
+                              "a Cloud TPU type (v5litepod-8, v4-32, v6e-8, v5p-16) or cpu.")
+_EVAL_LR = flags.DEFINE_integer("eval_lr_size", 256, "compile: LR side of the compiled "
+                                "evaluation forward (one image per chip).")
 _STEP = flags.DEFINE_string("step", None, "evaluate: the checkpoint step to score (default: "
                             "the latest; e.g. the one before a damaged one), or 'best'.")
 _DISTRIBUTED = flags.DEFINE_enum(
@@ -39,6 +48,12 @@ def main(argv):
     logging.getLogger().setLevel(logging.INFO)
     logging.getLogger("absl").setLevel(logging.WARNING)   # Orbax's per-save INFO chatter
     from jaxsr import checkpoint, distributed, run
+    if _MODE.value == "compile":
+        from jaxsr import aot
+        aot.prepare_host()          # compile-only: this host's CPU, quiet libtpu
+        run.run("compile", _CONFIG.value, _WORKDIR.value,
+                compile_options={"target": _TARGET.value, "eval_lr_size": _EVAL_LR.value})
+        return
     try:
         step = checkpoint.parse_step(_STEP.value)
         distributed.initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,

@@ -6,11 +6,12 @@ import sys
 from jaxsr.errors import USER_ERRORS
 
 
-def run(mode: str, config, workdir: str, step: int | None = None):
+def run(mode: str, config, workdir: str, step: int | None = None,
+        compile_options: dict | None = None):
     """`step`: the checkpoint to evaluate (default: the latest); train always resumes from
-    the latest."""
+    the latest. `compile_options`: keyword arguments of `aot.run_compile` (mode compile)."""
     try:
-        return _dispatch(mode, config, workdir, step)
+        return _dispatch(mode, config, workdir, step, compile_options or {})
     except USER_ERRORS as e:
         if os.environ.get("JAXSR_TRACEBACK"):
             raise
@@ -18,7 +19,7 @@ def run(mode: str, config, workdir: str, step: int | None = None):
         sys.exit(f"error: {e}")
 
 
-def _dispatch(mode: str, config, workdir: str, step: int | None):
+def _dispatch(mode: str, config, workdir: str, step: int | None, compile_options: dict):
     if step is not None and mode != "evaluate":
         raise ValueError(f"--step applies to --mode evaluate, not {mode!r} (training resumes "
                          "from the latest checkpoint; move a damaged one out of "
@@ -32,4 +33,7 @@ def _dispatch(mode: str, config, workdir: str, step: int | None):
     if mode == "info":
         from jaxsr import summary
         return summary.write_info(config, workdir)
+    if mode == "compile":
+        from jaxsr import aot
+        return aot.run_compile(config, workdir=workdir, **compile_options)
     raise ValueError(f"unknown mode {mode!r}")
