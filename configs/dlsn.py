@@ -4,6 +4,13 @@
   python -m jaxsr.main --config configs/dlsn.py:x3 --workdir workdirs/dlsn_x3   # from x2
   python -m jaxsr.main --config configs/dlsn.py:x4,c128 --workdir workdirs/dlsn128_x4
   python -m jaxsr.main --config configs/dlsn.py:small --workdir workdirs/dlsn_small  # 2-core CPU
+Data as the official code (EDSR-PyTorch framework): DIV2K_train_HR/0001.png ... 0800.png
+with DIV2K_train_LR_bicubic/X2/0001x2.png ... (X3, X4 follow --config.scale), paired by
+name; other locations:
+  python -m jaxsr.main --config configs/dlsn.py --workdir workdirs/dlsn_x2 \
+    --config.data.train_dirs="('/data/DIV2K/DIV2K_train_HR',)" \
+    --config.data.train_lr_dirs="('/data/DIV2K/DIV2K_train_LR_bicubic/X{scale}',)"
+(`--config.data.train_lr_dirs="()"` synthesises the LR on the device instead.)
 README training: x2 from scratch, LR patches 48x48, batch 16, Adam 1e-4 (0.9/0.999), L1,
 1.5M iterations, lr halved at 300k/600k/900k/1.2M (`--decay 300-600-900-1200 --epochs
 1500`). x3 (and x4, whose command the repo does not give) start from the x2 model
@@ -31,6 +38,9 @@ def get_config(arg=None):
     c.model.n_hashes = 3
     c.model.reduction = 4
     c.data.train_dirs = ("data/DIV2K/DIV2K_train_HR",)
+    # The official LR: DIV2K's MATLAB-bicubic files (X2/0001x2.png), cropped with the HR as
+    # EDSR's get_patch (docs/training.md, "Reproduce the paper: data").
+    c.data.train_lr_dirs = ("data/DIV2K/DIV2K_train_LR_bicubic/X{scale}",)
     c.train.batch_size = 16
     c.train.patch_size = c.get_ref("scale") * LR_PATCH   # follows --config.scale
     c.train.lr = 1e-4

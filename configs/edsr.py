@@ -2,6 +2,8 @@
 
   python -m jaxsr.main --config configs/edsr.py --workdir workdirs/edsr_x2
   python -m jaxsr.main --config configs/edsr.py --workdir workdirs/edsr_x2 --mode evaluate
+Data as EDSR-PyTorch: DIV2K_train_HR with DIV2K_train_LR_bicubic/X{scale} (paired by name;
+`--config.data.train_lr_dirs="()"` synthesises the LR on the device instead).
 Args (`configs/edsr.py:ARG`): '' baseline (16 blocks, 64 ch, 1.37M params at x2);
 'large' (32 blocks, 256 ch, res_scale 0.1); 'small' a 2-core CPU model; 'demo' the
 `make demo` job (small model on the photos embedded in scikit-image, validated every 500
@@ -20,6 +22,9 @@ def get_config(arg=None):
     # `attention_positions` ResBlocks (empty: n_resblocks // 2).
     gla_plugin_fields(c, False)
     c.data.train_dirs = ("data/DIV2K/DIV2K_train_HR",)
+    # The official LR: DIV2K's MATLAB-bicubic files (X2/0001x2.png), cropped with the HR as
+    # EDSR's get_patch (docs/training.md, "Reproduce the paper: data").
+    c.data.train_lr_dirs = ("data/DIV2K/DIV2K_train_LR_bicubic/X{scale}",)
     c.train.batch_size = 16
     c.train.patch_size = 96                # LR 48x48 at x2, as EDSR
     c.train.num_steps = 300_000

@@ -4,6 +4,12 @@
   python -m jaxsr.main --config configs/nlsn.py:x3 --workdir workdirs/nlsn_x3
   python -m jaxsr.main --config configs/nlsn.py --workdir workdirs/nlsn_x2 --mode evaluate
   python -m jaxsr.main --config configs/nlsn.py:small --workdir workdirs/nlsn_small   # 2-core CPU
+Data as the official code (EDSR-PyTorch framework): DIV2K_train_HR/0001.png ... 0800.png
+with DIV2K_train_LR_bicubic/X2/0001x2.png ..., paired by name; other locations:
+  python -m jaxsr.main --config configs/nlsn.py --workdir workdirs/nlsn_x2 \
+    --config.data.train_dirs="('/data/DIV2K/DIV2K_train_HR',)" \
+    --config.data.train_lr_dirs="('/data/DIV2K/DIV2K_train_LR_bicubic/X{scale}',)"
+(`--config.data.train_lr_dirs="()"` synthesises the LR on the device instead.)
 Paper/README training: LR patches 48x48 (HR 48*scale), batch 16, Adam 1e-4
 (0.9/0.999, eps 1e-8), L1, 1M iterations, lr halved every 200k (official
 `--decay 200-400-600-800 --epochs 1000`, 1000 iterations per epoch). Test with chop, as
@@ -29,6 +35,9 @@ def get_config(arg=None):
     c.model.reduction = 4
     c.model.attn_every = 8
     c.data.train_dirs = ("data/DIV2K/DIV2K_train_HR",)
+    # The official LR: DIV2K's MATLAB-bicubic files (X2/0001x2.png), cropped with the HR as
+    # EDSR's get_patch (docs/training.md, "Reproduce the paper: data").
+    c.data.train_lr_dirs = ("data/DIV2K/DIV2K_train_LR_bicubic/X{scale}",)
     c.train.batch_size = 16
     c.train.patch_size = c.get_ref("scale") * LR_PATCH   # follows --config.scale
     c.train.num_steps = 1_000_000

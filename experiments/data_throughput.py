@@ -68,6 +68,7 @@ def bench_config(source: str, folder: str, batch: int, patch: int, workers: int)
     c = common.load_config("configs/nlsn.py")
     c.train.batch_size, c.train.patch_size = batch, patch
     c.data.source, c.data.num_threads, c.data.num_workers = source, 1, workers
+    c.data.train_lr_dirs = ()              # HR only: the paper config's LR files are not here
     if source == "png":
         c.data.source, c.data.train_dirs = "folders", (folder,)
     else:

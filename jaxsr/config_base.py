@@ -154,6 +154,7 @@ def small_cpu_training(c, *, lr_patch: int, num_steps: int, lr: float, milestone
     c.train.checkpoint_every = checkpoint_every
     c.train.log_every = log_every
     c.data.train_dirs = (SHARED_TRAIN_DIR,)
+    c.data.train_lr_dirs = ()           # no LR files there: synthesised on the device
     if datasets:
         c.eval.datasets = tuple(datasets)
     return c

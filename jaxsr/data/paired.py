@@ -63,7 +63,9 @@ def match(hr_paths, lr_dir: str, scale: int, where: str) -> list[tuple[str, str]
     try:
         lr_paths = images.list_images(lr_dir)
     except FileNotFoundError as e:
-        raise FileNotFoundError(f"{where}: {e}") from None
+        raise FileNotFoundError(f"{where}: {e} (the LR files of paired training; set "
+                                "config.data.train_lr_dirs=() to synthesise the LR from "
+                                "the HR on the device instead)") from None
     by_stem = {}
     for p in lr_paths:
         by_stem.setdefault(os.path.splitext(os.path.basename(p))[0], []).append(p)
