@@ -122,6 +122,20 @@ def test_lr_side_ceil_of_an_odd_hr_side_crops_inside_both():
         assert_aligned(out["hr"], out["lr"])
 
 
+def test_center_random_crops_inside_the_central_lr_square():
+    # LR 30x40, center_size 32 HR -> the central 16x16 LR square at (7, 12); LR patch 8.
+    hr_img, lr_img = coord_image(60, 80, 0), coord_image(30, 40, 255)
+    reader = pipeline.ImageReader([paired.Pair(hr_img, lr_img)], cache=False, scale=SCALE)
+    load = pipeline.LoadCrop(reader, 16, "center_random", 32, augment=True)
+    tops, lefts = set(), set()
+    for seed in range(200):
+        out = load.random_map(0, np.random.default_rng(seed))
+        assert_aligned(out["hr"], out["lr"])
+        tops.add(int(out["lr"][..., 0].min()))
+        lefts.add(int(out["lr"][..., 1].min()))
+    assert tops == set(range(7, 16)) and lefts == set(range(12, 21))
+
+
 # ---------------------------------------------------------------------------------------
 # Folders: name matching, errors, the stream's properties.
 

@@ -5,16 +5,10 @@
 
 then train with `--config.data.source=array_record --config.data.prepared_dirs="('data/DIV2K_sub',)"`.
 
-Paired data (LR files beside the HR, jaxsr.data.paired):
-
-    python -m jaxsr.tools.prepare --hr data/DIV2K/DIV2K_train_HR \
-        --lr data/DIV2K/DIV2K_train_LR_bicubic/X2 --scale 2 --out data/DIV2K_sub_x2
-
-pairs each HR file with its LR file by name (`0001.png` <-> `0001x2.png` or `0001.png`, one
---lr folder per --hr folder) and stores aligned sub-images in each record: the origins are
-laid on the LR grid (crop / scale, step / scale, thresh_size / scale there), and the HR
-sub-image starts at scale x the LR origin, as BasicSR's extract_subimages does for its
-separate HR and LR folders. --crop and --step must then be multiples of --scale.
+Pairs (`--lr data/DIV2K/DIV2K_train_LR_bicubic/X2 --scale 2`, one --lr folder per --hr
+folder, names matched as in training, jaxsr.data.paired): each record holds aligned HR
+and LR sub-images, origins laid on the LR grid (crop, step, thresh_size / scale) and the
+HR at scale x them, as BasicSR's separate HR and LR sub-image folders (docs/data.md).
 
 The recipe is BasicSR's extract_subimages: along each axis of an image of side n the
 origins are 0, step, 2 step, ... up to n - crop, plus n - crop itself when the pixels left
