@@ -3,13 +3,13 @@
 Tolerances were set from measured values with margin (2-core CPU, jax 0.10.2; the
 measured numbers are also in docs/precision.md):
   * bf16 vs f32 forward, random init, natural 32x32 LR crop: PSNR measured 51.6 dB for
-    NLSN (`:small` with 2 ResBlocks) and 50.3 dB for DLSN `:small`, required > 44 dB;
+    NLSN (`:small` with 2 ResBlocks) and 50.4 dB for DLSN `:small`, required > 44 dB;
     EDSR `:small` through inference.bind measured 42.8 dB, required > 38 dB (res_scale 1
     lets random-init activations grow);
   * 25 Adam steps of a tiny EDSR on one batch: final loss bf16 0.0767 vs f32 0.0775 (from
     0.398), 1.1% apart; required within 5% and below half the initial loss;
-  * NLSA block gradient (params and input), bf16 vs f32: cosine measured 0.99998 /
-    0.9999, required > 0.99;
+  * NLSA block gradient (params and input), bf16 vs f32: cosine measured 0.9966 /
+    0.9999 (2026-12-04, after the attention rework), required > 0.99;
   * chunk attention backward (custom VJP) at fixed buckets, bf16 vs f32: cosine measured
     > 0.99999 for q, v and the GLA score bias, required > 0.999.
 """
@@ -75,7 +75,7 @@ def test_cast_floating_leaves_integers_alone():
 @pytest.mark.parametrize("name", ["nlsn", "dlsn"])
 def test_bf16_forward_close_to_f32_and_really_bf16(name):
     """NLSN/DLSN :small on a natural crop: PSNR(bf16, f32) > 44 dB (measured 51.6 and
-    50.3 dB); every convolution and matmul takes bf16 operands, every exp/log (softmax,
+    50.4 dB); every convolution and matmul takes bf16 operands, every exp/log (softmax,
     logsumexp, merge of rounds) runs on float32."""
     config = load_config_file(f"configs/{name}.py:small")
     if name == "nlsn":    # shrunk for test time: 2 ResBlocks, NLSAs body_0 and body_3
@@ -167,7 +167,7 @@ def test_bf16_training_follows_f32():
 
 def test_nlsa_block_gradient_bf16_close_to_f32():
     """Gradient of an NLSA block (params and input) in bf16 vs f32: cosine > 0.99
-    (measured 0.99998 params, 0.9999 input)."""
+    (measured 0.9966 params, 0.9999 input)."""
     rng = np.random.default_rng(0)
     x = jnp.asarray(_astronaut(200, 180, 32) @ rng.standard_normal((3, 16)))[None]
     w = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
