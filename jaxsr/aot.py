@@ -35,6 +35,7 @@ from jaxsr.models import build_model
 GIB = accelerators.GIB
 DEFAULT_EVAL_LR = 256   # LR side of the compiled evaluation forward (config.eval.compile_lr_size)
 MEMORY_FIELDS = ("argument", "output", "temp", "alias", "generated_code")
+PROGRAMS = ("train_step", "eval_forward")
 
 
 class DoesNotFitError(ValueError):
@@ -211,11 +212,16 @@ def compile_and_report(name, build, target, config) -> dict:
 
 
 def run_compile(config, target: str = "cpu", eval_lr_size: int = DEFAULT_EVAL_LR,
-                workdir: str | None = None, attention_chunks: int | None = None) -> dict:
+                workdir: str | None = None, attention_chunks: int | None = None,
+                programs=PROGRAMS, check: bool = True) -> dict:
     """Compiles the train step and the eval forward of `config` for `target`, writes
     `workdir`/compile.json, logs the report; raises DoesNotFitError when either does not
     fit in the chip's HBM (after writing the report). `attention_chunks`: LSH chunks per
-    loop step (None: the target's default, all chunks at once on a TPU)."""
+    loop step (None: the target's default, all chunks at once on a TPU). `programs`: a
+    subset of PROGRAMS. A model without parameters (bicubic) has no train step. `check`:
+    False returns the report with 'does_not_fit' entries instead of raising."""
+    if not models.has_params(config):
+        programs = tuple(p for p in programs if p != "train_step")
     target = accelerators.parse_target(target)
     devices = target_devices(target)
     train.check_batch(config, len(devices))
@@ -224,25 +230,28 @@ def run_compile(config, target: str = "cpu", eval_lr_size: int = DEFAULT_EVAL_LR
     with target_platform.tracing_for(None if target.platform == "cpu" else "tpu"), \
             chunked.default_chunks_per_step(attention_chunks):
         repl, _ = train.shardings(devices)
-        objective = objectives.make(config, build_model(config))
-        state = abstract_state(objective, config, repl)
-        result["train_step"] = compile_and_report(
-            "train_step", lambda: compile_train_step(config, devices, objective, state),
-            target, config)
-        result["eval_forward"] = compile_and_report(
-            "eval_forward", lambda: compile_forward(config, devices, state["params"],
-                                                    eval_lr_size), target, config)
-    result["train_step"]["global_batch"] = int(config.train.batch_size)
-    result["eval_forward"]["lr_shape"] = list(eval_lr_shape(config, eval_lr_size,
-                                                            len(devices)))
+        objective, state = None, {"params": {}}
+        if models.has_params(config):
+            objective = objectives.make(config, build_model(config))
+            state = abstract_state(objective, config, repl)
+        build = {"train_step": lambda: compile_train_step(config, devices, objective, state),
+                 "eval_forward": lambda: compile_forward(config, devices, state["params"],
+                                                         eval_lr_size)}
+        for name in programs:
+            result[name] = compile_and_report(name, build[name], target, config)
+    if "train_step" in result:
+        result["train_step"]["global_batch"] = int(config.train.batch_size)
+    if "eval_forward" in result:
+        result["eval_forward"]["lr_shape"] = list(eval_lr_shape(config, eval_lr_size,
+                                                                len(devices)))
     if workdir:
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, "compile.json"), "w") as f:
             json.dump(result, f, indent=2)
     logging.info("\n%s", format_report(result))
-    failed = [result[k]["does_not_fit"] for k in ("train_step", "eval_forward")
-              if "does_not_fit" in result[k]]
-    if failed:
+    failed = [result[k]["does_not_fit"] for k in PROGRAMS
+              if "does_not_fit" in result.get(k, {})]
+    if failed and check:
         raise DoesNotFitError("; ".join(failed))
     return result
 
@@ -270,7 +279,9 @@ def format_report(result: dict) -> str:
     hbm = t.get("hbm_bytes")
     lines = [f"target {t['spec']}: {t['devices']} x {t['device_kind']}, "
              f"{t['processes']} host(s)" + (f", {hbm / GIB:.0f} GiB HBM per chip" if hbm else "")]
-    for name in ("train_step", "eval_forward"):
+    for name in PROGRAMS:
+        if name not in result:
+            continue
         r = result[name]
         what = (f"global batch {r['global_batch']}" if name == "train_step"
                 else f"LR {'x'.join(map(str, r['lr_shape']))}")

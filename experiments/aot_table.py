@@ -1,0 +1,248 @@
+"""Per-chip memory, FLOPs and roofline of the paper configs on TPU slices, compiled ahead
+of time on this CPU-only machine (`jaxsr.aot`, the code of `--mode compile`).
+
+  python experiments/aot_table.py                         # every row (hours on 2 cores)
+  python experiments/aot_table.py --models dlsn --targets v5litepod-8 --dtypes float32
+  python experiments/aot_table.py --fit_batch --models nlsn --targets v5litepod-8
+  python experiments/aot_table.py --table                 # markdown from the results
+
+Each row (config, target, compute dtype) compiles the training step at the config's
+paper batch and patch and the evaluation forward of one LR image per chip of side
+1024 // scale (Urban100 images are ~1024 px on the long side: 512x512 LR at x2). Rows are
+appended to experiments/results/aot_table.jsonl as they finish; rows already there are
+skipped, so a partial run can be continued. `--fit_batch`: the largest per-chip batch
+whose train step compiles within the chip (doubling, then bisection; each probe is one
+compile). `--attention`: the share of FLOPs and bytes of the attention modules, from the
+cost analysis of one attention module compiled alone at the network's feature-map shape
+(per chip, forward + backward as the train step runs it) times their number.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from jaxsr import aot, config_util  # noqa: E402
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                       "aot_table.jsonl")
+PAPER = {"nlsn": ("configs/nlsn.py", "configs/nlsn.py:x4"),
+         "dlsn": ("configs/dlsn.py", "configs/dlsn.py:x4"),
+         "nlcunet": ("configs/nlcunet.py:x2", "configs/nlcunet.py"),
+         "lnln": ("configs/lnln.py", "configs/lnln.py:x4")}
+TARGETS = ("v4-8", "v5litepod-8", "v6e-8", "v4-32")
+# --all_configs: every config file, at its small (2-core CPU) size so that the whole set
+# compiles in minutes: it shows the TPU compiler takes every model's ops.
+ALL_CONFIGS = ("configs/bicubic.py:small", "configs/degradations.py:bd,small",
+               "configs/dlsn.py:small", "configs/edsr.py:small", "configs/fsrcnn.py:small",
+               "configs/kenet.py:small", "configs/kenet_usrnet.py:small",
+               "configs/lnln.py:small", "configs/nlcunet.py:small",
+               "configs/nlcunet_gan.py:small", "configs/nlsn.py:small", "configs/rcan.py:small")
+DTYPES = ("float32", "bfloat16")
+
+
+def load(spec: str, dtype: str, per_chip: int | None = None, chips: int | None = None):
+    c = config_util.load_config_file(spec)
+    if "loss" in c and "vgg19_random" in c.loss:
+        c.loss.vgg19_random = True      # shapes only: no VGG weights needed to compile
+    c.train.compute_dtype = dtype
+    if per_chip is not None:
+        c.train.batch_size = per_chip * chips
+    return c
+
+
+def compile_row(spec: str, target: str, dtype: str) -> dict:
+    c = load(spec, dtype)
+    t0 = time.perf_counter()
+    res = aot.run_compile(c, target, eval_lr_size=1024 // c.scale, check=False)
+    return {"config": spec, "target": target, "dtype": dtype, "result": res,
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def config_check(spec: str, target: str, dtype: str) -> dict:
+    """--all_configs: both programs of a small config (eval LR 64) for `target`."""
+    c = load(spec, dtype)
+    t0 = time.perf_counter()
+    try:
+        res = aot.run_compile(c, target, eval_lr_size=64, check=False)
+    except Exception as e:      # noqa: BLE001 -- recorded: which config fails and why
+        res = {"error": f"{type(e).__name__}: {str(e)[:500]}"}
+    return {"config": spec, "target": target, "dtype": dtype, "result": res,
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def fits(spec, target, dtype, per_chip, chips) -> bool:
+    res = aot.run_compile(load(spec, dtype, per_chip, chips), target,
+                          programs=("train_step",), check=False)
+    return "does_not_fit" not in res["train_step"]
+
+
+def largest_batch(spec: str, target: str, dtype: str, limit: int = 512) -> dict:
+    """Largest per-chip batch whose train step fits: doubling from 1, then bisection."""
+    from jaxsr import accelerators
+    chips = accelerators.parse_target(target).num_chips
+    lo, hi = 0, None
+    b = 1
+    while b <= limit and fits(spec, target, dtype, b, chips):
+        lo, b = b, b * 2
+    hi = min(b, limit + 1)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(spec, target, dtype, mid, chips) else (lo, mid)
+    return {"config": spec, "target": target, "dtype": dtype, "max_per_chip_batch": lo,
+            "probe_limit": limit}
+
+
+# Attention modules of the networks whose attention runs at the LR feature map
+# (NLSN: NLSA at body_0 and after every attn_every ResBlocks; DLSN: one GLA per GLAFFM).
+def attention_modules(c):
+    from jaxsr.attention import GlobalLearnableAttention, NonLocalSparseAttention
+    m = c.model
+    if m.name == "nlsn":
+        return (NonLocalSparseAttention(chunk_size=m.chunk_size, n_hashes=m.n_hashes,
+                                        reduction=m.reduction, res_scale=m.res_scale),
+                m.n_resblocks // m.get("attn_every", 8) + 1)
+    if m.name == "dlsn":
+        return (GlobalLearnableAttention(chunk_size=m.chunk_size, n_hashes=m.n_hashes,
+                                         reduction=m.reduction), m.n_resgroups)
+    return None, 0
+
+
+def attention_share(spec: str, target: str, dtype: str) -> dict:
+    """FLOPs and bytes of the network's attention modules (one compiled alone, times their
+    number) as a share of the whole train step / eval forward, per chip."""
+    import jax
+    import jax.numpy as jnp
+    from jaxsr import accelerators, precision, target_platform, train
+    c = load(spec, dtype)
+    module, count = attention_modules(c)
+    if module is None:
+        return {"config": spec, "target": target, "dtype": dtype,
+                "attention": "not split (attention at several resolutions)"}
+    t = accelerators.parse_target(target)
+    devices = aot.target_devices(t)
+    repl, data = train.shardings(devices)
+    cdt = precision.compute_dtype(c)
+    lr = c.train.patch_size // c.scale
+    shapes = {"train_step": (c.train.batch_size, lr, lr, c.model.n_feats),
+              "eval_forward": (len(devices), 1024 // c.scale, 1024 // c.scale, c.model.n_feats)}
+    out = {"config": spec, "target": target, "dtype": dtype, "modules": count}
+    with target_platform.tracing_for("tpu"):
+        x0 = jnp.zeros((1, lr, lr, c.model.n_feats))
+        params = jax.eval_shape(lambda: module.init({"params": jax.random.PRNGKey(0),
+                                                     "lsh": jax.random.PRNGKey(1)}, x0))
+        params = train.abstract_like(params, repl)
+        rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=repl)
+        for name, shape in shapes.items():
+            x = jax.ShapeDtypeStruct(shape, jnp.float32, sharding=data)
+
+            def fwd(p, x, r):
+                y = precision.apply(module, p["params"], x, cdt, rngs={"lsh": r})
+                return jnp.mean(y)
+
+            fn = jax.jit(jax.grad(fwd, argnums=(0, 1))) if name == "train_step" \
+                else jax.jit(fwd)
+            cost = aot.cost_report(fn.lower(params, x, rng).compile())
+            out[name] = {k: v * count for k, v in cost.items() if k != "xla_optimal_seconds"}
+    return out
+
+
+def done_keys(path: str) -> set:
+    if not os.path.exists(path):
+        return set()
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return {(r.get("kind", "row"), r["config"], r["target"], r["dtype"]) for r in rows}
+
+
+def append(path: str, row: dict) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(json.dumps(row)[:400], flush=True)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", nargs="+", default=list(PAPER), choices=list(PAPER))
+    ap.add_argument("--scales", nargs="+", default=["x2", "x4"], choices=["x2", "x4"])
+    ap.add_argument("--targets", nargs="+", default=list(TARGETS))
+    ap.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
+    ap.add_argument("--fit_batch", action="store_true", help="largest per-chip batch")
+    ap.add_argument("--attention", action="store_true", help="attention share of the costs")
+    ap.add_argument("--all_configs", action="store_true",
+                    help="every configs/*.py at its small size (--targets, float32)")
+    ap.add_argument("--out", default=RESULTS)
+    ap.add_argument("--table", action="store_true", help="print the markdown table and exit")
+    args = ap.parse_args(argv)
+    if args.table:
+        print(markdown(args.out))
+        return
+    aot.prepare_host()
+    kind = ("fit_batch" if args.fit_batch else "attention" if args.attention
+            else "config_check" if args.all_configs else "row")
+    work = {"row": compile_row, "fit_batch": largest_batch, "attention": attention_share,
+            "config_check": config_check}[kind]
+    done = done_keys(args.out)
+    if kind == "config_check":
+        for spec in ALL_CONFIGS:
+            for target in args.targets:
+                if (kind, spec, target, "float32") not in done:
+                    append(args.out, dict(config_check(spec, target, "float32"), kind=kind))
+        return
+    for model in args.models:
+        for scale in args.scales:
+            spec = PAPER[model][0 if scale == "x2" else 1]
+            for target in args.targets:
+                for dtype in args.dtypes:
+                    if (kind, spec, target, dtype) in done:
+                        continue
+                    row = work(spec, target, dtype)
+                    append(args.out, dict(row, kind=kind))
+
+
+def _gib(b) -> str:
+    return f"{b / 2**30:.2f}"
+
+
+def markdown(path: str) -> str:
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    extra = {(r["kind"], r["config"], r["target"], r["dtype"]): r for r in rows}
+    head = ("| config | target | dtype | train GiB/chip | train GFLOP/chip | train GB accessed"
+            " | train roofline ms | max batch/chip | eval LR | eval GiB/chip | eval GFLOP/chip"
+            " | eval roofline ms | attention FLOPs / bytes (train) |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        if r["kind"] != "row":
+            continue
+        key = (r["config"], r["target"], r["dtype"])
+        res = r["result"]
+        fit = extra.get(("fit_batch",) + key, {}).get("max_per_chip_batch", "")
+        att = extra.get(("attention",) + key)
+        att_cell = ""
+        if att and "train_step" in att and "train_step" in res:
+            tr = res["train_step"]["cost"]
+            att_cell = (f"{100 * att['train_step']['flops'] / tr['flops']:.0f}% / "
+                        f"{100 * att['train_step']['bytes_accessed'] / tr['bytes_accessed']:.0f}%")
+        tr, ev = res["train_step"], res["eval_forward"]
+        cells = [*key]
+        for p in (tr,):
+            cells += ([_gib(p["memory"]["total_bytes"]), f"{p['cost']['flops'] / 1e9:.0f}",
+                       f"{p['cost']['bytes_accessed'] / 1e9:.1f}",
+                       f"{p['roofline']['seconds'] * 1e3:.1f}"]
+                      if "memory" in p else ["does not fit", "", "", ""])
+        cells.append(str(fit))
+        cells.append("x".join(map(str, ev["lr_shape"][1:3])))
+        cells += ([_gib(ev["memory"]["total_bytes"]), f"{ev['cost']['flops'] / 1e9:.0f}",
+                   f"{ev['roofline']['seconds'] * 1e3:.1f}"]
+                  if "memory" in ev else ["does not fit", "", ""])
+        cells.append(att_cell)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
