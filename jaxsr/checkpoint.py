@@ -24,14 +24,13 @@ naming it, the earlier steps and how to fall back to one (`--step`).
 """
 import json
 import logging
-import os
 
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxsr import config_util, fileio
+from jaxsr import config_util, fileio, paths
 
 CHECKPOINT_DIR = "checkpoints"
 BEST_DIR = "best"            # the best validation checkpoint (jaxsr.validation)
@@ -57,7 +56,7 @@ SAME_PARAMETERS = (frozenset({"usrnet", "gt_usrnet"}),)
 
 
 def checkpoint_dir(workdir: str) -> str:
-    return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+    return paths.join(paths.absolute(workdir), CHECKPOINT_DIR)
 
 
 def manager(workdir: str, *, keep: int | None = 3, async_save: bool = False,
@@ -74,7 +73,7 @@ def manager(workdir: str, *, keep: int | None = 3, async_save: bool = False,
 
 def latest_step(workdir: str) -> int | None:
     """Latest committed step in DIR/checkpoints, or None (unfinished saves are ignored)."""
-    if not os.path.isdir(checkpoint_dir(workdir)):
+    if not paths.isdir(checkpoint_dir(workdir)):
         return None
     with manager(workdir, read_only=True) as mngr:
         return mngr.latest_step()
@@ -103,8 +102,9 @@ def save(mngr, step: int, state, config, *, data_iter=None, kind: str = "train",
 
 
 def write_error(mngr, step: int, error: BaseException) -> CheckpointWriteError:
-    """Orbax writes a step under a temporary name and renames it when complete, so a
-    failed save leaves no step behind and the earlier ones as they were."""
+    """Orbax writes a step under a temporary name and renames it when complete (on gs://:
+    marks it complete with commit_success.txt files), so a failed save leaves no step
+    behind and the earlier ones as they were."""
     earlier = [s for s in mngr.all_steps() if s < step]
     kept = f"the latest checkpoint is still step {max(earlier)}" if earlier else \
         "there is no earlier checkpoint"
@@ -116,7 +116,7 @@ def write_error(mngr, step: int, error: BaseException) -> CheckpointWriteError:
 
 def damaged_error(mngr, step: int, error: BaseException) -> DamagedCheckpointError:
     """The message for an unreadable step: what, why, and the earlier steps to fall back to."""
-    folder = os.path.join(str(mngr.directory), str(step))
+    folder = paths.join(str(mngr.directory), str(step))
     earlier = sorted(s for s in mngr.all_steps() if s < step)
     if earlier:
         fallback = (f"Earlier checkpoints there: {steps_text(earlier)}. To use the "
@@ -188,12 +188,12 @@ def restore(mngr, step: int, abstract_state, *, data_iter=None):
 
 def _resolve(path: str) -> tuple[str, int | None]:
     """A workdir, a DIR/checkpoints folder or a DIR/checkpoints/<step> folder -> (workdir, step)."""
-    path = os.path.abspath(path)
-    base = os.path.basename(path)
-    if base.isdigit() and os.path.basename(os.path.dirname(path)) == CHECKPOINT_DIR:
-        return os.path.dirname(os.path.dirname(path)), int(base)
+    path = paths.absolute(path)
+    base = paths.basename(path)
+    if base.isdigit() and paths.basename(paths.dirname(path)) == CHECKPOINT_DIR:
+        return paths.dirname(paths.dirname(path)), int(base)
     if base == CHECKPOINT_DIR:
-        return os.path.dirname(path), None
+        return paths.dirname(path), None
     return path, None
 
 
@@ -210,16 +210,15 @@ def _local_target(mngr, step: int):
 
 
 def best_dir(workdir: str) -> str:
-    return os.path.join(os.path.abspath(workdir), BEST_DIR)
+    return paths.join(paths.absolute(workdir), BEST_DIR)
 
 
 def read_best(workdir: str) -> dict | None:
     """DIR/best/best.json ({'step', 'val_psnr_y', ...}) or None when there is no best yet."""
-    path = os.path.join(best_dir(workdir), BEST_JSON)
-    if not os.path.isfile(path):
+    path = paths.join(best_dir(workdir), BEST_JSON)
+    if not paths.isfile(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(paths.read_text(path))
 
 
 def parse_step(text) -> int | str | None:
@@ -237,7 +236,7 @@ def _best_location(workdir: str) -> tuple[str, int]:
     """(DIR/best, its step): the step best.json names when it is there (a newer best whose
     predecessor is not removed yet), else the latest one there."""
     where = best_dir(workdir)
-    if not os.path.isdir(checkpoint_dir(where)):
+    if not paths.isdir(checkpoint_dir(where)):
         raise FileNotFoundError(f"no best checkpoint in {where}: it is written by training "
                                 "with config.train.eval_every > 0")
     record = read_best(workdir) or {}
@@ -256,7 +255,7 @@ def load_weights(path: str, step: int | str | None = None):
         path, step = _best_location(_resolve(path)[0])
     workdir, given = _resolve(path)
     step = given if step is None else step
-    if not os.path.isdir(checkpoint_dir(workdir)):
+    if not paths.isdir(checkpoint_dir(workdir)):
         raise FileNotFoundError(f"no checkpoints in {workdir} (expected {checkpoint_dir(workdir)})")
     with manager(workdir, read_only=True) as mngr:
         step = _pick_step(mngr, step)
@@ -315,11 +314,12 @@ def _pick_step(mngr, step: int | None) -> int:
 def existing_run(workdir: str) -> list[str]:
     """What `workdir` already holds that a new params checkpoint could collide with."""
     found = []
-    if os.path.isfile(os.path.join(workdir, "config.json")):
+    if paths.isfile(paths.join(workdir, "config.json")):
         found.append("config.json")
     ckpt = checkpoint_dir(workdir)
-    if os.path.isdir(ckpt) and os.listdir(ckpt):
-        found.append(f"checkpoints/ ({', '.join(sorted(os.listdir(ckpt), key=_step_key))})")
+    names = paths.listdir(ckpt) if paths.isdir(ckpt) else []
+    if names:
+        found.append(f"checkpoints/ ({', '.join(sorted(names, key=_step_key))})")
     return found
 
 
@@ -333,13 +333,12 @@ def save_params(workdir: str, params, config, step: int = 0, params_ema=None) ->
 
     Only adds: a step that exists, or a config.json that differs from `config`, is refused
     before anything is written, and no other checkpoint is ever removed."""
-    config_path = os.path.join(workdir, "config.json")
+    config_path = paths.join(workdir, "config.json")
     new_config = config_json(config)
-    if os.path.isfile(config_path):
-        with open(config_path) as f:
-            if f.read() != new_config:
-                raise FileExistsError(f"{config_path} exists and describes another config; "
-                                      "not replacing it (use a fresh --workdir)")
+    if paths.isfile(config_path):
+        if paths.read_text(config_path) != new_config:
+            raise FileExistsError(f"{config_path} exists and describes another config; "
+                                  "not replacing it (use a fresh --workdir)")
     with manager(workdir, keep=None) as mngr:
         if step in mngr.all_steps():
             raise FileExistsError(f"{checkpoint_dir(workdir)}/{step} exists; not overwriting it")
@@ -347,9 +346,9 @@ def save_params(workdir: str, params, config, step: int = 0, params_ema=None) ->
             {"params": params, EMA_KEY: params_ema}
         save(mngr, step, state, config, kind="params")
         mngr.wait_until_finished()
-    if not os.path.isfile(config_path):
+    if not paths.isfile(config_path):
         fileio.write_text(config_path, new_config)
-    return os.path.join(checkpoint_dir(workdir), str(step))
+    return paths.join(checkpoint_dir(workdir), str(step))
 
 
 # ---------------------------------------------------------------------------------------
@@ -361,17 +360,16 @@ def config_json(config) -> str:
 
 def save_config(workdir: str, config) -> None:
     """DIR/config.json, replaced atomically (train mode records the config of each run)."""
-    fileio.write_text(os.path.join(workdir, "config.json"), config_json(config), overwrite=True)
+    fileio.write_text(paths.join(workdir, "config.json"), config_json(config), overwrite=True)
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
     """The ConfigDict saved by train mode (lists come back as tuples, as configs define them)."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
+    path = paths.join(workdir, "config.json")
+    if not paths.isfile(path):
         raise FileNotFoundError(f"{path} not found: pass --config, or a workdir made by "
                                 "`python -m jaxsr.main --mode train` or `jaxsr.convert from-torch`")
-    with open(path) as f:
-        return config_util.config_from_json(f.read())
+    return config_util.config_from_json(paths.read_text(path))
 
 
 # ---------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from jaxsr import checkpoint, errors, fileio, inference, metrics, models
+from jaxsr import checkpoint, errors, fileio, inference, metrics, models, paths
 from jaxsr.data import benchmarks
 
 PROTOCOL = ("Protocol: PSNR/SSIM on the Y channel of BT.601 YCbCr (Y = 16 + (65.481 R + "
@@ -177,6 +177,7 @@ def evaluate(config, workdir: str, step: int | str | None = None) -> dict:
     """Scores the checkpoint (latest, `step`, or 'best') on every set, writing each set's entry into
     DIR/eval/results.json as soon as it is scored. A set that fails is reported and the
     others still run; the command then fails listing them (errors.PartialFailure)."""
+    paths.check_workdir(workdir, write=True)
     model, params, meta = load_checkpoint(config, workdir, step)
     apply_fn = make_apply_fn(model, params)
     key = result_key(config, _training_config(workdir), has_ema="ema_decay" in meta)
@@ -205,17 +206,21 @@ def evaluate(config, workdir: str, step: int | str | None = None) -> dict:
 
 def read_results(path: str) -> dict:
     """results.json, or {} when absent; a damaged file is kept aside (never deleted)."""
-    if not os.path.isfile(path):
+    if not paths.isfile(path):
         return {}
+    raw = paths.read_bytes(path)
     try:
-        with open(path) as f:
-            data = json.load(f)
+        data = json.loads(raw)
         if not isinstance(data, dict):
             raise ValueError(f"top level is a {type(data).__name__}, not an object")
         return data
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
         kept = fileio.free_name(path + ".corrupt")
-        os.replace(path, kept)
+        if paths.is_remote(path):       # no rename on an object store: a copy, kept first
+            with fileio.atomic_path(kept) as tmp, open(tmp, "wb") as f:
+                f.write(raw)
+        else:
+            os.replace(path, kept)
         logging.warning("%s could not be read (%s); kept it as %s and started a new one",
                         path, e, kept)
         return {}
@@ -232,18 +237,25 @@ def merge_entry(by_key: dict, key: str, entry: dict) -> None:
 
 def write_results(workdir: str, results: dict) -> str:
     """Merges {set: {key: entry}} into DIR/eval/results.json, atomically and under a lock
-    (two evaluations of one workdir do not lose each other's sets)."""
+    (two evaluations of one workdir do not lose each other's sets). A gs:// workdir has
+    no lock: evaluate it one run at a time."""
+    if paths.is_remote(workdir):
+        return _merge_into(paths.join(workdir, "eval", "results.json"), results)
     import fcntl
     out_dir = os.path.join(workdir, "eval")
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "results.json")
     with open(os.path.join(out_dir, ".results.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        merged = read_results(path)
-        for set_name, by_key in results.items():
-            for key, entry in by_key.items():
-                merge_entry(merged.setdefault(set_name, {}), key, entry)
-        fileio.write_json(path, merged, overwrite=True, sort_keys=True)
+        return _merge_into(path, results)
+
+
+def _merge_into(path: str, results: dict) -> str:
+    merged = read_results(path)
+    for set_name, by_key in results.items():
+        for key, entry in by_key.items():
+            merge_entry(merged.setdefault(set_name, {}), key, entry)
+    fileio.write_json(path, merged, overwrite=True, sort_keys=True)
     return path
 
 

@@ -9,12 +9,19 @@ fails instead of replacing when the name appeared in the meantime).
     with fileio.atomic_path("out/model.pth", overwrite=False) as tmp:
         torch.save(sd, tmp)                   # any writer that takes a path
     fileio.write_json("eval/results.json", results, overwrite=True)
+
+A `gs://` path (jaxsr.paths) is written the object store's way: the temporary file is
+local, and one upload publishes it whole (an object is visible only once complete), made
+conditional on the name being free unless `overwrite=True`.
 """
 import contextlib
 import errno
 import json
 import os
+import tempfile
 import uuid
+
+from jaxsr import paths
 
 TMP_MARK = ".tmp-"
 
@@ -24,7 +31,7 @@ class OverwriteError(FileExistsError):
 
 
 def refuse_existing(path: str, hint: str = "pass --overwrite to replace it") -> None:
-    if os.path.lexists(path):
+    if paths.exists(path):
         raise OverwriteError(f"{path} already exists; not overwriting it ({hint})")
 
 
@@ -70,6 +77,10 @@ def atomic_path(path: str, *, overwrite: bool = False,
     On any error the temporary file is removed and an existing `path` is untouched."""
     if not overwrite:
         refuse_existing(path, hint)
+    if paths.is_remote(path):
+        with _remote_atomic_path(str(path), overwrite) as tmp:
+            yield tmp
+        return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = temp_name(path)
     try:
@@ -79,6 +90,18 @@ def atomic_path(path: str, *, overwrite: bool = False,
     finally:
         if os.path.lexists(tmp):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def _remote_atomic_path(path: str, overwrite: bool):
+    with tempfile.TemporaryDirectory(prefix="jaxsr-upload-") as folder:
+        tmp = os.path.join(folder, paths.basename(path))      # same extension (PIL)
+        yield tmp
+        try:
+            paths.upload(tmp, path, overwrite=overwrite)
+        except FileExistsError:
+            raise OverwriteError(f"{path} appeared while it was being written; the new "
+                                 f"version was not kept") from None
 
 
 def write_text(path: str, text: str, *, overwrite: bool = False) -> str:
@@ -101,11 +124,11 @@ def describe_error(error: BaseException, limit: int = 300) -> str:
 
 def free_name(path: str) -> str:
     """`path` if unused, else `stem.1.ext`, `stem.2.ext`, ... (for keeping, never replacing)."""
-    if not os.path.lexists(path):
+    if not paths.exists(path):
         return path
     stem, ext = os.path.splitext(path)
     i = 1
-    while os.path.lexists(f"{stem}.{i}{ext}"):
+    while paths.exists(f"{stem}.{i}{ext}"):
         i += 1
     return f"{stem}.{i}{ext}"
 

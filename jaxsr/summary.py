@@ -5,13 +5,12 @@ FLOPs come from XLA's cost analysis of the compiled inference forward on a 64x64
 comparing models (NLSN issue #17). Hash-attention FLOPs depend on the input size (buckets
 and chunks), so the size is part of the report.
 """
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsr import fileio, models
+from jaxsr import fileio, models, paths
 
 
 def param_shapes(config):
@@ -49,7 +48,7 @@ def write_info(config, workdir: str) -> dict:
             "params": count_params(params), "params_per_module": per_module(params),
             "flops_per_lr_pixel": flops_per_lr_pixel(model, params, size),
             "flops_input_size": [size, size]}
-    fileio.write_json(os.path.join(workdir, "info.json"), info, overwrite=True)
+    fileio.write_json(paths.join(workdir, "info.json"), info, overwrite=True)
     print(format_info(info))
     return info
 

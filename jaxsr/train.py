@@ -21,7 +21,6 @@ touches the data stream or the RNG, so it does not change the run.
 import collections
 import json
 import logging
-import os
 import sys
 import time
 
@@ -30,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxsr import checkpoint, distributed, objectives, validation
+from jaxsr import checkpoint, distributed, objectives, paths, validation
 from jaxsr.data import pipeline
 from jaxsr.models import build_model
 
@@ -212,13 +211,16 @@ def summary_writer(logdir: str):
 
 
 class MetricWriter:
-    """JSONL + TensorBoard (tensorboardX) in the workdir."""
+    """JSONL + TensorBoard (tensorboardX) in the workdir. A gs:// workdir: both are written
+    to a local folder and uploaded whole at every flush (paths.Mirror)."""
 
     def __init__(self, workdir: str):
-        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.mirror = paths.Mirror(workdir if jax.process_index() == 0 else "")
+        self.path = self.mirror.path("metrics.jsonl")
         self.tb = None
         if jax.process_index() == 0:
-            self.tb = summary_writer(os.path.join(workdir, "tb"))
+            self.mirror.fetch("metrics.jsonl")
+            self.tb = summary_writer(self.mirror.path("tb"))
 
     def write(self, step: int, metrics: dict) -> None:
         """One metrics.jsonl line; TensorBoard tags 'train/<k>', or <k> when it has a '/'
@@ -230,6 +232,7 @@ class MetricWriter:
         for k, v in metrics.items():
             self.tb.add_scalar(k if "/" in k else f"train/{k}", v, step)
         self.tb.flush()
+        self.mirror.sync()
 
     def write_images(self, step: int, images: dict) -> None:
         """{tag: HxWx3 uint8} as TensorBoard images."""
@@ -238,10 +241,12 @@ class MetricWriter:
         for tag, img in images.items():
             self.tb.add_image(tag, img, step, dataformats="HWC")
         self.tb.flush()
+        self.mirror.sync()
 
     def close(self):
         if self.tb is not None:
             self.tb.close()
+            self.mirror.close()
 
 
 def progress_bar(start: int, total: int):
@@ -336,7 +341,8 @@ def train(config, workdir: str) -> dict:
     Every process of a multi-process run calls this with the same config and workdir.
     Returns the last logged metrics.
     """
-    workdir = os.path.abspath(workdir)
+    workdir = paths.absolute(workdir)
+    paths.check_workdir(workdir, write=True)
     check_batch(config)
     repl, data_sharding = shardings()
     model = build_model(config)

@@ -23,14 +23,12 @@ primary writes files.
 """
 import logging
 import math
-import os
-import shutil
 import time
 
 import jax
 import numpy as np
 
-from jaxsr import checkpoint, distributed, evaluate, fileio, metrics
+from jaxsr import checkpoint, distributed, evaluate, fileio, metrics, paths
 
 PREVIEW_SIZE = 48        # LR side of the TensorBoard crops
 
@@ -146,7 +144,7 @@ class Validator:
                 mngr.wait_until_finished()
         if distributed.is_primary():
             checkpoint.save_config(where, self.train_config)
-            fileio.write_json(os.path.join(where, checkpoint.BEST_JSON), record,
+            fileio.write_json(paths.join(where, checkpoint.BEST_JSON), record,
                               overwrite=True, indent=2)
             remove_other_steps(where, keep=step)
         self.best_psnr = psnr
@@ -156,6 +154,6 @@ class Validator:
 def remove_other_steps(where: str, keep: int) -> None:
     """Removes the earlier bests once the new one and best.json are complete."""
     folder = checkpoint.checkpoint_dir(where)
-    for name in os.listdir(folder):
+    for name in paths.listdir(folder):
         if name.isdigit() and int(name) != keep:
-            shutil.rmtree(os.path.join(folder, name))
+            paths.rmtree(paths.join(folder, name))

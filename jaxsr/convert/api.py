@@ -186,16 +186,17 @@ CONVERTED_DIR = "converted"
 def import_target(workdir: str, source: str, force: bool) -> str:
     """The workdir a conversion writes into: `workdir` when it holds no run, else (with
     `force`) a new DIR/converted/<file stem>[_N] beside the run; never an existing one."""
-    from jaxsr import checkpoint
+    from jaxsr import checkpoint, paths
+    paths.check_workdir(workdir, write=True)
     existing = checkpoint.existing_run(workdir)
     if not existing:
         return workdir
-    stem = os.path.splitext(os.path.basename(str(source)))[0] or "model"
-    new = os.path.join(workdir, CONVERTED_DIR, stem)
+    stem = os.path.splitext(paths.basename(source))[0] or "model"
+    new = paths.join(workdir, CONVERTED_DIR, stem)
     n = 1
-    while os.path.exists(new):
+    while paths.exists(new):
         n += 1
-        new = os.path.join(workdir, CONVERTED_DIR, f"{stem}_{n}")
+        new = paths.join(workdir, CONVERTED_DIR, f"{stem}_{n}")
     if not force:
         raise FileExistsError(
             f"{workdir} already holds {', '.join(existing)}; converting into it could replace "

@@ -96,6 +96,12 @@ def to_numpy(t) -> np.ndarray:
 
 
 def _read(path) -> tuple[pathlib.Path, object]:
+    from jaxsr import paths
+    if paths.is_remote(path):          # torch.load and safetensors read local files only
+        if not paths.isfile(path):
+            raise ConversionError(f"{path}: no such file")
+        with paths.local_copy(path) as local:
+            return path, _read_raw(pathlib.Path(local), sniff_format(pathlib.Path(local)))
     path = pathlib.Path(path)
     if not path.is_file():
         raise ConversionError(f"{path}: no such file")
@@ -132,8 +138,8 @@ def save_state_dict(state_dict: Mapping[str, np.ndarray], path, fmt: str | None 
     'params_ema': sd}, BasicSR's layout). Atomic (a failed write leaves nothing, or the old
     file); an existing file is refused unless `overwrite`. Returns the format used."""
     from jaxsr import fileio
-    path = pathlib.Path(path)
-    fmt = fmt or ("safetensors" if path.suffix == ".safetensors" else "pth")
+    path = str(path)                  # not pathlib: it would turn gs://b/x into gs:/b/x
+    fmt = fmt or ("safetensors" if path.endswith(".safetensors") else "pth")
     if fmt not in ("pth", "safetensors"):
         raise ValueError(f"--format must be 'pth' or 'safetensors', got {fmt!r}")
     torch = _import_torch()
@@ -146,7 +152,7 @@ def save_state_dict(state_dict: Mapping[str, np.ndarray], path, fmt: str | None 
                          f"{sorted(state_dict)}: write a .pth")
     tensors = {k: as_torch(v) for k, v in state_dict.items()} if nested else \
         as_torch(state_dict)
-    with fileio.atomic_path(str(path), overwrite=overwrite) as tmp:
+    with fileio.atomic_path(path, overwrite=overwrite) as tmp:
         if fmt == "safetensors":
             import safetensors.torch
             safetensors.torch.save_file(tensors, tmp, metadata={"format": "pt"})

@@ -187,7 +187,8 @@ def sidecar_paths(output: str) -> tuple[str, str]:
 
 
 def refuse_existing(paths, overwrite: bool) -> None:
-    existing = [p for p in paths if os.path.exists(p)]
+    from jaxsr import paths as path_layer
+    existing = [p for p in paths if path_layer.exists(p)]
     if existing and not overwrite:
         raise ExportError(f"{', '.join(existing)} exists; not overwriting it (pass --overwrite)")
 
