@@ -43,6 +43,7 @@ from jaxsr.models.kernel_convention import (  # noqa: F401 (part of this model's
 from jaxsr.models import usrnet as usrnet_lib
 
 HAS_PARAMS = True
+INIT_RULES = usrnet_lib.INIT_RULES      # config.model.init='torch' (KENet: torch defaults)
 
 
 class BlindUSRNet(nn.Module):

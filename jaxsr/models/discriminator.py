@@ -18,10 +18,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxsr.models import init as init_lib
+
 
 # torch's default Conv2d init, kaiming_uniform(a=sqrt(5)) = U(-1/sqrt(fan_in), 1/sqrt(fan_in));
-# Real-ESRGAN's discriminator keeps it. (Biases start at 0 here, not uniform.)
-TORCH_DEFAULT_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+# Real-ESRGAN's discriminator keeps it. (Biases start at 0 here unless
+# config.model.init='torch', jaxsr.objectives.gan.)
+TORCH_DEFAULT_INIT = init_lib.TORCH_DEFAULT_KERNEL
 
 
 def _conv(features, k, stride=1, use_bias=True, name=None):

@@ -31,6 +31,7 @@ Parameters (Y, any scale): 12,809 = the paper's 12,464 weights + 173 biases + 17
 slopes. Initialisation as the reference code: He normal (fan_out) convs, N(0, 0.001)
 deconvolution, zero biases, PReLU slopes 0.25.
 """
+import math
 from typing import Callable, Optional
 
 import flax.linen as nn
@@ -39,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsr.models import common, plugin
+from jaxsr.models import init as init_lib
 from jaxsr.ops.imresize import imresize
 
 # MATLAB rgb2ycbcr for [0, 1] data: ycc = RGB2YCC @ rgb + OFFSET (rows Y, Cb, Cr).
@@ -46,6 +48,15 @@ RGB2YCC = np.array([[65.481, 128.553, 24.966],
                     [-37.797, -74.203, 112.0],
                     [112.0, -93.786, -18.214]]) / 255.0
 YCC_OFFSET = np.array([16.0, 128.0, 128.0]) / 255.0
+
+# config.model.init='torch': the official _initialize_weights (yjn870/FSRCNN-pytorch):
+# convs N(0, 2 / (out_channels k^2)), the deconvolution N(0, 0.001^2), biases 0 (plain
+# normals; the Flax initializers below are truncated). GLA plug-ins: torch defaults.
+INIT_RULES = (
+    (r"^(first|mid)_part_\d+$",
+     init_lib.normal_zero_bias(lambda s: math.sqrt(2.0 / (s[-1] * s[0] * s[1])))),
+    (r"^last_part$", init_lib.normal_zero_bias(lambda s: 0.001)),
+)
 YCC2RGB = np.linalg.inv(RGB2YCC)
 
 

@@ -46,8 +46,12 @@ import jax.numpy as jnp
 
 from jaxsr.attention.dense import dense_attention
 from jaxsr.models import common
+from jaxsr.models import init as init_lib
 
 HAS_PARAMS = True
+# config.model.init='torch' (jaxsr.models.init): torch defaults everywhere but the non-local
+# output convs W, which start at zero (Wang et al.'s non-local block; no official code).
+INIT_RULES = ((r"(^|/)W$", init_lib.keep),)
 
 
 class DSConv(nn.Module):

@@ -40,18 +40,13 @@ import jax.numpy as jnp
 
 from jaxsr.attention import NonLocalSparseAttention
 from jaxsr.models import common
+from jaxsr.models import init as init_lib
 from jaxsr.ops import torch_bicubic
 
 # Block counts of the official model, in U-Net order.
 BLOCKS = {"encoder_block1": 6, "encoder_block2": 8, "latent_block": 10,
           "decoder_block1": 6, "decoder_block2": 8, "refine_block": 8}
 STAGES = tuple(BLOCKS)
-
-
-def _uniform(bound: float):
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-    return init
 
 
 def conv(x, features: int, k: int, *, use_bias: bool = True, groups: int = 1, name: str):
@@ -67,8 +62,8 @@ def conv(x, features: int, k: int, *, use_bias: bool = True, groups: int = 1, na
     bound = 1.0 / math.sqrt(x.shape[-1] // groups * k * k)
     pad = k // 2
     return nn.Conv(features, (k, k), padding=((pad, pad), (pad, pad)), use_bias=use_bias,
-                   feature_group_count=groups, kernel_init=_uniform(bound),
-                   bias_init=_uniform(bound), name=name)(x)
+                   feature_group_count=groups, kernel_init=init_lib.uniform(bound),
+                   bias_init=init_lib.uniform(bound), name=name)(x)
 
 
 def gelu(x):

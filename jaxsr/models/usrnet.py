@@ -46,9 +46,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsr.models import init as init_lib
 from jaxsr.models import kernel_convention
 
 HAS_PARAMS = True
+# config.model.init='torch': torch defaults; the up-sampling ConvTranspose2d layers take
+# torch's transposed fan-in. (KAIR trains with its own init_weights from the options
+# file; that choice is not reproduced here.)
+INIT_RULES = ((r"(^|/)m_up\d/layers_0$", init_lib.torch_transposed),)
 EVAL_EXTRAS = ("kernel",)      # jaxsr.evaluate passes a blind set's kernel as kernel=
 
 

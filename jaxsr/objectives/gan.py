@@ -33,6 +33,7 @@ import optax
 
 from jaxsr import objectives, precision
 from jaxsr.models import discriminator as disc_lib
+from jaxsr.models import init as init_lib
 from jaxsr.models import vgg as vgg_lib
 from jaxsr.objectives.sr import SRObjective
 
@@ -69,8 +70,12 @@ class GANObjective(SRObjective):
         state = super().init_state(g_rng, hr_uint8)
         dvars = self.disc.init({"params": d_rng},
                                jnp.zeros((1, D_INIT_SIDE, D_INIT_SIDE, 3), jnp.float32))
-        state.update(disc_params=dvars["params"], disc_stats=dvars["batch_stats"],
-                     disc_opt_state=self.tx_d.init(dvars["params"]),
+        # Real-ESRGAN's D keeps torch's defaults; config.model.init='torch' gives them to
+        # D's biases too (its kernels already have them).
+        d_params = init_lib.initialize(dvars["params"], jax.random.fold_in(d_rng, 1),
+                                       self.config.model.get("init", "flax") or "flax")
+        state.update(disc_params=d_params, disc_stats=dvars["batch_stats"],
+                     disc_opt_state=self.tx_d.init(d_params),
                      vgg_params=self._vgg_params)
         return state
 

@@ -16,6 +16,7 @@ import optax
 
 from jaxsr import objectives, precision
 from jaxsr.data import degradations
+from jaxsr.models import init as init_lib
 from jaxsr.models import kenet as kenet_lib
 
 
@@ -57,6 +58,7 @@ class KernelObjective:
         s = self.config.scale
         lr = jnp.zeros((1, hr_uint8.shape[1] // s, hr_uint8.shape[2] // s, 3), jnp.float32)
         params = self.model.init({"params": rng}, lr, train=False)["params"]
+        params = init_lib.init_params(self.config, params, jax.random.fold_in(rng, 1))
         return {"step": jnp.zeros((), jnp.int32), "params": params,
                 "opt_state": self.tx.init(self.trainable(params))}
 

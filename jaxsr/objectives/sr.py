@@ -11,6 +11,7 @@ import optax
 
 from jaxsr import objectives, precision
 from jaxsr.data import degradations
+from jaxsr.models import init as init_lib
 
 
 class SRObjective:
@@ -28,7 +29,9 @@ class SRObjective:
         params_rng, lsh_rng = jax.random.split(rng)
         variables = self.model.init({"params": params_rng, "lsh": lsh_rng},
                                     jnp.zeros(lr_shape, jnp.float32), train=False)
-        return variables["params"]
+        # config.model.init='torch': PyTorch's default init (jaxsr.models.init)
+        return init_lib.init_params(self.config, variables["params"],
+                                    jax.random.fold_in(params_rng, 1))
 
     def init_state(self, rng, hr_uint8):
         params = self.init_params(rng, hr_uint8)
