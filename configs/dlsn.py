@@ -30,6 +30,7 @@ def get_config(arg=None):
     c = base_config()
     c.scale = scale_arg(tokens)
     c.model.name = "dlsn"
+    c.model.init = "torch"       # as the official code (EDSR framework: PyTorch defaults)
     c.model.n_resgroups = 10
     c.model.n_resblocks = 4
     c.model.n_feats = 128 if "c128" in tokens else 256

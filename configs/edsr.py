@@ -15,6 +15,7 @@ from jaxsr.config_base import base_config, gla_plugin_fields, small_cpu_training
 def get_config(arg=None):
     c = base_config()
     c.model.name = "edsr"
+    c.model.init = "torch"       # as EDSR-PyTorch (PyTorch defaults)
     c.model.n_resblocks = 16
     c.model.n_feats = 64
     c.model.res_scale = 1.0

@@ -18,6 +18,7 @@ def get_config(arg=None):
     c = base_config()
     c.scale = scale_arg(tokens)
     c.model.name = "fsrcnn"
+    c.model.init = "torch"       # the official explicit normal inits (FSRCNN INIT_RULES)
     c.model.d, c.model.s, c.model.m = 56, 12, 4
     c.model.color = "y"                       # 'y' (paper) | 'rgb'
     gla_plugin_fields(c, "gla" in tokens)   # default GLA position: m + 2

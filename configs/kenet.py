@@ -26,6 +26,7 @@ def get_config(arg=None):
     c = base_config()
     c.scale = scale_arg(tokens)
     c.model.name = "kenet"
+    c.model.init = "torch"       # PyTorch defaults (no official code)
     c.model.kernel_size = {2: 11, 4: 21}[c.scale]
     c.model.features = 64
     c.model.n_stages = 3

@@ -21,6 +21,7 @@ def get_config(arg=None):
     c = base_config()
     c.scale = scale_arg(tokens)
     c.model.name = "lnln"
+    c.model.init = "torch"       # PyTorch defaults (no official code; W starts at 0)
     c.model.n_feats = 64
     c.model.n_groups = 5
     c.model.n_blocks = 37          # fitted to the paper's LRG 0.38M / total 2.04M

@@ -34,6 +34,7 @@ def get_config(arg=None):
     c = base_config()
     c.scale = scale_arg(tokens, 4)
     c.model.name = "nlcunet"
+    c.model.init = "torch"       # PyTorch defaults, the NLSA convs included, as the official code
     c.model.nf = 64
     c.model.blocks = (6, 8, 10, 6, 8, 8)   # encoder1, encoder2, latent, decoder1, decoder2, refine
     c.model.chunk_size = 144

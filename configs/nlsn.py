@@ -27,6 +27,7 @@ def get_config(arg=None):
     c = base_config()
     c.scale = scale_arg(tokens)
     c.model.name = "nlsn"
+    c.model.init = "torch"       # as the official code (EDSR framework: PyTorch defaults)
     c.model.n_resblocks = 32
     c.model.n_feats = 256
     c.model.res_scale = 0.1

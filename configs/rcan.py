@@ -19,6 +19,7 @@ def get_config(arg=None):
     c = base_config()
     c.scale = scale_arg(tokens)
     c.model.name = "rcan"
+    c.model.init = "torch"       # as RCAN-PyTorch (PyTorch defaults)
     c.model.n_resgroups = 10
     c.model.n_resblocks = 20
     c.model.n_feats = 64
