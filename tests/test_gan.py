@@ -46,18 +46,21 @@ def gan_config(repo_root):
 # ------------------------------------------------------------------------------------------
 # VGG19 and the perceptual loss
 
-def torch_vgg19_features():
-    """torchvision vgg19 `features` (cfg 'E'), written out: conv3+ReLU, 'M' = max-pool 2."""
+def torch_vgg19_features(n_layers=None):
+    """torchvision vgg19 `features` (cfg 'E'), written out: conv3+ReLU, 'M' = max-pool 2;
+    only its first n_layers modules when given (the full net takes seconds to init)."""
     cfg = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
            512, 512, 512, 512, "M"]
     layers, c_in = [], 3
     for v in cfg:
+        if n_layers is not None and len(layers) >= n_layers:
+            break
         if v == "M":
             layers.append(tnn.MaxPool2d(2, 2))
         else:
             layers += [tnn.Conv2d(c_in, v, 3, padding=1), tnn.ReLU(inplace=False)]
             c_in = v
-    return tnn.Sequential(*layers)
+    return tnn.Sequential(*layers[:n_layers])
 
 
 def torch_perceptual(features, x, gt, weights):
@@ -244,3 +247,46 @@ def test_gan_state_orbax_roundtrip_resumes_exactly(gan_setup, tmp_path):
     b, mb = step(restored, hr, jax.random.PRNGKey(2))
     jax.tree.map(np.testing.assert_array_equal, a, b)
     assert float(ma["l_d"]) == float(mb["l_d"]) and float(ma["loss"]) == float(mb["loss"])
+
+
+def test_generator_total_is_the_weighted_sum_of_its_parts(gan_config, gan_setup):
+    """total = w_pix * L1 + w_percep * perceptual + w_gan * BCE(D(sr), real), each part
+    recomputed outside jaxsr.objectives (L1 and the BCE in NumPy, the perceptual loss with
+    the torch VGG19 above); three distinct weights, so a swapped or dropped one shows."""
+    _, _, state, hr_uint8 = gan_setup
+    cfg = gan_config.copy_and_resolve_references()
+    w = {"pixel_weight": 0.7, "perceptual_weight": 1.9, "gan_weight": 0.35}
+    cfg.loss.update(w)
+    obj = objectives.make(cfg, build_model(cfg))
+
+    def run(state, hr_uint8):   # one program: eager ops compile one by one (slow)
+        hr, lr = obj.synthesize(hr_uint8, jax.random.PRNGKey(3))
+        total, (sr, parts) = obj.generator_loss(state["params"], state, lr, hr,
+                                                jax.random.PRNGKey(4))
+        logits, _ = obj.d_logits(state["disc_params"], state["disc_stats"], sr, False)
+        return total, parts, sr, hr, logits
+
+    # XLA:CPU without backend optimisations compiles G + VGG + D ~3x faster
+    total, parts, sr, hr, logits = jax.jit(run).lower(state, hr_uint8).compile(
+        compiler_options={"xla_backend_optimization_level": 0})(state, hr_uint8)
+    sr32, hr32 = np.asarray(sr), np.asarray(hr)
+    assert cfg.train.loss == "l1"
+    l_pix = np.mean(np.abs(sr32.astype(np.float64) - hr32))
+    layers = dict(cfg.loss.layer_weights)
+    last = max(i for i, n, _ in vgg.VGG19_CONVS if n in layers)
+    features = torch_vgg19_features(last + 1).eval()
+    for i in (i for i, _, _ in vgg.VGG19_CONVS if i <= last):
+        p = state["vgg_params"][f"features_{i}"]
+        features[i].weight.data = torch.from_numpy(np.asarray(p["kernel"]).transpose(3, 2, 0, 1))
+        features[i].bias.data = torch.from_numpy(np.asarray(p["bias"]))
+    with torch.no_grad():
+        l_percep = float(torch_perceptual(features, nchw(sr32), nchw(hr32), layers)[0])
+    l_gan = np.mean(np.logaddexp(0.0, -np.asarray(logits, np.float64)))   # -log sigmoid
+    for name, got, ref in (("l_pix", parts["l_pix"], l_pix),
+                           ("l_percep", parts["l_percep"], l_percep),
+                           ("l_g_gan", parts["l_g_gan"], l_gan)):
+        assert float(ref) > 1e-3, name                  # each term really contributes
+        np.testing.assert_allclose(float(got), ref, rtol=1e-4, err_msg=name)
+    expected = w["pixel_weight"] * l_pix + w["perceptual_weight"] * l_percep \
+        + w["gan_weight"] * l_gan
+    np.testing.assert_allclose(float(total), expected, rtol=1e-4)
