@@ -129,9 +129,19 @@ def test_two_processes_equal_one_process_and_resume_exactly(tmp_path):
         "process_0-of-2.json", "process_1-of-2.json"]
     steps = [json.loads(x)["step"] for x in open(two / "metrics.jsonl")]
     assert steps == [2, 4, 6]
-    # The training really moved the parameters and the runs saw identical losses.
+    # The runs saw identical losses, and the training really moved the parameters: the
+    # stopped run equals the uninterrupted one at step 4, and the resumed 2-process
+    # segment 4 -> 6 changed every leaf (by > MIN_MOVE relative L2 in all).
     losses = [[json.loads(x)["loss"] for x in open(d / "metrics.jsonl")] for d in (one, two)]
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
+    import jax
+    from test_train_e2e import MIN_MOVE, relative_change
+    at4 = [[np.asarray(x) for x in jax.tree.leaves(checkpoint.load_params(str(d), 4)[0])]
+           for d in (cut, two)]
+    for a, b in zip(*at4, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert relative_change(at4[0], p_cut) > MIN_MOVE
+    assert all(np.abs(a - b).max() > 0 for a, b in zip(at4[0], p_cut, strict=True))
 
 
 @pytest.mark.slow
