@@ -13,6 +13,7 @@ from PIL import Image
 
 from experiments import benchmark, common, gla_plugin, hash_rounds
 from jaxsr import checkpoint
+from jaxsr.attention import lsh
 from jaxsr.models import build_model
 
 
@@ -37,17 +38,48 @@ def tiny(config, bench_dir):
     return config
 
 
-def test_hash_rounds_trains_evaluates_resumes_and_reports(tmp_path, tiny_bench):
+def record_hash_rounds(monkeypatch):
+    """{R_test of the cell being evaluated: hashing rounds of the rotation tensors its
+    forward was traced with}, filled while hash_rounds evaluates."""
+    seen, current = {}, []
+    evaluate_sets, attention = common.evaluate_sets, lsh.batched_lsh_attention
+
+    def recording_evaluate_sets(config, workdir):
+        current[:] = [int(config.model.n_hashes)]
+        try:
+            return evaluate_sets(config, workdir)
+        finally:
+            current.clear()
+
+    def recording_attention(q, v, rotations, *args, **kwargs):
+        if current:
+            seen.setdefault(current[0], set()).add(int(rotations.shape[1]))
+        return attention(q, v, rotations, *args, **kwargs)
+
+    monkeypatch.setattr(common, "evaluate_sets", recording_evaluate_sets)
+    monkeypatch.setattr(lsh, "batched_lsh_attention", recording_attention)
+    return seen
+
+
+def test_hash_rounds_trains_evaluates_resumes_and_reports(tmp_path, tiny_bench, monkeypatch):
     c = tiny(common.load_config("configs/dlsn.py:small"), tiny_bench)
     c.model.update(dict(n_resgroups=1, n_resblocks=1, n_feats=8, chunk_size=16))
     study = hash_rounds.study_defaults("tiny")
     study.update(dict(train_rounds=(1,), test_rounds=(1, 2), datasets=("Tiny",),
                       max_images=0, num_steps=1))
     assert hash_rounds.training_settings(study, c) == [(1, 16)]
+    rounds_used = record_hash_rounds(monkeypatch)
     hash_rounds.run(c, study, str(tmp_path), stage="run")
     cells = sorted(os.listdir(tmp_path / "cells"))
     assert cells == ["R1_K16_T1.json", "R1_K16_T2.json", "train_R1_K16.json"]
+    # R_test = 2 really hashed with 2 rounds (the rotations [Cq, R, nb] given to the
+    # attention of the evaluated forward), R_test = 1 with one, and the results differ.
+    assert rounds_used == {1: {1}, 2: {2}}, rounds_used
     first = common.read_json(tmp_path / "cells" / "R1_K16_T2.json")
+    one = common.read_json(tmp_path / "cells" / "R1_K16_T1.json")
+    # (deterministic evaluation rotations: the only difference is R; measured 1e-4 dB
+    # after the one training step)
+    assert abs(first["sets"]["Tiny"]["psnr_y"] - one["sets"]["Tiny"]["psnr_y"]) > 1e-6
     assert first["test_rounds"] == 2 and first["sets"]["Tiny"]["images"] == 2
     assert 5 < first["sets"]["Tiny"]["psnr_y"] < 60 and first["latency_s"] > 0
     assert first["peak_bytes"] > 0
