@@ -109,6 +109,7 @@ def train_sets(config) -> list[tuple[list, float]]:
 
 
 def _paired_sets(sets, lr_dirs, config) -> list[tuple[list, float]]:
+    """[(usable (HR, LR) path pairs, weight)] per set: names matched, sizes checked."""
     out = []
     for i, ((paths, weight, where), lr_dir) in enumerate(zip(sets, lr_dirs)):
         pairs = paired.match(paths, lr_dir, config.scale, f"config.data.train_lr_dirs[{i}]")
