@@ -110,43 +110,64 @@ def attention_modules(c):
     return None, 0
 
 
-def attention_share(spec: str, target: str, dtype: str) -> dict:
-    """FLOPs and bytes of the network's attention modules (one compiled alone, times their
-    number) as a share of the whole train step / eval forward, per chip."""
+def module_costs(module, shapes: dict, target: str, dtype: str) -> dict:
+    """Per-chip cost analysis of one attention module compiled alone for `target`:
+    {'train_step': forward + backward (grads of params and input), 'eval_forward': forward}
+    at the given global input shapes (split over the chips)."""
     import jax
     import jax.numpy as jnp
     from jaxsr import accelerators, precision, target_platform, train
-    c = load(spec, dtype)
-    module, count = attention_modules(c)
-    if module is None:
-        return {"config": spec, "target": target, "dtype": dtype,
-                "attention": "not split (attention at several resolutions)"}
-    t = accelerators.parse_target(target)
-    devices = aot.target_devices(t)
+    devices = aot.target_devices(accelerators.parse_target(target))
     repl, data = train.shardings(devices)
-    cdt = precision.compute_dtype(c)
-    lr = c.train.patch_size // c.scale
-    shapes = {"train_step": (c.train.batch_size, lr, lr, c.model.n_feats),
-              "eval_forward": (len(devices), 1024 // c.scale, 1024 // c.scale, c.model.n_feats)}
-    out = {"config": spec, "target": target, "dtype": dtype, "modules": count}
+    cdt = precision.resolve(dtype)
+    out = {}
     with target_platform.tracing_for("tpu"):
-        x0 = jnp.zeros((1, lr, lr, c.model.n_feats))
+        x0 = jnp.zeros((1,) + shapes["train_step"][1:])
         params = jax.eval_shape(lambda: module.init({"params": jax.random.PRNGKey(0),
                                                      "lsh": jax.random.PRNGKey(1)}, x0))
         params = train.abstract_like(params, repl)
         rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=repl)
+
+        def fwd(p, x, r):
+            return jnp.mean(precision.apply(module, p["params"], x, cdt, rngs={"lsh": r}))
+
         for name, shape in shapes.items():
             x = jax.ShapeDtypeStruct(shape, jnp.float32, sharding=data)
-
-            def fwd(p, x, r):
-                y = precision.apply(module, p["params"], x, cdt, rngs={"lsh": r})
-                return jnp.mean(y)
-
-            fn = jax.jit(jax.grad(fwd, argnums=(0, 1))) if name == "train_step" \
-                else jax.jit(fwd)
-            cost = aot.cost_report(fn.lower(params, x, rng).compile())
-            out[name] = {k: v * count for k, v in cost.items() if k != "xla_optimal_seconds"}
+            fn = jax.jit(jax.grad(fwd, argnums=(0, 1)) if name == "train_step" else fwd)
+            out[name] = aot.cost_report(fn.lower(params, x, rng).compile())
     return out
+
+
+def attention_share(spec: str, target: str, dtype: str) -> dict:
+    """FLOPs and bytes of the network's attention modules (one compiled alone, times their
+    number) per chip, to set against the whole train step / eval forward."""
+    from jaxsr import accelerators
+    c = load(spec, dtype)
+    module, count = attention_modules(c)
+    row = {"config": spec, "target": target, "dtype": dtype, "modules": count}
+    if module is None:
+        return dict(row, attention="not split (attention at several resolutions)")
+    chips = accelerators.parse_target(target).num_chips
+    lr, ev, f = c.train.patch_size // c.scale, 1024 // c.scale, c.model.n_feats
+    costs = module_costs(module, {"train_step": (c.train.batch_size, lr, lr, f),
+                                  "eval_forward": (chips, ev, ev, f)}, target, dtype)
+    for name, cost in costs.items():
+        row[name] = {k: v * count for k, v in cost.items()}
+    return row
+
+
+def chunk_cost(target: str, dtype: str, sizes=(128, 144, 192, 256)) -> list:
+    """NLSN's NLSA (256 ch, 4 rounds) on its paper training input (batch 16 of 48x48 LR)
+    with chunk sizes around the paper's 144: FLOPs and the TPU cost model's time, to see
+    what a chunk that is not a multiple of the 128-wide MXU costs."""
+    from jaxsr.attention import NonLocalSparseAttention
+    rows = []
+    for k in sizes:
+        m = NonLocalSparseAttention(chunk_size=k, n_hashes=4, reduction=4, res_scale=1.0)
+        cost = module_costs(m, {"train_step": (16, 48, 48, 256)}, target, dtype)["train_step"]
+        rows.append({"kind": "chunk_cost", "config": f"NLSA K={k}", "target": target,
+                     "dtype": dtype, "chunk_size": k, **cost})
+    return rows
 
 
 def done_keys(path: str) -> set:
@@ -172,6 +193,8 @@ def main(argv=None):
     ap.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     ap.add_argument("--fit_batch", action="store_true", help="largest per-chip batch")
     ap.add_argument("--attention", action="store_true", help="attention share of the costs")
+    ap.add_argument("--chunk_cost", action="store_true",
+                    help="NLSA train cost for chunk sizes 128/144/192/256 (--targets)")
     ap.add_argument("--all_configs", action="store_true",
                     help="every configs/*.py at its small size (--targets, float32)")
     ap.add_argument("--out", default=RESULTS)
@@ -186,6 +209,12 @@ def main(argv=None):
     work = {"row": compile_row, "fit_batch": largest_batch, "attention": attention_share,
             "config_check": config_check}[kind]
     done = done_keys(args.out)
+    if args.chunk_cost:
+        for target in args.targets:
+            for dtype in args.dtypes:
+                for row in chunk_cost(target, dtype):
+                    append(args.out, row)
+        return
     if kind == "config_check":
         for spec in ALL_CONFIGS:
             for target in args.targets:

@@ -49,6 +49,27 @@ CHIPS = {
     "v6e": Chip("v6e", "TPU v6 lite", 32 * GIB, 918e12, 1640e9,
                 "https://cloud.google.com/tpu/docs/v6e"),
 }
+# NVIDIA H100 SXM (https://www.nvidia.com/en-us/data-center/h100/, datasheet: 989 TFLOP/s
+# dense bf16, 80 GB HBM3 at 3.35 TB/s). Compiled for without a GPU through XLA's GPU target
+# description (needs jax-cuda12-plugin/-pjrt of the installed jax); the device description
+# below is the H100's as XLA reports it (jax-ml/jax issue 28376).
+H100 = Chip("h100", "NVIDIA H100 80GB HBM3", 84929347584, 989e12, 3.35e12,
+            "https://www.nvidia.com/en-us/data-center/h100/ (H100 SXM datasheet)", dims=1)
+H100_TARGET_CONFIG = """
+gpu_device_info {
+  threads_per_block_limit: 1024 threads_per_warp: 32 shared_memory_per_block: 49152
+  shared_memory_per_core: 233472 threads_per_core_limit: 2048 core_count: 132
+  fpus_per_core: 128 block_dim_limit_x: 2147483647 block_dim_limit_y: 65535
+  block_dim_limit_z: 65535 memory_bandwidth: 3352320000000 l2_cache_size: 52428800
+  clock_rate_ghz: 1.98 device_memory_size: 84929347584
+  shared_memory_per_block_optin: 232448 cuda_compute_capability { major: 9 }
+  registers_per_core_limit: 65536 registers_per_block_limit: 65536
+}
+platform_name: "CUDA"
+dnn_version_info { major: 9 minor: 7 }
+runtime_version { major: 12 minor: 8 }
+device_description_str: "NVIDIA H100 80GB HBM3"
+"""
 # Google Cloud accelerator-type prefixes -> chip.
 GCP_PREFIXES = {"v4": "v4", "v5litepod": "v5e", "v5e": "v5e", "v5p": "v5p", "v6e": "v6e"}
 # libtpu's topology prefix for each chip ("v5p" slices are "v5:AxBxC").
@@ -58,13 +79,15 @@ TOPOLOGY_PREFIX = {"v4": "v4", "v5e": "v5e", "v5p": "v5", "v6e": "v6e"}
 @dataclasses.dataclass(frozen=True)
 class Target:
     spec: str                      # what the user asked for
-    platform: str                  # "tpu" or "cpu"
+    platform: str                  # "tpu", "gpu" or "cpu"
     chip: Optional[Chip] = None
     shape: tuple = ()              # chips along each torus axis
     hosts: int = 1
 
     @property
     def topology_name(self) -> str:
+        if self.platform == "gpu":
+            return f"1x1x{self.num_chips}"      # slices x hosts x GPUs
         return f"{TOPOLOGY_PREFIX[self.chip.name]}:{'x'.join(map(str, self.shape))}"
 
     @property
@@ -85,6 +108,9 @@ class Target:
 
     def topology_kwargs(self) -> dict:
         """Keyword arguments of `topologies.get_topology_desc` for this slice."""
+        if self.platform == "gpu":     # one host of n GPUs
+            return {"platform": "cuda", "target_config": H100_TARGET_CONFIG,
+                    "topology": self.topology_name}
         kw = {"topology_name": self.topology_name, "platform": "tpu",
               "chips_per_host_bounds": self.chips_per_host_bounds()}
         if self.chip.megacore:
@@ -134,6 +160,12 @@ def parse_target(spec: str) -> Target:
     s = spec.strip().lower()
     if s == "cpu":
         return Target(spec, "cpu")
+    m = re.fullmatch(r"h100(?:[:-](\d+))?", s)
+    if m:
+        n = int(m.group(1) or 1)
+        if not 1 <= n <= 8:
+            raise ValueError(f"--target={spec}: one host of 1 to 8 H100s (h100, h100:8)")
+        return Target(spec, "gpu", H100, (n,), 1)
     m = re.fullmatch(r"(v4|v5e|v5p|v5|v6e):(\d+(?:x\d+)*)", s)
     if m:
         name = "v5p" if m.group(1) == "v5" else m.group(1)
@@ -155,5 +187,5 @@ def parse_target(spec: str) -> Target:
         shape = grid_for(n, chip.dims)
         return Target(spec, "tpu", chip, shape, _hosts(chip, shape))
     raise ValueError(f"--target={spec!r} is not a known target: use cpu, a TPU topology "
-                     "(v4:2x2x1, v5e:2x4, v5p:2x2x2, v6e:4x4) or a Cloud TPU type (v4-8, "
-                     "v4-32, v5litepod-8, v5p-16, v6e-8)")
+                     "(v4:2x2x1, v5e:2x4, v5p:2x2x2, v6e:4x4), a Cloud TPU type (v4-8, "
+                     "v4-32, v5litepod-8, v5p-16, v6e-8) or h100[:N] (N GPUs of one host)")

@@ -54,25 +54,35 @@ def quiet_libtpu_env() -> None:
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 
-def prepare_host() -> None:
+def prepare_host(target: str = "cpu") -> None:
     """Before the first backend use of a compile-only run: the host computes on its CPU
     (never grabbing a TPU or GPU another job may be using; JAX_PLATFORMS still wins) and
-    libtpu stays quiet."""
+    libtpu stays quiet. GPU targets: XLA's Triton GEMM emitter is off, because without a
+    device to autotune on it fails on the LSH hashing matmul ("Couldn't find output tile
+    sizes", jax 0.10.2); cuBLAS is used instead."""
     if not os.environ.get("JAX_PLATFORMS"):
         jax.config.update("jax_platforms", "cpu")
     quiet_libtpu_env()
+    if target.lower().startswith("h100") and "triton_gemm" not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                                   + " --xla_gpu_enable_triton_gemm=false").strip()
 
 
 def target_devices(target: accelerators.Target) -> list:
-    """The devices to compile for: this host's (cpu) or a TPU slice's compile-only ones."""
+    """The devices to compile for: this host's (cpu), or the compile-only devices of a TPU
+    slice (libtpu) or of a host of H100s (XLA's GPU target description)."""
     if target.platform == "cpu":
         return jax.devices()
     import importlib.util
-    if importlib.util.find_spec("libtpu") is None:
-        raise ValueError(f"--target={target.spec} needs the TPU compiler, libtpu, which is not "
-                         "installed: pip install 'libtpu==0.0.42.*' (the version jax[tpu] "
-                         "pins for jax 0.10.2; make test installs it from "
-                         "requirements-dev.txt)")
+    need = {"tpu": ("libtpu", "pip install 'libtpu==0.0.42.*' (the version jax[tpu] pins "
+                              "for jax 0.10.2; make test installs it from "
+                              "requirements-dev.txt)"),
+            "gpu": ("jax_cuda12_plugin", "pip install 'jax-cuda12-plugin==0.10.2' "
+                                         "'jax-cuda12-pjrt==0.10.2' (no GPU needed)")}
+    module, how = need[target.platform]
+    if importlib.util.find_spec(module) is None:
+        raise ValueError(f"--target={target.spec} needs the {target.platform.upper()} "
+                         f"compiler ({module}), which is not installed: {how}")
     quiet_libtpu_env()
     from jax.experimental import topologies
     return list(topologies.get_topology_desc(**target.topology_kwargs()).devices)
@@ -135,7 +145,8 @@ def cost_report(compiled) -> dict:
     cost = compiled.cost_analysis()
     if isinstance(cost, (list, tuple)):
         cost = cost[0] if cost else {}
-    cost = cost or {}
+    if not cost:                # XLA:GPU without a device: memory analysis only
+        return {"flops": None, "bytes_accessed": None}
     rep = {"flops": float(cost.get("flops", 0.0)),
            "bytes_accessed": float(cost.get("bytes accessed", 0.0))}
     if "optimal_seconds" in cost:       # the TPU compiler's own cost-model estimate
@@ -146,7 +157,7 @@ def cost_report(compiled) -> dict:
 def roofline(cost: dict, chip) -> dict:
     """Lower bound on one call's time: max(FLOPs / peak, bytes / HBM bandwidth)."""
     if chip is None or not cost["flops"]:
-        return {}
+        return {}        # no cost analysis (GPU) or no published peak (cpu)
     t_flops = cost["flops"] / chip.bf16_flops
     t_bytes = cost["bytes_accessed"] / chip.hbm_bytes_per_s
     return {"seconds": max(t_flops, t_bytes), "compute_seconds": t_flops,
@@ -227,7 +238,8 @@ def run_compile(config, target: str = "cpu", eval_lr_size: int = DEFAULT_EVAL_LR
     train.check_batch(config, len(devices))
     result = {"target": target_describe(target, devices), "config": _config_summary(config)}
     from jaxsr.attention import chunked
-    with target_platform.tracing_for(None if target.platform == "cpu" else "tpu"), \
+    traced_for = None if target.platform == "cpu" else target.platform
+    with target_platform.tracing_for(traced_for), \
             chunked.default_chunks_per_step(attention_chunks):
         repl, _ = train.shardings(devices)
         objective, state = None, {"params": {}}
@@ -296,8 +308,11 @@ def format_report(result: dict) -> str:
         lines.append(f"  total {m['total_bytes'] / GIB:.2f} GiB{fit}")
         est = (f"; XLA's cost model: {c['xla_optimal_seconds'] * 1e3:.2f} ms"
                if "xla_optimal_seconds" in c else "")
-        lines.append(f"  {c['flops'] / 1e9:.1f} GFLOP, {c['bytes_accessed'] / 1e9:.2f} GB "
-                     f"accessed per call{est}")
+        if c["flops"] is None:
+            lines.append("  no cost analysis for this target (XLA:GPU without a device)")
+        else:
+            lines.append(f"  {c['flops'] / 1e9:.1f} GFLOP, {c['bytes_accessed'] / 1e9:.2f} "
+                         f"GB accessed per call{est}")
         if roof:
             lines.append(f"  roofline >= {roof['seconds'] * 1e3:.2f} ms ({roof['bound']}-bound"
                          f"; compute {roof['compute_seconds'] * 1e3:.2f} ms at "

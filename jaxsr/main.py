@@ -50,7 +50,7 @@ def main(argv):
     from jaxsr import checkpoint, distributed, run
     if _MODE.value == "compile":
         from jaxsr import aot
-        aot.prepare_host()          # compile-only: this host's CPU, quiet libtpu
+        aot.prepare_host(_TARGET.value)     # compile-only: this host's CPU, quiet libtpu
         run.run("compile", _CONFIG.value, _WORKDIR.value,
                 compile_options={"target": _TARGET.value, "eval_lr_size": _EVAL_LR.value})
         return

@@ -39,7 +39,7 @@ def test_cloud_names_map_to_published_slices(name, topology, chips, hosts):
     assert devices[0].device_kind == t.chip.device_kind
 
 
-@pytest.mark.parametrize("bad", ["v4-6", "v5litepod-12", "v5e:2x2x2", "h100", "v4-2"])
+@pytest.mark.parametrize("bad", ["v4-6", "v5litepod-12", "v5e:2x2x2", "a100", "h100:16", "v4-2"])
 def test_bad_targets_are_named(bad):
     with pytest.raises(ValueError, match="target|chips|slice"):
         accelerators.parse_target(bad)
@@ -91,3 +91,20 @@ def test_oversized_config_fails_with_what_to_change(tmp_path, repo_root):
     saved = json.loads((tmp_path / "compile.json").read_text())
     assert "does_not_fit" in saved["train_step"]
     assert saved["eval_forward"]["memory"]["total_bytes"] > 0
+
+
+def test_tiny_dlsn_compiles_for_h100_without_a_gpu(tmp_path):
+    """XLA's GPU compiler from a target description (optional: the CUDA plugin of the
+    installed jax, no GPU needed): memory analysis only, no cost analysis."""
+    pytest.importorskip("jax_cuda12_plugin", reason="jax-cuda12-plugin/-pjrt==0.10.2 compile "
+                        "for GPUs (not in requirements-dev.txt: ~480 MB)")
+    import os
+    if "triton_gemm" not in os.environ.get("XLA_FLAGS", ""):
+        pytest.skip("run alone with XLA_FLAGS=--xla_gpu_enable_triton_gemm=false (aot."
+                    "prepare_host('h100') sets it, but only before XLA reads its flags)")
+    result = run.run("compile", tiny_dlsn(), str(tmp_path),
+                     compile_options={"target": "h100:2", "eval_lr_size": 40})
+    assert result["target"]["device_kind"] == "NVIDIA H100 80GB HBM3"
+    for name in ("train_step", "eval_forward"):
+        assert 0 < result[name]["memory"]["total_bytes"] < 80e9
+        assert result[name]["cost"]["flops"] is None and result[name]["roofline"] == {}
