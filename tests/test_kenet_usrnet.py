@@ -138,6 +138,39 @@ def test_kenet_parameter_count_and_valid_kernels():
         m.apply({"params": params}, jnp.zeros((1, 6, 20, 3)))
 
 
+def load_flax_into_torch_kenet(ref, params):
+    """Copies jaxsr KENet params (HWIO convs, [in, out] dense) into torch_refs.kenet."""
+    import torch
+    def set_conv(conv, p):
+        conv.weight.data = torch.from_numpy(np.array(p["kernel"]).transpose(3, 2, 0, 1))
+        conv.bias.data = torch.from_numpy(np.array(p["bias"]))
+    for s, (conv, block) in enumerate(zip(ref.convs, ref.blocks)):
+        set_conv(conv, params[f"conv_{s}"])
+        set_conv(block.conv1, params[f"rb_{s}"]["body_0"])
+        set_conv(block.conv2, params[f"rb_{s}"]["body_2"])
+    for i, fc in enumerate(ref.fc):
+        fc.weight.data = torch.from_numpy(np.array(params[f"fc_{i}"]["kernel"]).T.copy())
+        fc.bias.data = torch.from_numpy(np.array(params[f"fc_{i}"]["bias"]))
+
+
+def test_kenet_matches_torch_reference_from_the_paper():
+    """KENet's forward against tests/torch_refs/kenet.py (written from the paper's
+    section 2.2); odd LR sizes, so the three max-pools floor (20x27 -> 10x13 -> 5x6 -> 2x3)."""
+    torch = pytest.importorskip("torch")
+    from torch_refs.kenet import KENet as TorchKENet
+    m = kenet.KENet(kernel_size=11, features=8, fc_features=32)
+    lr = np.random.default_rng(1).random((2, 20, 27, 3)).astype(np.float32)
+    params = random_params(m, jnp.asarray(lr), scale=0.5)
+    k = np.asarray(jax.jit(lambda p, x: m.apply({"params": p}, x))(params, lr))
+    ref = TorchKENet(kernel_size=11, width=8, fc_width=32).eval()
+    assert sum(p.numel() for p in ref.parameters()) == n_params(params)
+    load_flax_into_torch_kenet(ref, params)
+    with torch.no_grad():
+        k_ref = ref(torch.from_numpy(lr.transpose(0, 3, 1, 2).copy())).numpy()
+    assert k_ref.max() > 5 * k_ref.min()                 # a peaked kernel, not uniform
+    np.testing.assert_allclose(k, k_ref, rtol=1e-4, atol=1e-7)
+
+
 def test_attention_loss_hand_computed():
     k_gt = np.array([[0.0, 0.05, 0.0], [0.05, 0.8, 0.05], [0.0, 0.05, 0.0]])
     k_est = np.full((3, 3), 1 / 9)
