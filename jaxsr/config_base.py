@@ -61,6 +61,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.train_dirs = ()        # HR image folders (PNG/JPEG)
     c.data.train_lr_dirs = ()     # paired data: one LR folder per train_dirs entry ('{scale}'
                                   # -> config.scale); LR is then read, not synthesised
+    c.data.lr_name_template = ""  # LR file stem from the HR stem, e.g. '{}_LR{scale}' ('':
+                                  # '<stem>x<scale>' or '<stem>'; docs/data.md)
     c.data.prepared_dirs = ()     # source 'array_record': folders written by jaxsr.tools.prepare
     c.data.num_shards = 0         # data shards (0: one per JAX process); the global batch is
                                   # the same for any process count that divides it

@@ -174,15 +174,22 @@ def check_pairs(b):
         assert (hr[..., 2] == hr[0, 0, 2]).all()
 
 
-@pytest.mark.parametrize("layout", ["div2k", "basicsr"])
-def test_names_match_in_both_layouts(tmp_path, layout):
-    kw = {} if layout == "div2k" else dict(lr_name="{}", lr_sub="lq")
+LAYOUTS = {"div2k": ({}, "{}x2"), "basicsr": (dict(lr_name="{}", lr_sub="lq"), "{}"),
+           "template": (dict(lr_name="{}_LR{s}", lr_sub="lq"), "{}_LR2")}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_names_match_in_both_layouts_or_a_template(tmp_path, layout):
+    kw, lr_name = LAYOUTS[layout]
     hr_dir, lr_dir = write_pairs(tmp_path, ["0001", "0002", "0003"], **kw)
     c = config_for((hr_dir,), (lr_dir,))
+    if layout == "template":
+        with pytest.raises(paired.PairError, match=r"looked for 0001x2\.\* .* and 0001\.\*"):
+            pipeline.make_reader(c)
+        c.data.lr_name_template = "{}_LR{scale}"
     assert pipeline.make_reader(c).source == [
         (os.path.join(hr_dir, f"000{i}.png"),
-         os.path.join(lr_dir.replace("{scale}", "2"),
-                      f"000{i}x2.png" if layout == "div2k" else f"000{i}.png"))
+         os.path.join(lr_dir.replace("{scale}", "2"), lr_name.format(f"000{i}") + ".png"))
         for i in (1, 2, 3)]
     b = take(iter(pipeline.train_dataset(c)), 3)
     assert b["hr"].shape == (12, 16, 16, 3) and b["lr"].shape == (12, 8, 8, 3)

@@ -7,8 +7,9 @@ order; a set's weight stays on its train_dirs entry). `{scale}` in a folder is r
 Names: the HR file `<stem>.<ext>` is paired with the LR file of the same folder entry
 named `<stem>x<scale>.<any ext>` (EDSR/DIV2K: `0001.png` <-> `X2/0001x2.png`) or
 `<stem>.<any ext>` (BasicSR PairedImageDataset: same name in `dataroot_gt` and
-`dataroot_lq`). Exactly one must exist: none, or both, is an error naming the HR file and
-what was looked for. LR files without an HR file are ignored (reported in the log).
+`dataroot_lq`); `config.data.lr_name_template` (BasicSR's filename_tmpl, e.g.
+'{}_LR{scale}') names it instead. Exactly one must exist: none, or both, is an error naming
+the HR file and what was looked for. LR files without an HR file are ignored (logged).
 
 Sizes: the LR side must be the HR side // scale (HR sides that are multiples of the scale,
 as DIV2K's, or the LR of a modcropped HR) or ceil(HR side / scale) (MATLAB imresize of an
@@ -57,7 +58,16 @@ def lr_dirs(config, n_sets: int) -> list[str]:
     return [lr_folder(d, config.scale) for d in dirs]
 
 
-def match(hr_paths, lr_dir: str, scale: int, where: str) -> list[tuple[str, str]]:
+def lr_stems(stem: str, scale: int, template: str = "") -> tuple[str, ...]:
+    """The LR names (without extension) an HR stem may pair with: `template` formatted with
+    the stem and scale (BasicSR's filename_tmpl, e.g. '{}x{scale}'), else both layouts."""
+    if template:
+        return (template.format(stem, scale=scale),)
+    return (f"{stem}x{scale}", stem)
+
+
+def match(hr_paths, lr_dir: str, scale: int, where: str,
+          template: str = "") -> list[tuple[str, str]]:
     """[(hr path, lr path)] for every HR file; an HR file without exactly one LR match
     fails naming it, the LR folder and the names tried."""
     try:
@@ -72,13 +82,14 @@ def match(hr_paths, lr_dir: str, scale: int, where: str) -> list[tuple[str, str]
     pairs, used = [], set()
     for hr in hr_paths:
         stem = os.path.splitext(os.path.basename(hr))[0]
-        names = (f"{stem}x{scale}", stem)
+        names = lr_stems(stem, scale, template)
         found = [p for n in names for p in by_stem.get(n, ())]
         if len(found) != 1:
             what = "no LR file" if not found else f"{len(found)} LR files ({', '.join(found)})"
+            tried = (f"{names[0]}.* (DIV2K/EDSR) and {names[1]}.* (same name)"
+                     if len(names) == 2 else f"{names[0]}.* (lr_name_template {template!r})")
             raise PairError(f"{where}: {what} for the HR file {hr} in {lr_dir}; looked for "
-                            f"{names[0]}.* (DIV2K/EDSR) and {names[1]}.* (same name), "
-                            "exactly one must exist")
+                            f"{tried}, exactly one must exist")
         pairs.append((hr, found[0]))
         used.add(found[0])
     unused = len(lr_paths) - len(used)

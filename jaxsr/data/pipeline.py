@@ -112,7 +112,8 @@ def _paired_sets(sets, lr_dirs, config) -> list[tuple[list, float]]:
     """[(usable (HR, LR) path pairs, weight)] per set: names matched, sizes checked."""
     out = []
     for i, ((paths, weight, where), lr_dir) in enumerate(zip(sets, lr_dirs)):
-        pairs = paired.match(paths, lr_dir, config.scale, f"config.data.train_lr_dirs[{i}]")
+        pairs = paired.match(paths, lr_dir, config.scale, f"config.data.train_lr_dirs[{i}]",
+                             config.data.get("lr_name_template", ""))
         pairs = paired.usable_pairs(pairs, config.train.patch_size, config.scale)
         if not pairs and len(sets) > 1:
             raise ValueError(f"{where}: no usable training pairs (unreadable or smaller "

@@ -132,7 +132,7 @@ def group_into_shards(usable, records_per_shard: int) -> list[list[dict]]:
     return shards
 
 
-def list_sources(hr_dirs, lr_dirs, scale: int):
+def list_sources(hr_dirs, lr_dirs, scale: int, template: str = ""):
     """(HR paths, their LR paths or None): one --lr folder per --hr folder, names matched
     as in training (jaxsr.data.paired.match)."""
     if not lr_dirs:
@@ -142,13 +142,13 @@ def list_sources(hr_dirs, lr_dirs, scale: int):
                            "give one LR folder per HR folder, in the same order")
     pairs = [pair for h, l in zip(hr_dirs, lr_dirs)
              for pair in paired.match(images.list_image_dirs((h,), "--hr"), l, scale,
-                                      f"--lr {l}")]
+                                      f"--lr {l}", template)]
     return [h for h, _ in pairs], [l for _, l in pairs]
 
 
 def make_plan(hr_dirs, crop, step, thresh_size, records_per_shard, compression,
-              lr_dirs=(), scale: int = 0) -> dict:
-    paths, lr_paths = list_sources(hr_dirs, lr_dirs, scale)
+              lr_dirs=(), scale: int = 0, template: str = "") -> dict:
+    paths, lr_paths = list_sources(hr_dirs, lr_dirs, scale, template)
     usable, skipped = survey(paths, crop, step, thresh_size, lr_paths, scale)
     shards = group_into_shards(usable, records_per_shard)
     sources = {"dirs": [os.path.abspath(d) for d in hr_dirs], "files": len(paths),
@@ -338,7 +338,7 @@ def check_existing(out: str, plan: dict, overwrite: bool):
 def prepare(hr_dirs, out: str, crop: int = 480, step: int = 240, thresh_size: int = 0,
             records_per_shard: int = 1000, workers: int = 1, compression: str = "none",
             overwrite: bool = False, progress: bool = True, lr_dirs=(),
-            scale: int = 0) -> dict:
+            scale: int = 0, lr_name_template: str = "") -> dict:
     """Writes (or resumes, or confirms) the prepared folder `out`; returns its manifest.
     `lr_dirs` (one per HR folder) and `scale`: paired records (module docstring)."""
     if min(crop, step, records_per_shard, workers) < 1 or thresh_size < 0:
@@ -350,7 +350,7 @@ def prepare(hr_dirs, out: str, crop: int = 480, step: int = 240, thresh_size: in
     if compression not in WRITER_OPTIONS:
         raise PrepareError(f"--compression={compression!r}: use one of {sorted(WRITER_OPTIONS)}")
     plan = make_plan(hr_dirs, crop, step, thresh_size, records_per_shard, compression,
-                     lr_dirs, scale if lr_dirs else 0)
+                     lr_dirs, scale if lr_dirs else 0, lr_name_template)
     if not plan["shards"]:
         raise PrepareError(f"no usable images in {list(hr_dirs)}: " + "; ".join(
             f"{s['path']}: {s['reason']}" for s in plan["skipped_unopenable"]))
@@ -415,6 +415,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", nargs="+", default=(),
                     help="LR folders, one per --hr folder: store aligned LR+HR sub-images")
     ap.add_argument("--scale", type=int, default=0, help="the LR scale of --lr (2, 3, 4)")
+    ap.add_argument("--lr_name_template", default="",
+                    help="LR name from the HR stem, e.g. '{}x{scale}' (default: both layouts)")
     ap.add_argument("--out", required=True, help="folder for the shards and manifest.json")
     ap.add_argument("--crop", type=int, default=480, help="sub-image side (BasicSR: 480)")
     ap.add_argument("--step", type=int, default=240, help="stride between sub-images")
@@ -433,7 +435,8 @@ def main(argv=None) -> int:
         manifest = prepare(args.hr, args.out, args.crop, args.step, args.thresh_size,
                            args.records_per_shard, args.workers, args.compression,
                            args.overwrite, progress=not args.no_progress,
-                           lr_dirs=args.lr, scale=args.scale)
+                           lr_dirs=args.lr, scale=args.scale,
+                           lr_name_template=args.lr_name_template)
     except (PrepareError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
