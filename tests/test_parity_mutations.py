@@ -71,7 +71,7 @@ def reference(request):
     kw, extra, factory = NETS[name]
     config = make_config(name, 2, **kw, **extra)
     params = peaked_params(config)
-    x = np.random.default_rng(1).random((1, *HW, 3), dtype=np.float32)
+    x = np.random.default_rng(1).random((2, *HW, 3), dtype=np.float32)   # 2: per-item rows
     y_jax, rots = jax_forward_fresh(config, params, x)
     ref = factory(kw).eval()
     ref.load_state_dict(to_torch_sd(convert.params_to_state_dict(params, config)), strict=True)
@@ -90,10 +90,11 @@ def test_peaked_many_chunk_network_parity(reference):
     name, config, _, x, y_jax, rots, y_torch, scores = reference
     assert len(scores) == 2
     for s in scores:                               # [N, R, M, K, 3K] per attention layer
-        assert s.shape == (1, 2, 15, K, 3 * K), s.shape
+        assert s.shape == (2, 2, 15, K, 3 * K), s.shape
         spread = np.median(s.max(-1) - s.min(-1))
         p = np.exp(s - s.max(-1, keepdims=True))
         top_p = (p.max(-1) / p.sum(-1)).mean()
+        print(f"{name}: median score spread {spread:.2f}, mean top softmax weight {top_p:.2f}")
         assert spread >= MIN_SPREAD and top_p >= MIN_TOP_P, (name, spread, top_p)
     err = np.abs(y_torch - y_jax).max()
     assert err <= TOL, err
