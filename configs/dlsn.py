@@ -1,7 +1,9 @@
 """DLSN (Su et al., TPAMI 2022): 10 GLAFFMs x 4 LFFBs, 256 features, GLA (K=128, 3 rounds).
 
   python -m jaxsr.main --config configs/dlsn.py --workdir workdirs/dlsn_x2
-  python -m jaxsr.main --config configs/dlsn.py:x3 --workdir workdirs/dlsn_x3   # from x2
+  python -m jaxsr.main --config configs/dlsn.py:x3 --workdir workdirs/dlsn_x3   # from x2:
+      # config.init_from=workdirs/dlsn_x2 is preset; the log lists the re-initialised
+      # upsampler tensors (x3: tail_0/layers_0; x4: tail_0/layers_2)
   python -m jaxsr.main --config configs/dlsn.py:x4,c128 --workdir workdirs/dlsn128_x4
   python -m jaxsr.main --config configs/dlsn.py:small --workdir workdirs/dlsn_small  # 2-core CPU
 Data as the official code (EDSR-PyTorch framework): DIV2K_train_HR/0001.png ... 0800.png

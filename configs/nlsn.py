@@ -2,6 +2,9 @@
 
   python -m jaxsr.main --config configs/nlsn.py --workdir workdirs/nlsn_x2
   python -m jaxsr.main --config configs/nlsn.py:x3 --workdir workdirs/nlsn_x3
+  python -m jaxsr.main --config configs/nlsn.py:x4 --config.init_from=workdirs/nlsn_x2 \
+      --workdir workdirs/nlsn_x4   # from the x2 model (EDSR convention; the log lists the
+                                   # re-initialised upsampler tensors)
   python -m jaxsr.main --config configs/nlsn.py --workdir workdirs/nlsn_x2 --mode evaluate
   python -m jaxsr.main --config configs/nlsn.py:small --workdir workdirs/nlsn_small   # 2-core CPU
 Data as the official code (EDSR-PyTorch framework): DIV2K_train_HR/0001.png ... 0800.png

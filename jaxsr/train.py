@@ -21,6 +21,7 @@ touches the data stream or the RNG, so it does not change the run.
 import collections
 import json
 import logging
+import re
 import sys
 import time
 
@@ -181,6 +182,13 @@ def start_from_params(state, source, config, repl, strict: bool):
     init = jax.device_get(state["params"])
     params, report = checkpoint.merge_params(init, weights["params"])
     checkpoint.log_merge_report(report, str(source))
+    fresh = ["/".join(re.findall(r"\['([^']*)'\]", k.split(":")[0]))
+             for k in report["skipped_shape"] + report["missing"]]
+    if fresh and not strict:
+        # e.g. x3/x4 from an x2 model: the upsampler convs that differ start afresh, as the
+        # official load_state_dict skips the 'tail' tensors whose shapes differ.
+        logging.info("init_from %s: re-initialised %d tensors (config.model.init=%r): %s",
+                     source, len(fresh), config.model.get("init", "flax"), ", ".join(fresh))
     if strict and (report["missing"] or report["skipped_shape"] or report["unexpected"]):
         raise checkpoint.CheckpointMismatchError(
             f"params checkpoint {source} does not fit the model: {json.dumps(report)[:2000]}")

@@ -150,3 +150,37 @@ def test_lnln_w_stays_zero_and_bad_style_is_named():
     assert w and not any(np.any(x) for x in w)
     with pytest.raises(ValueError, match="config.model.init='pytorch'"):
         init.initialize({}, jax.random.key(0), "pytorch")
+
+
+@pytest.mark.parametrize("scale", [3, 4])
+def test_scale_transfer_loads_the_body_and_starts_the_upsampler_afresh(scale, tmp_path, caplog):
+    """DLSN's README recipe: x3 (and x4) from the x2 model with config.init_from. Every
+    tensor whose shape fits is loaded (the official load_state_dict skips only the 'tail'
+    tensors that differ): x3 re-initialises the x3 upsampler conv, x4 its second conv."""
+    import logging
+
+    from jaxsr import checkpoint, train
+    src_config = load_config("dlsn", "small")
+    objective = objectives.make(src_config, build_model(src_config))
+    hr = np.zeros((1, 48, 48, 3), np.uint8)
+    source = core.flatten(jax.jit(objective.init_params)(jax.random.key(5), hr))
+    checkpoint.save_params(str(tmp_path / "x2"), core.unflatten(source), src_config)
+
+    c = load_config("dlsn", f"x{scale},small")
+    c.init_from = str(tmp_path / "x2")
+    repl, _ = train.shardings()
+    objective = objectives.make(c, build_model(c))
+    fresh = core.flatten(jax.device_get(train.init_state(objective, c, repl)["params"]))
+    mngr = checkpoint.manager(str(tmp_path / f"x{scale}"))
+    with caplog.at_level(logging.INFO):
+        state = train.restore_or_init(mngr, objective, c, repl, data_iter=None)
+    mngr.close()
+    got = core.flatten(jax.device_get(state["params"]))
+    new_layer = "tail_0/layers_0" if scale == 3 else "tail_0/layers_2"
+    for path, value in got.items():
+        expected = fresh[path] if path.startswith(new_layer) else source[path]
+        np.testing.assert_array_equal(value, expected, err_msg=path)
+    assert any(p.startswith(new_layer) for p in got)
+    assert any(p.startswith("body_0/") for p in got)
+    reinit = [r.getMessage() for r in caplog.records if "re-initialised" in r.getMessage()]
+    assert len(reinit) == 1 and reinit[0].endswith(f"{new_layer}/bias, {new_layer}/kernel"), reinit
