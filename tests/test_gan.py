@@ -277,8 +277,8 @@ def test_generator_total_is_the_weighted_sum_of_its_parts(gan_config, gan_setup)
     features = torch_vgg19_features(last + 1).eval()
     for i in (i for i, _, _ in vgg.VGG19_CONVS if i <= last):
         p = state["vgg_params"][f"features_{i}"]
-        features[i].weight.data = torch.from_numpy(np.asarray(p["kernel"]).transpose(3, 2, 0, 1))
-        features[i].bias.data = torch.from_numpy(np.asarray(p["bias"]))
+        features[i].weight.data = torch.from_numpy(np.array(p["kernel"]).transpose(3, 2, 0, 1))
+        features[i].bias.data = torch.from_numpy(np.array(p["bias"]))
     with torch.no_grad():
         l_percep = float(torch_perceptual(features, nchw(sr32), nchw(hr32), layers)[0])
     l_gan = np.mean(np.logaddexp(0.0, -np.asarray(logits, np.float64)))   # -log sigmoid
