@@ -149,7 +149,8 @@ def cost_report(compiled) -> dict:
         return {"flops": None, "bytes_accessed": None}
     rep = {"flops": float(cost.get("flops", 0.0)),
            "bytes_accessed": float(cost.get("bytes accessed", 0.0))}
-    if "optimal_seconds" in cost:       # the TPU compiler's own cost-model estimate
+    # The TPU compiler's own cost-model estimate (negative when it has none: not kept).
+    if float(cost.get("optimal_seconds", -1.0)) > 0:
         rep["xla_optimal_seconds"] = float(cost["optimal_seconds"])
     return rep
 
