@@ -269,7 +269,7 @@ def test_generator_total_is_the_weighted_sum_of_its_parts(gan_config, gan_setup)
     # XLA:CPU without backend optimisations compiles G + VGG + D ~3x faster
     total, parts, sr, hr, logits = jax.jit(run).lower(state, hr_uint8).compile(
         compiler_options={"xla_backend_optimization_level": 0})(state, hr_uint8)
-    sr32, hr32 = np.asarray(sr), np.asarray(hr)
+    sr32, hr32 = np.array(sr), np.array(hr)          # writable copies for torch
     assert cfg.train.loss == "l1"
     l_pix = np.mean(np.abs(sr32.astype(np.float64) - hr32))
     layers = dict(cfg.loss.layer_weights)
