@@ -12,6 +12,8 @@ import signal
 
 import jax
 
+from jaxsr import faults
+
 MODES = ("auto", "on", "off")
 
 # Environments whose launchers start one process per host and tell it so.
@@ -35,8 +37,41 @@ def _env_int(name: str):
     return int(value)
 
 
+def wanted(mode: str = "auto", coordinator_address: str | None = None,
+           num_processes: int | None = None, process_id: int | None = None) -> bool:
+    """Whether `initialize` with these arguments starts a multi-process run."""
+    if mode not in MODES:
+        raise ValueError(f"--distributed={mode!r}: use one of {MODES}")
+    explicit = any(v is not None for v in (
+        coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS"),
+        num_processes if num_processes is not None else _env_int("JAX_NUM_PROCESSES"),
+        process_id if process_id is not None else _env_int("JAX_PROCESS_ID")))
+    return mode == "on" or (mode == "auto" and (explicit or _launcher_says_multi_process()))
+
+
+# The coordination-service timeouts of this run (jaxsr.faults reads the heartbeat one).
+_SETTINGS = {"heartbeat_timeout_s": faults.DEFAULT_HEARTBEAT_S,
+             "shutdown_timeout_s": faults.DEFAULT_SHUTDOWN_S,
+             "initialization_timeout_s": faults.DEFAULT_INIT_S}
+
+
+def settings() -> dict:
+    return dict(_SETTINGS)
+
+
+def coordination_client():
+    """JAX's coordination-service client of a multi-process run, else None."""
+    if jax.process_count() <= 1:
+        return None
+    from jax._src import distributed as jax_distributed
+    return jax_distributed.global_state.client
+
+
 def initialize(mode: str = "auto", coordinator_address: str | None = None,
-               num_processes: int | None = None, process_id: int | None = None) -> bool:
+               num_processes: int | None = None, process_id: int | None = None, *,
+               heartbeat_timeout_s: int = faults.DEFAULT_HEARTBEAT_S,
+               shutdown_timeout_s: int = faults.DEFAULT_SHUTDOWN_S,
+               initialization_timeout_s: int = faults.DEFAULT_INIT_S) -> bool:
     """Starts `jax.distributed` when the run is multi-process; returns whether it did.
 
     mode 'on' always initialises (arguments left None are found by JAX's cluster detection:
@@ -45,21 +80,35 @@ def initialize(mode: str = "auto", coordinator_address: str | None = None,
     JAX_PROCESS_ID) or a launcher reports several processes. Must run before any other JAX
     call in the process. On CPU the collectives go through gloo (unless
     JAX_CPU_COLLECTIVES_IMPLEMENTATION says otherwise).
+
+    Timeouts (seconds, JAX's coordination service): `heartbeat_timeout_s`, after which a
+    silent process counts as lost and every other one stops (jaxsr.faults);
+    `shutdown_timeout_s`, how long a finishing process waits for the others at exit;
+    `initialization_timeout_s`, how long the processes wait for each other at start-up.
     """
-    if mode not in MODES:
-        raise ValueError(f"--distributed={mode!r}: use one of {MODES}")
+    if not wanted(mode, coordinator_address, num_processes, process_id):
+        return False
     coordinator_address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
     num_processes = num_processes if num_processes is not None else _env_int("JAX_NUM_PROCESSES")
     process_id = process_id if process_id is not None else _env_int("JAX_PROCESS_ID")
-    explicit = any(v is not None for v in (coordinator_address, num_processes, process_id))
-    if mode == "off" or (mode == "auto" and not explicit and not _launcher_says_multi_process()):
-        return False
     if num_processes is not None and process_id is not None and not 0 <= process_id < num_processes:
         raise ValueError(f"--process_id={process_id} must be in [0, --num_processes={num_processes})")
     if "JAX_CPU_COLLECTIVES_IMPLEMENTATION" not in os.environ:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    for name, value in (("heartbeat_timeout_s", heartbeat_timeout_s),
+                        ("shutdown_timeout_s", shutdown_timeout_s),
+                        ("initialization_timeout_s", initialization_timeout_s)):
+        if not (isinstance(value, int) and value >= 1):
+            raise ValueError(f"--{name}={value!r}: give a whole number of seconds >= 1")
+        _SETTINGS[name] = value
+    # Recoverable: a dead task is only marked dead, instead of the service aborting every
+    # other task (exit 134, core dump); jaxsr.faults then stops them with a message.
+    jax.config.update("jax_enable_recoverability", True)
     jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id)
+                               num_processes=num_processes, process_id=process_id,
+                               initialization_timeout=initialization_timeout_s,
+                               heartbeat_timeout_seconds=heartbeat_timeout_s,
+                               shutdown_timeout_seconds=shutdown_timeout_s)
     logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
                  jax.process_index(), jax.process_count(), jax.local_device_count(),
                  jax.device_count())

@@ -40,6 +40,14 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "HOST:PORT of process 0 (multi-process runs).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+# Coordination-service timeouts (docs/distributed.md); JAX's defaults suit pods.
+_HEARTBEAT = flags.DEFINE_integer(
+    "heartbeat_timeout", 100, "Seconds without a heartbeat after which a process counts as "
+    "lost: every other process then stops with one message and exit status 75.")
+_SHUTDOWN = flags.DEFINE_integer("shutdown_timeout", 300, "Seconds a finishing process waits "
+                                 "for the others at exit.")
+_INIT_TIMEOUT = flags.DEFINE_integer("initialization_timeout", 300, "Seconds the processes "
+                                     "wait for each other at start-up.")
 
 
 def main(argv):
@@ -56,8 +64,14 @@ def main(argv):
         return
     try:
         step = checkpoint.parse_step(_STEP.value)
-        distributed.initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
-                               _PROCESS_ID.value)
+        where = (_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
+                 _PROCESS_ID.value)
+        if _MODE.value == "train" and distributed.wanted(*where):
+            from jaxsr import faults      # a supervisor reports a lost peer (exit 75)
+            faults.supervise(_WORKDIR.value, *where[1:])
+        distributed.initialize(*where, heartbeat_timeout_s=_HEARTBEAT.value,
+                               shutdown_timeout_s=_SHUTDOWN.value,
+                               initialization_timeout_s=_INIT_TIMEOUT.value)
     except ValueError as e:
         raise app.UsageError(str(e))
     run.run(_MODE.value, _CONFIG.value, _WORKDIR.value, step=step)

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxsr import checkpoint, distributed, objectives, paths, validation
+from jaxsr import checkpoint, distributed, faults, objectives, paths, validation
 from jaxsr.data import pipeline
 from jaxsr.models import build_model
 
@@ -360,14 +360,15 @@ def train(config, workdir: str) -> dict:
     mngr = checkpoint.manager(workdir, keep=tc.keep_checkpoints, async_save=tc.async_checkpoints)
     writer = None
     try:
-        state = restore_or_init(mngr, objective, config, repl, data_iter)
-        if distributed.is_primary():
-            checkpoint.save_config(workdir, config)
-        writer = MetricWriter(workdir)
-        validator = validation.Validator(config, workdir, model, writer) \
-            if validation.enabled(config) else None
-        return _loop(state, objective, config, mngr, data_iter, writer, repl, data_sharding,
-                     validator)
+        with faults.guard():        # a lost peer: stop with its message (jaxsr.faults)
+            state = restore_or_init(mngr, objective, config, repl, data_iter)
+            if distributed.is_primary():
+                checkpoint.save_config(workdir, config)
+            writer = MetricWriter(workdir)
+            validator = validation.Validator(config, workdir, model, writer) \
+                if validation.enabled(config) else None
+            return _loop(state, objective, config, mngr, data_iter, writer, repl,
+                         data_sharding, validator)
     finally:
         mngr.wait_until_finished()
         mngr.close()
