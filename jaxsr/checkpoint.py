@@ -5,7 +5,8 @@ Layout of a workdir:
   DIR/checkpoints/<step>/state  the objective's whole state (a dict whose 'params' entry is
                                 always the SR model's parameters)
   DIR/checkpoints/<step>/meta   JSON: step, kind ('train' | 'params'), model name, scale
-  DIR/checkpoints/<step>/data   the Grain iterator state (train checkpoints only)
+  DIR/checkpoints/<step>/data   the data stream's state per data shard (train checkpoints
+                                only; jaxsr.data.shard_state)
 
 A 'params' checkpoint (from `save_params`, e.g. written by `jaxsr.convert from-torch`) holds
 only {'params': ...} (and 'params_ema' when the source had EMA weights); evaluation reads
@@ -92,9 +93,10 @@ def save(mngr, step: int, state, config, *, data_iter=None, kind: str = "train",
          extra_meta: dict | None = None) -> None:
     meta = make_meta(config, step, kind, has_ema=EMA_KEY in state, extra=extra_meta)
     items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
-    if data_iter is not None:
+    if data_iter is not None:       # jaxsr.data.shard_state's per-shard args, or an iterator
         import grain
-        items["data"] = grain.checkpoint.CheckpointSave(data_iter)
+        items["data"] = data_iter if isinstance(data_iter, ocp.args.CheckpointArgs) \
+            else grain.checkpoint.CheckpointSave(data_iter)
     try:
         mngr.save(step, args=ocp.args.Composite(**items), force=True)
     except Exception as e:      # noqa: BLE001 - Orbax/TensorStore raise many types
@@ -175,7 +177,8 @@ def restore(mngr, step: int, abstract_state, *, data_iter=None):
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iter is not None:
         import grain
-        items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+        items["data"] = data_iter if isinstance(data_iter, ocp.args.CheckpointArgs) \
+            else grain.checkpoint.CheckpointRestore(data_iter)
     try:
         return mngr.restore(step, args=ocp.args.Composite(**items)).state
     except Exception as e:      # noqa: BLE001

@@ -31,7 +31,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxsr import checkpoint, distributed, faults, objectives, paths, validation
-from jaxsr.data import pipeline
+from jaxsr.data import pipeline, shard_state
 from jaxsr.models import build_model
 
 
@@ -304,21 +304,6 @@ def step_setup(config):
             data_sharding)
 
 
-class _IteratorSnapshot:
-    """A data-iterator state as grain's checkpoint handler reads it (get_state -> bytes).
-
-    The iterator itself runs ahead, filling the device queue; a checkpoint stores the state
-    right after the last batch its step consumed, frozen here so an asynchronous save
-    cannot see a later one.
-    """
-
-    def __init__(self, state):
-        self._json = json.dumps(state).encode()
-
-    def get_state(self) -> bytes:
-        return self._json
-
-
 def device_batches(data_iter, data_sharding, depth: int = 2):
     """(global batch dict on the devices: 'hr', plus 'lr' for paired data; iterator state
     after it), `depth` batches ahead of the step that uses them, so the host-to-device copy
@@ -361,7 +346,8 @@ def train(config, workdir: str) -> dict:
     writer = None
     try:
         with faults.guard():        # a lost peer: stop with its message (jaxsr.faults)
-            state = restore_or_init(mngr, objective, config, repl, data_iter)
+            state = restore_or_init(mngr, objective, config, repl, shard_state.ShardStateRestore(
+                data_iter, shard_state.Layout.of(config, jax.process_index(), jax.process_count())))
             if distributed.is_primary():
                 checkpoint.save_config(workdir, config)
             writer = MetricWriter(workdir)
@@ -397,6 +383,7 @@ def _loop(state, objective, config, mngr, data_iter, writer, repl, data_sharding
         logging.info("already at step %d >= num_steps %d: nothing to train", step, tc.num_steps)
         return last
     batches = device_batches(data_iter, data_sharding)
+    layout = shard_state.Layout.of(config, jax.process_index(), jax.process_count())
     nonfinite_step = jax.device_put(np.zeros((), np.int32), repl)
     bar = progress_bar(step, tc.num_steps)
     t0, steps_since = time.perf_counter(), 0
@@ -420,7 +407,10 @@ def _loop(state, objective, config, mngr, data_iter, writer, repl, data_sharding
             if log or validate:
                 t0, steps_since = time.perf_counter(), 0     # steps/s without validation
             if save:
-                checkpoint.save(mngr, step, state, config, data_iter=_IteratorSnapshot(data_state))
+                # The iterator runs ahead (device queue): the state after this step's batch,
+                # frozen (a JSON copy) so that an asynchronous save cannot see a later one.
+                checkpoint.save(mngr, step, state, config, data_iter=shard_state.ShardStateSave(
+                    json.loads(json.dumps(data_state)), layout))
             if stop:
                 logging.warning("stopped at step %d after SIGTERM; rerun to resume", step)
                 break

@@ -123,10 +123,10 @@ def test_two_processes_equal_one_process_and_resume_exactly(tmp_path):
     for a, b, c in zip(p_one, p_two, p_cut, strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
         np.testing.assert_array_equal(c, b)
-    # Each process checkpointed its own data iterator; only process 0 wrote the logs.
+    # Each process checkpointed its own data shard's stream; only process 0 wrote the logs.
     step_dir = two / "checkpoints" / "6" / "data"
-    assert sorted(f for f in os.listdir(step_dir) if f.startswith("process_")) == [
-        "process_0-of-2.json", "process_1-of-2.json"]
+    assert sorted(f for f in os.listdir(step_dir) if f.startswith("shard_")) == [
+        "shard_0-of-2.json", "shard_1-of-2.json"]
     steps = [json.loads(x)["step"] for x in open(two / "metrics.jsonl")]
     assert steps == [2, 4, 6]
     # The runs saw identical losses, and the training really moved the parameters: the
@@ -163,8 +163,8 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
         step = checkpoint.latest_step(str(wd))
         assert step is not None and 2 < step < 100000
         assert sorted(f for f in os.listdir(wd / "checkpoints" / str(step) / "data")
-                      if f.startswith("process_")) == [
-            "process_0-of-2.json", "process_1-of-2.json"]
+                      if f.startswith("shard_")) == [
+            "shard_0-of-2.json", "shard_1-of-2.json"]
         for log in logs:
             assert f"preemption agreed by all processes at step {step}" in open(log).read()
         run_two_processes(procs, tmp_path, wd, step + 2, "after")   # resumes from there
