@@ -232,6 +232,32 @@ def main(argv=None):
                     append(args.out, dict(row, kind=kind))
 
 
+def _mib_gflop(p: dict | None) -> str:
+    if p is None:
+        return "-"
+    if "memory" not in p:
+        return "does not fit"
+    flops = p["cost"]["flops"]
+    return (f"{p['memory']['total_bytes'] / 2**20:.0f} MiB, "
+            + (f"{flops / 1e9:.1f} GFLOP" if flops is not None else "no cost analysis"))
+
+
+def config_markdown(rows: list) -> str:
+    """--all_configs rows: per chip train step / eval forward memory and FLOPs."""
+    lines = ["| config | target | train step per chip | eval forward per chip (LR 64) "
+             "| compile s (train, eval) |", "|---|---|---|---|---|"]
+    for r in rows:
+        res = r["result"]
+        if "error" in res:
+            lines.append(f"| {r['config']} | {r['target']} | error: {res['error'][:120]} | | |")
+            continue
+        secs = [str(res[k].get("compile_seconds", "")) if k in res else "-"
+                for k in ("train_step", "eval_forward")]
+        lines.append(f"| {r['config']} | {r['target']} | {_mib_gflop(res.get('train_step'))} "
+                     f"| {_mib_gflop(res.get('eval_forward'))} | {', '.join(secs)} |")
+    return "\n".join(lines)
+
+
 def _gib(b) -> str:
     return f"{b / 2**30:.2f}"
 
@@ -239,6 +265,9 @@ def _gib(b) -> str:
 def markdown(path: str) -> str:
     with open(path) as f:
         rows = [json.loads(line) for line in f if line.strip()]
+    checks = [r for r in rows if r.get("kind") == "config_check"]
+    if checks:
+        return config_markdown(checks)
     extra = {(r["kind"], r["config"], r["target"], r["dtype"]): r for r in rows}
     head = ("| config | target | dtype | train GiB/chip | train GFLOP/chip | train GB accessed"
             " | train roofline ms | max batch/chip | eval LR | eval GiB/chip | eval GFLOP/chip"
