@@ -19,6 +19,8 @@ README training: x2 from scratch, LR patches 48x48, batch 16, Adam 1e-4 (0.9/0.9
 (config.init_from = the x2 workdir; the tail is re-initialised) and train 200k
 iterations with halvings at 50k/100k/150k (`--decay 50-100-150-200 --epochs 200`).
 Test with chop. The GLA `fc` fixes chunk_size for a checkpoint; n_hashes may change.
+Batch 16 on a device that cannot hold it: --config.train.grad_accum_steps=2 (or 4); on
+other device counts see docs/training.md ("Batch over chips").
 Args (comma-separated): x2 (default) | x3 | x4; c128 (the paper's 18.27M variant,
 128 features); small.
 """

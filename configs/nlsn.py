@@ -18,6 +18,8 @@ Paper/README training: LR patches 48x48 (HR 48*scale), batch 16, Adam 1e-4
 `--decay 200-400-600-800 --epochs 1000`, 1000 iterations per epoch). Test with chop, as
 the official test command (`--chop`). The number of rounds and the chunk size carry no
 parameters: `--config.model.n_hashes=1 --config.model.chunk_size=256` at evaluation.
+Batch 16 on a device that cannot hold it: --config.train.grad_accum_steps=2 (or 4); on
+other device counts see docs/training.md ("Batch over chips").
 Args (comma-separated): x2 (default) | x3 | x4, and small.
 """
 from jaxsr.config_base import base_config, parse_args, scale_arg, small_cpu_training
