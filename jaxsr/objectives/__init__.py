@@ -191,6 +191,9 @@ def split_micro(x, steps: int):
     contiguous blocks, so every micro-batch takes rows from every device and the
     data-parallel split stays even (no resharding) when B / devices is a multiple of steps.
     """
+    if x.shape[0] % steps:
+        raise ValueError(f"a batch of {x.shape[0]} cannot be split into "
+                         f"config.train.grad_accum_steps={steps} equal micro-batches")
     return jnp.swapaxes(x.reshape(x.shape[0] // steps, steps, *x.shape[1:]), 0, 1)
 
 
