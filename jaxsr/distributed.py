@@ -6,8 +6,10 @@ the mesh of all processes' devices, and XLA's collectives (ICI/NCCL/gloo) sum th
 Files that describe the run (config.json, metrics, TensorBoard, evaluation results) are
 written by process 0 only; all processes take part in Orbax's saves and restores.
 """
+import atexit
 import logging
 import os
+import time
 import signal
 
 import jax
@@ -109,6 +111,7 @@ def initialize(mode: str = "auto", coordinator_address: str | None = None,
                                initialization_timeout=initialization_timeout_s,
                                heartbeat_timeout_seconds=heartbeat_timeout_s,
                                shutdown_timeout_seconds=shutdown_timeout_s)
+    atexit.register(_ordered_shutdown)     # runs before JAX's own (registered earlier)
     logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
                  jax.process_index(), jax.process_count(), jax.local_device_count(),
                  jax.device_count())
@@ -158,3 +161,43 @@ class Preemption:
     def __exit__(self, *exc):
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
+
+
+EXIT_KEY = "jaxsr/exit/{}"        # coordination-service key: how a process ended
+_finished = False
+
+
+def mark_finished() -> None:
+    """This process's command completed (its exit is no loss to the others)."""
+    global _finished
+    _finished = True
+
+
+def exit_note(client, process: int) -> str | None:
+    """'finished' / 'failed' when `process` left the run through `_ordered_shutdown`."""
+    try:
+        return client.key_value_try_get(EXIT_KEY.format(process)) or None
+    except Exception:       # noqa: BLE001 - NOT_FOUND (or the service is gone)
+        return None
+
+
+def _ordered_shutdown() -> None:
+    """Leaves the coordination service in order: the service (in process 0) must outlive
+    every other process's disconnect. In recoverable mode (jaxsr.faults) JAX's own exit has
+    no shutdown barrier, so a process 0 that finished first took the service away and the
+    others aborted in their exit. Each process first notes how it ends, which tells the
+    PeerWatch of a process still running that this one finished, not died."""
+    from jax._src import distributed as jax_distributed
+    client = jax_distributed.global_state.client
+    if client is None:
+        return
+    me, n = jax.process_index(), jax.process_count()
+    try:
+        client.key_value_set(EXIT_KEY.format(me), "finished" if _finished else "failed")
+        if me == 0:
+            deadline = time.monotonic() + _SETTINGS["shutdown_timeout_s"]
+            while time.monotonic() < deadline and len(client.get_live_nodes(list(range(n)))) > 1:
+                time.sleep(0.1)
+    except Exception as e:  # noqa: BLE001 - the service is gone: nothing left to order
+        logging.warning("coordination service at exit: %s", str(e)[:300])
+    jax.distributed.shutdown()

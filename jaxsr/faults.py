@@ -162,14 +162,21 @@ class PeerWatch(threading.Thread):
 
     def __init__(self, client, num_processes: int, process_id: int, heartbeat_s: float):
         super().__init__(name="jaxsr-peer-watch", daemon=True)
-        self.client, self.n, self.me, self.heartbeat_s = client, num_processes, process_id, heartbeat_s
+        self.client, self.n, self.me = client, num_processes, process_id
+        self.heartbeat_s = heartbeat_s
         self.poll_s = max(0.2, min(2.0, heartbeat_s / 5))
         self._halt = threading.Event()
 
     def check(self) -> str | None:
         """None while every process is alive, else what was lost."""
+        from jaxsr import distributed
         live = self.client.get_live_nodes(list(range(self.n)))
-        missing = sorted(set(range(self.n)) - set(live))
+        notes = {i: distributed.exit_note(self.client, i) for i in range(self.n) if i not in live}
+        if any(note == "failed" for note in notes.values()):
+            failed = [str(i) for i, note in notes.items() if note == "failed"]
+            return (f"process {', '.join(failed)} of {self.n} stopped with an error (its log "
+                    f"says which); process {self.me} stopped")
+        missing = sorted(i for i, note in notes.items() if note != "finished")
         if missing:
             return (f"process{'es' if len(missing) > 1 else ''} "
                     f"{', '.join(map(str, missing))} of {self.n} "

@@ -75,6 +75,7 @@ def main(argv):
     except ValueError as e:
         raise app.UsageError(str(e))
     run.run(_MODE.value, _CONFIG.value, _WORKDIR.value, step=step)
+    distributed.mark_finished()
 
 
 if __name__ == "__main__":

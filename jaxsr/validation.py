@@ -18,8 +18,15 @@ leaves a complete best that best.json (or, before it is rewritten, the latest st
 
 Validation reads the state between steps and changes nothing in it, the data iterator or
 the RNG, so a run with validation trains exactly as one without. In a multi-process run
-every process computes it (the best checkpoint is a collective Orbax save) and only the
-primary writes files.
+every process scores every image on its own devices with the replicated weights, so the
+numbers are those of a one-process evaluation of the step (tests/test_pod_faults.py).
+Every process takes part rather than process 0 alone because the best checkpoint is a
+collective Orbax save all must join, and because the others would otherwise sit in a
+barrier for the whole evaluation, with no collective to tell a slow evaluation from a
+lost process; the evaluation adds no collective of its own, so a lost peer is caught by
+jaxsr.faults as during training. Process 0's score decides whether the step is the new
+best (broadcast, so all processes join the same save), and only process 0 writes
+metrics, TensorBoard images, best.json and config.json.
 """
 import logging
 import math
@@ -126,9 +133,18 @@ class Validator:
         logging.info("validation at step %d (%s weights): %s", step,
                      "EMA" if used_ema else "raw",
                      ", ".join(f"{k}={v:.4f}" for k, v in scalars.items()))
-        if scalars["val/psnr_y"] > self.best_psnr:
+        if self.is_best(scalars["val/psnr_y"]):
             self.save_best(step, state, results, scalars["val/psnr_y"], used_ema)
         return scalars
+
+    def is_best(self, psnr: float) -> bool:
+        """Process 0's verdict on every process: the best save is collective, and hosts
+        of other CPU types might round the last digit of a PSNR differently."""
+        better = psnr > self.best_psnr
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            better = bool(multihost_utils.broadcast_one_to_all(np.asarray(better)))
+        return better
 
     def save_best(self, step: int, state, results: dict, psnr: float, used_ema: bool) -> None:
         where = checkpoint.best_dir(self.workdir)

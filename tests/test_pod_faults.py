@@ -6,7 +6,8 @@ a deadline and killed by process group at the end (test_distributed.Processes):
   killed   2 processes, SIGKILL to process 1 after step 6 (asynchronous saves: step 2 is
            committed by then): process 0 must stop within the heartbeat bound with exit
            status 75 and the jaxsr message; both relaunched -> FINAL
-  ref      2 processes, uninterrupted -> FINAL (checkpoints every 2 steps, all kept)
+  ref      2 processes, uninterrupted -> FINAL (checkpoints every 2 steps, all kept),
+           validated every 4 steps and at the end (which does not change the training)
   shrink   ref's checkpoint 4 copied, resumed by 1 process (2 devices) -> 6
   grow     shrink resumed by 2 processes -> FINAL
 
@@ -25,7 +26,7 @@ import pytest
 
 from etils import epath
 from test_distributed import DEADLINE_S, REPO, Processes, free_port, launch
-from jaxsr import checkpoint, config_util, faults
+from jaxsr import checkpoint, config_util, evaluate, faults
 from jaxsr.data import pipeline, shard_state
 
 HEARTBEAT_S = 5
@@ -33,6 +34,7 @@ HEARTBEAT_S = 5
 # (it reads the checkpoint folder) and a loaded 2-core CI machine's slack.
 EXIT_BOUND_S = HEARTBEAT_S + 15
 FINAL = 10
+VALIDATE = ["--config.train.eval_every=4", "--config.train.eval_datasets=('skimage_val',)"]
 SHARDS = ["--config.data.num_shards=2", "--config.train.keep_checkpoints=10",
           f"--heartbeat_timeout={HEARTBEAT_S}"]
 
@@ -52,8 +54,8 @@ def start_two(procs, tmp, workdir, num_steps, tag, extra=()):
     return started, logs
 
 
-def run_two(procs, tmp, workdir, num_steps, tag):
-    started, logs = start_two(procs, tmp, workdir, num_steps, tag)
+def run_two(procs, tmp, workdir, num_steps, tag, extra=()):
+    started, logs = start_two(procs, tmp, workdir, num_steps, tag, extra)
     procs.wait_all(started, logs)
     return logs
 
@@ -90,7 +92,7 @@ def runs(tmp_path_factory):
         out["exit"] = kill_one(procs, tmp, tmp / "killed")
         out["killed_step"] = checkpoint.latest_step(str(tmp / "killed"))
         run_two(procs, tmp, tmp / "killed", FINAL, "relaunch")
-        run_two(procs, tmp, tmp / "ref", FINAL, "ref")
+        run_two(procs, tmp, tmp / "ref", FINAL, "ref", VALIDATE)
         shutil.copytree(tmp / "ref", tmp / "elastic")
         for step in range(6, FINAL + 1, 2):
             shutil.rmtree(tmp / "elastic" / "checkpoints" / str(step))
@@ -138,6 +140,26 @@ def test_two_to_one_and_one_to_two_process_resumes_continue_the_same_run(runs):
     assert names == ["shard_0-of-2.json", "shard_1-of-2.json"]
     assert json.loads((data / names[1]).read_text())["owners"] == [0, 1]
 
+
+def test_multi_process_validation_equals_a_one_process_evaluation(runs):
+    ref = runs["tmp"] / "ref"
+    lines = [json.loads(x) for x in open(ref / "metrics.jsonl") if "val/psnr_y" in x]
+    assert [x["step"] for x in lines] == [4, 8, FINAL]       # written once: process 0 only
+    config = checkpoint.load_config(str(ref))
+    with config.unlocked():
+        config.eval.datasets = ("skimage_val",)
+    for line in lines[1:]:
+        entry = evaluate.evaluate(config, str(ref), step=line["step"])["skimage_val"]
+        entry = next(iter(entry.values()))
+        assert line["val/skimage_val/psnr_y"] == pytest.approx(entry["psnr_y"], abs=1e-9)
+        assert line["val/skimage_val/ssim_y"] == pytest.approx(entry["ssim_y"], abs=1e-9)
+    best = json.loads((ref / "best" / "best.json").read_text())
+    assert best["val_psnr_y"] == max(x["val/psnr_y"] for x in lines)
+    assert len(list((ref / "tb").glob("events.out.tfevents.*"))) == 1
+    said = [re.search(rf"validation at step {FINAL} .*", (runs["tmp"] / log).read_text())
+            for log in ("ref_0.log", "ref_1.log")]
+    assert said[0] and said[1] and said[0][0].split(": ", 1)[1].split(", val/seconds")[0] == \
+        said[1][0].split(": ", 1)[1].split(", val/seconds")[0]    # both scored, the same
 
 # ----------------------------------------------------------------------------------------
 # In-process: the per-shard state against an uninterrupted iterator (no launches).
