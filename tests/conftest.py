@@ -107,6 +107,7 @@ def pytest_runtest_logreport(report):
 
 def pytest_sessionfinish(session, exitstatus):
     out = os.environ.get("JAXSR_RECORD_DURATIONS")
-    if out and _recorded:
+    is_xdist_worker = hasattr(session.config, "workerinput")   # the controller writes
+    if out and _recorded and not is_xdist_worker:
         pathlib.Path(out).write_text(json.dumps(
             {k: round(v, 3) for k, v in sorted(_recorded.items())}, indent=0) + "\n")
