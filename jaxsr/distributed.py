@@ -173,12 +173,15 @@ def mark_finished() -> None:
     _finished = True
 
 
-def exit_note(client, process: int) -> str | None:
-    """'finished' / 'failed' when `process` left the run through `_ordered_shutdown`."""
-    try:
-        return client.key_value_try_get(EXIT_KEY.format(process)) or None
-    except Exception:       # noqa: BLE001 - NOT_FOUND (or the service is gone)
-        return None
+def exit_notes(client) -> dict[int, str]:
+    """{process: 'finished' | 'failed'} of the processes that are leaving or left the run
+    through `_ordered_shutdown` (one RPC, however many processes)."""
+    notes = {}
+    for key, value in client.key_value_dir_get(EXIT_KEY.format("")):
+        tail = key.rstrip("/").rsplit("/", 1)[-1]
+        if tail.isdigit():
+            notes[int(tail)] = value
+    return notes
 
 
 def _ordered_shutdown() -> None:

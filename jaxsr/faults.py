@@ -171,12 +171,13 @@ class PeerWatch(threading.Thread):
         """None while every process is alive, else what was lost."""
         from jaxsr import distributed
         live = self.client.get_live_nodes(list(range(self.n)))
-        notes = {i: distributed.exit_note(self.client, i) for i in range(self.n) if i not in live}
-        if any(note == "failed" for note in notes.values()):
-            failed = [str(i) for i, note in notes.items() if note == "failed"]
-            return (f"process {', '.join(failed)} of {self.n} stopped with an error (its log "
-                    f"says which); process {self.me} stopped")
-        missing = sorted(i for i, note in notes.items() if note != "finished")
+        notes = distributed.exit_notes(self.client)
+        failed = sorted(i for i, note in notes.items() if note == "failed" and i != self.me)
+        if failed:          # a process that ended with an error, still leaving or gone
+            return (f"process {', '.join(map(str, failed))} of {self.n} stopped with an "
+                    f"error (its log says which); process {self.me} stopped")
+        missing = sorted(i for i in range(self.n)
+                         if i not in live and notes.get(i) != "finished")
         if missing:
             return (f"process{'es' if len(missing) > 1 else ''} "
                     f"{', '.join(map(str, missing))} of {self.n} "

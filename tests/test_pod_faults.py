@@ -84,6 +84,19 @@ def kill_one(procs, tmp, workdir):
     return code, time.monotonic() - killed_at, logs[0].read_text()
 
 
+def one_fails(procs, tmp):
+    """Process 1 alone fails at start-up (a validation set it cannot find) while process 0
+    waits in a collective: -> (exit codes, process 0's seconds after process 1's, log 0)."""
+    port, logs = free_port(), [tmp / f"failed_{i}.log" for i in range(2)]
+    bad = ["--config.train.eval_every=2", "--config.train.eval_datasets=('Nope',)"]
+    started = [procs.add(launch(tmp / "failed", 4, dist=(port, 2, i), log=logs[i],
+                                extra=[*SHARDS, *(bad if i else [])])) for i in range(2)]
+    codes = [started[1].wait(timeout=DEADLINE_S)]
+    t0 = time.monotonic()
+    codes.insert(0, started[0].wait(timeout=DEADLINE_S))
+    return codes, time.monotonic() - t0, logs[0].read_text()
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pod")
@@ -91,6 +104,7 @@ def runs(tmp_path_factory):
     with Processes() as procs:
         out["exit"] = kill_one(procs, tmp, tmp / "killed")
         out["killed_step"] = checkpoint.latest_step(str(tmp / "killed"))
+        out["failed"] = one_fails(procs, tmp)
         run_two(procs, tmp, tmp / "killed", FINAL, "relaunch")
         run_two(procs, tmp, tmp / "ref", FINAL, "ref", VALIDATE)
         shutil.copytree(tmp / "ref", tmp / "elastic")
@@ -107,6 +121,7 @@ def params(workdir, step=None):
     return [np.asarray(x) for x in jax.tree.leaves(checkpoint.load_params(str(workdir), step)[0])]
 
 
+@pytest.mark.slow
 def test_survivor_of_a_sigkill_stops_within_the_bound_with_the_message(runs):
     code, seconds, log = runs["exit"]
     step = runs["killed_step"]
@@ -122,6 +137,15 @@ def test_survivor_of_a_sigkill_stops_within_the_bound_with_the_message(runs):
     print(f"survivor exited {code} {seconds:.1f} s after SIGKILL (heartbeat {HEARTBEAT_S} s)")
 
 
+@pytest.mark.slow
+def test_an_error_in_one_process_stops_the_others_promptly(runs):
+    codes, seconds, log = runs["failed"]
+    assert codes == [faults.PEER_LOST_EXIT, 1], log[-3000:]
+    assert seconds < EXIT_BOUND_S, f"{seconds:.1f} s: {log[-3000:]}"
+    assert "process 1 of 2 stopped with an error (its log says which)" in log
+
+
+@pytest.mark.slow
 def test_relaunch_after_a_kill_is_bit_identical_to_an_uninterrupted_run(runs):
     tmp = runs["tmp"]
     assert runs["killed_step"] < FINAL
@@ -129,6 +153,7 @@ def test_relaunch_after_a_kill_is_bit_identical_to_an_uninterrupted_run(runs):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_two_to_one_and_one_to_two_process_resumes_continue_the_same_run(runs):
     tmp = runs["tmp"]
     for step, got in ((6, runs["shrink_6"]), (FINAL, params(tmp / "elastic", FINAL))):
@@ -141,6 +166,7 @@ def test_two_to_one_and_one_to_two_process_resumes_continue_the_same_run(runs):
     assert json.loads((data / names[1]).read_text())["owners"] == [0, 1]
 
 
+@pytest.mark.slow
 def test_multi_process_validation_equals_a_one_process_evaluation(runs):
     ref = runs["tmp"] / "ref"
     lines = [json.loads(x) for x in open(ref / "metrics.jsonl") if "val/psnr_y" in x]
