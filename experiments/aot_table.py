@@ -63,10 +63,15 @@ def compile_row(spec: str, target: str, dtype: str) -> dict:
 
 def config_check(spec: str, target: str, dtype: str) -> dict:
     """--all_configs: both programs of a small config (eval LR 64) for `target`."""
+    from jaxsr import accelerators
     c = load(spec, dtype)
+    chips, note = accelerators.parse_target(target).num_chips, {}
+    if c.train.batch_size % chips:      # --mode compile refuses it: here the next multiple
+        note = {"batch_raised": f"{c.train.batch_size} -> {-(-c.train.batch_size // chips) * chips}"}
+        c.train.batch_size = -(-c.train.batch_size // chips) * chips
     t0 = time.perf_counter()
     try:
-        res = aot.run_compile(c, target, eval_lr_size=64, check=False)
+        res = dict(aot.run_compile(c, target, eval_lr_size=64, check=False), **note)
     except Exception as e:      # noqa: BLE001 -- recorded: which config fails and why
         res = {"error": f"{type(e).__name__}: {str(e)[:500]}"}
     return {"config": spec, "target": target, "dtype": dtype, "result": res,
@@ -253,7 +258,8 @@ def config_markdown(rows: list) -> str:
             continue
         secs = [str(res[k].get("compile_seconds", "")) if k in res else "-"
                 for k in ("train_step", "eval_forward")]
-        lines.append(f"| {r['config']} | {r['target']} | {_mib_gflop(res.get('train_step'))} "
+        raised = f" (batch {res['batch_raised']})" if "batch_raised" in res else ""
+        lines.append(f"| {r['config']}{raised} | {r['target']} | {_mib_gflop(res.get('train_step'))} "
                      f"| {_mib_gflop(res.get('eval_forward'))} | {', '.join(secs)} |")
     return "\n".join(lines)
 
