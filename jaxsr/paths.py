@@ -83,6 +83,10 @@ def listdir(path) -> list[str]:
     return os.listdir(path)
 
 
+def size(path) -> int:
+    return epath_of(path).stat().length if is_remote(path) else os.path.getsize(path)
+
+
 def makedirs(path) -> None:
     """Local folders only: a bucket has no folders (names with '/' are enough)."""
     if not is_remote(path):

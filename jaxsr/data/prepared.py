@@ -29,6 +29,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
+from jaxsr import paths as path_layer
 from jaxsr.data import images, paired
 
 MANIFEST = "manifest.json"
@@ -98,17 +99,17 @@ def decode_record(data: bytes, where: str) -> SubImage:
 
 
 def read_manifest(folder: str) -> dict:
-    """The manifest of a complete prepared folder, checked against the shards on disk."""
-    path = os.path.join(folder, MANIFEST)
-    if not os.path.isdir(folder):
+    """The manifest of a complete prepared folder, checked against the shards on disk.
+    A gs:// folder is read in place (ArrayRecord reads gs:// itself)."""
+    path = path_layer.join(folder, MANIFEST)
+    if not path_layer.isdir(folder):
         raise PreparedDataError(f"prepared data folder does not exist: {folder}")
-    if not os.path.isfile(path):
+    if not path_layer.isfile(path):
         raise PreparedDataError(
             f"{folder} has no {MANIFEST}: not a prepared folder, or `python -m "
             "jaxsr.tools.prepare` did not finish there (rerun it to resume)")
     try:
-        with open(path) as f:
-            manifest = json.load(f)
+        manifest = json.loads(path_layer.read_bytes(path))
     except (OSError, ValueError) as e:
         raise PreparedDataError(f"cannot read {path}: {e}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
@@ -121,10 +122,10 @@ def read_manifest(folder: str) -> dict:
 
 def check_shard_file(folder: str, shard: dict) -> None:
     """A shard named by a manifest exists with the size it was written with."""
-    path = os.path.join(folder, shard["file"])
-    if not os.path.isfile(path):
+    path = path_layer.join(folder, shard["file"])
+    if not path_layer.isfile(path):
         raise PreparedDataError(f"shard {path} listed in {MANIFEST} is missing")
-    size = os.path.getsize(path)
+    size = path_layer.size(path)
     if size != shard["bytes"]:
         raise PreparedDataError(f"shard {path} has {size} bytes, {MANIFEST} says "
                                 f"{shard['bytes']}: truncated or replaced, prepare again")
@@ -166,7 +167,7 @@ class PreparedSource(collections.abc.Sequence):
                                     "written by `python -m jaxsr.tools.prepare`")
         self.folders = tuple(folders)
         self.manifests = [read_manifest(d) for d in self.folders]
-        self.paths = [os.path.join(d, s["file"])
+        self.paths = [path_layer.join(d, s["file"])
                       for d, m in zip(self.folders, self.manifests) for s in m["shards"]]
         counts = [s["records"] for m in self.manifests for s in m["shards"]]
         self._shard_ends = np.cumsum(counts).tolist()   # to name the shard of a record
