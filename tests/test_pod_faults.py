@@ -238,3 +238,17 @@ def test_another_shard_count_is_refused_with_the_fix(tmp_path):
     with pytest.raises(ValueError, match=r"num_shards=2 must be a multiple of the 3 JAX "
                                          r"processes: run on 1, 2 processes"):
         shard_state.Layout.of(small_config(), 0, 3)
+
+
+def test_checkpoints_of_the_per_process_format_resume_on_their_process_count(tmp_path):
+    c = small_config(num_shards=0)
+    it = iter(pipeline.train_dataset(c, 0, 1))
+    for _ in range(3):
+        next(it)
+    (tmp_path / "process_0-of-1.json").write_text(json.dumps(it.get_state()))
+    fresh = restored(epath.Path(tmp_path), c, 1)[0]
+    np.testing.assert_array_equal(next(fresh)["hr"], next(it)["hr"])
+    (tmp_path / "process_0-of-1.json").rename(tmp_path / "process_0-of-2.json")
+    with pytest.raises(ValueError, match="keeps its data stream per process .* has no "
+                                         "process_0-of-1.json"):
+        restored(epath.Path(tmp_path), c, 1)
