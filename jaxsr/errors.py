@@ -1,7 +1,7 @@
 """How commands sort errors: the user's input (one clear line, no traceback), one item's
 failure (the command goes on with the rest) or a bug. Below every command module
 (run, evaluate, upscale) so that they all import it and none imports another for it."""
-from jaxsr import checkpoint
+from jaxsr import checkpoint, paths
 from jaxsr.data import images
 
 
@@ -21,7 +21,7 @@ def is_out_of_memory(error: BaseException) -> bool:
 # (set JAXSR_TRACEBACK=1 to see it anyway).
 USER_ERRORS = (FileNotFoundError, FileExistsError, images.ImageReadError,
                checkpoint.CheckpointMismatchError, checkpoint.DamagedCheckpointError,
-               checkpoint.CheckpointWriteError,
+               checkpoint.CheckpointWriteError, paths.StorageError,
                PartialFailure, ValueError, KeyError, ArithmeticError)
 
 

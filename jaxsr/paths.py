@@ -65,6 +65,21 @@ def _fs():
     return fsspec.filesystem("gcs", finalize_on_close=True)
 
 
+def _no_listing_cache() -> None:
+    """gcsfs keeps folder listings for the life of a filesystem instance by default, so a
+    process would not see checkpoints that another process (another host, or a later
+    save) wrote after its first listing; every listing asks the bucket instead."""
+    try:
+        import fsspec.config
+    except ImportError:         # no gcsfs/fsspec: local paths only
+        return
+    for protocol in ("gcs", "gs"):
+        fsspec.config.conf.setdefault(protocol, {}).setdefault("use_listings_cache", False)
+
+
+_no_listing_cache()
+
+
 def exists(path) -> bool:
     return epath_of(path).exists() if is_remote(path) else os.path.lexists(path)
 
