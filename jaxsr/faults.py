@@ -18,7 +18,8 @@ Here:
    command that resumes) and exit status PEER_LOST_EXIT. A child ended by a signal is
    reported the same way: when the coordinator (process 0) itself vanishes, XLA's client
    aborts the process from its own thread, which no Python code can intercept. Core dumps
-   are switched off in the child; SIGTERM/SIGINT are forwarded to it.
+   are switched off in the child; SIGTERM/SIGINT/SIGHUP are forwarded to it, and on Linux
+   it dies with the supervisor (killing the supervisor's pid kills the run).
 
 What a save left half-written is never picked up: Orbax commits a step by renaming its
 temporary folder (gs://: a commit_success.txt), and resume reads the latest committed one.
@@ -47,13 +48,18 @@ _PEER_ERROR_MARKERS = ("gloo", "connection reset", "unavailable", "heartbeat",
                        "broken pipe", "connection refused")
 
 
-def _die_with_parent() -> None:
-    """Linux: the child gets SIGKILL when the supervisor dies (a killed host takes both)."""
+def _die_with_parent(parent: int) -> bool:
+    """Linux: the child gets SIGKILL when the supervisor dies (a killed host takes both).
+    Returns whether that is arranged."""
     try:
         import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL) != 0:  # PDEATHSIG
+            return False
     except (OSError, AttributeError):
-        pass
+        return False
+    if os.getppid() != parent:      # the supervisor died before prctl
+        os._exit(PEER_LOST_EXIT)
+    return True
 
 
 def supervise(workdir: str, coordinator_address: str | None, num_processes, process_id) -> None:
@@ -65,10 +71,14 @@ def supervise(workdir: str, coordinator_address: str | None, num_processes, proc
     read_fd, write_fd = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:
         os.close(read_fd)
-        _die_with_parent()
+        if _die_with_parent(parent):
+            # Its own process group: a terminal's Ctrl-C or a group-wide SIGTERM reaches
+            # the supervisor only, which forwards it once (not twice).
+            os.setpgid(0, 0)
         _REPORT_FD = write_fd
         return
     os.close(write_fd)
