@@ -233,3 +233,28 @@ def test_unusable_buckets_give_one_clear_error(emulator, monkeypatch):
     with pytest.raises(paths.StorageError, match=r"^gs://bucket/run2: no Google Cloud "
                        r"credentials found \(Your default credentials were not found"):
         paths.check_workdir("gs://bucket/run2", write=True)
+
+
+@pytest.mark.slow
+def test_two_processes_train_and_resume_with_the_workdir_in_the_bucket(emulator, xla_cache_env,
+                                                                       tmp_path, monkeypatch):
+    """The 2-process loopback run of test_distributed.py (same launcher), workdir in the
+    bucket: both processes write their data-iterator state into each step, process 0 the
+    logs, and a second 2-process run resumes from the bucket."""
+    from tests.test_distributed import Processes, run_two_processes
+    for k in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+              "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"):
+        monkeypatch.setenv(k, xla_cache_env[k])
+    wd = "gs://bucket/dist"
+    with Processes() as procs:
+        run_two_processes(procs, tmp_path, wd, 4, "cut")
+        assert checkpoint.latest_step(wd) == 4
+        run_two_processes(procs, tmp_path, wd, 6, "resume")
+    assert checkpoint.latest_step(wd) == 6
+    names = emulator.objects("bucket", "dist/checkpoints/6/data/")
+    # Grain names them process_<i>-of-2.json or shard_<i>-of-2.json (by version)
+    assert sorted(n.rsplit("/", 1)[1].split("_", 1)[1] for n in names if "-of-" in n) == [
+        "0-of-2.json", "1-of-2.json"]
+    steps = [json.loads(x)["step"] for x in paths.read_text(wd + "/metrics.jsonl").splitlines()]
+    assert steps == [2, 4, 6]                     # written once (process 0), continued
+    assert "resuming from step 4" in (tmp_path / "resume_0.log").read_text()
