@@ -52,6 +52,7 @@ def tiny_dlsn():
     return c
 
 
+@pytest.mark.slow     # ~36 s of CPU (the TPU compiler), more on a loaded machine
 def test_tiny_dlsn_compiles_for_v5e(tmp_path):
     """Through run.run, what `--mode compile` calls: both programs compile for 4 v5e chips,
     with finite, positive FLOPs and memory within the chip, and compile.json says so."""
@@ -93,6 +94,7 @@ def test_oversized_config_fails_with_what_to_change(tmp_path, repo_root):
     assert saved["eval_forward"]["memory"]["total_bytes"] > 0
 
 
+@pytest.mark.slow
 def test_tiny_dlsn_compiles_for_h100_without_a_gpu(tmp_path):
     """XLA's GPU compiler from a target description (optional: the CUDA plugin of the
     installed jax, no GPU needed): memory analysis only, no cost analysis."""
