@@ -198,7 +198,10 @@ def _ordered_shutdown() -> None:
     try:
         client.key_value_set(EXIT_KEY.format(me), "finished" if _finished else "failed")
         if me == 0:
-            deadline = time.monotonic() + _SETTINGS["shutdown_timeout_s"]
+            # Finished: the others finish too, keep the service until they are gone.
+            # Failed: only long enough for their watch to read the note (faults.PeerWatch).
+            wait = _SETTINGS["shutdown_timeout_s"] if _finished else 5
+            deadline = time.monotonic() + wait
             while time.monotonic() < deadline and len(client.get_live_nodes(list(range(n)))) > 1:
                 time.sleep(0.1)
     except Exception as e:  # noqa: BLE001 - the service is gone: nothing left to order

@@ -82,8 +82,14 @@ def supervise(workdir: str, coordinator_address: str | None, num_processes, proc
         _REPORT_FD = write_fd
         return
     os.close(write_fd)
+    forwarded = []
+
+    def forward(signum, frame):
+        forwarded.append(signum)
+        os.kill(pid, signum)
+
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, lambda signum, frame: os.kill(pid, signum))
+        signal.signal(sig, forward)
     while True:
         try:
             _, status = os.waitpid(pid, 0)
@@ -92,8 +98,10 @@ def supervise(workdir: str, coordinator_address: str | None, num_processes, proc
             continue
     report = _read_all(read_fd)
     code = os.waitstatus_to_exitcode(status)
-    if code >= 0 and code != PEER_LOST_EXIT:
-        os._exit(code)          # finished, or a training error that printed its own message
+    if code != PEER_LOST_EXIT and (code >= 0 or -code in forwarded):
+        # Finished, a training error that printed its own message, or the end a signal
+        # sent to this supervisor asked for (Ctrl-C): the child's status, as a shell says it.
+        os._exit(code if code >= 0 else 128 - code)
     print(lost_message(report, code, workdir, coordinator_address, num_processes,
                        process_id), file=sys.stderr, flush=True)
     os._exit(PEER_LOST_EXIT)
@@ -217,6 +225,9 @@ class PeerWatch(threading.Thread):
 def is_peer_error(error: BaseException) -> bool:
     """An error that a lost peer raises in a collective or a coordination-service call."""
     import jax
+    from jaxsr import errors
+    if errors.is_out_of_memory(error):      # this process's own failure: no waiting
+        return False
     text = str(error).lower()
     return isinstance(error, jax.errors.JaxRuntimeError) or any(
         m in text for m in _PEER_ERROR_MARKERS)
