@@ -6,6 +6,7 @@ a deadline and killed by process group at the end (test_distributed.Processes):
   killed   2 processes, SIGKILL to process 1 after step 6 (asynchronous saves: step 2 is
            committed by then): process 0 must stop within the heartbeat bound with exit
            status 75 and the jaxsr message; both relaunched -> FINAL
+  failed   process 1 alone fails at start-up: process 0 stops at once with exit status 75
   ref      2 processes, uninterrupted -> FINAL (checkpoints every 2 steps, all kept),
            validated every 4 steps and at the end (which does not change the training)
   shrink   ref's checkpoint 4 copied, resumed by 1 process (2 devices) -> 6
