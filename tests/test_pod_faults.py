@@ -1,7 +1,8 @@
 """Lost processes and resized runs over loopback (jaxsr.faults, jaxsr.data.shards).
 
 One shared chain of launches (module fixture `runs`), each process in its own session with
-a deadline and killed by process group at the end (test_distributed.Processes):
+a deadline and killed by process group at the end (test_distributed.Processes; the
+training child of each supervisor dies with it, jaxsr.faults):
 
   killed   2 processes, SIGKILL to process 1 after step 6 (asynchronous saves: step 2 is
            committed by then): process 0 must stop within the heartbeat bound with exit
