@@ -14,7 +14,6 @@ import signal
 
 import jax
 
-from jaxsr import faults
 
 MODES = ("auto", "on", "off")
 
@@ -51,10 +50,15 @@ def wanted(mode: str = "auto", coordinator_address: str | None = None,
     return mode == "on" or (mode == "auto" and (explicit or _launcher_says_multi_process()))
 
 
-# The coordination-service timeouts of this run (jaxsr.faults reads the heartbeat one).
-_SETTINGS = {"heartbeat_timeout_s": faults.DEFAULT_HEARTBEAT_S,
-             "shutdown_timeout_s": faults.DEFAULT_SHUTDOWN_S,
-             "initialization_timeout_s": faults.DEFAULT_INIT_S}
+# Coordination-service timeouts (seconds). The heartbeat is JAX's default: a pod tolerates
+# network blips this long before a silent process counts as lost.
+DEFAULT_HEARTBEAT_S = 100
+DEFAULT_SHUTDOWN_S = 300
+DEFAULT_INIT_S = 300
+# The timeouts of this run (jaxsr.faults reads the heartbeat one).
+_SETTINGS = {"heartbeat_timeout_s": DEFAULT_HEARTBEAT_S,
+             "shutdown_timeout_s": DEFAULT_SHUTDOWN_S,
+             "initialization_timeout_s": DEFAULT_INIT_S}
 
 
 def settings() -> dict:
@@ -71,9 +75,9 @@ def coordination_client():
 
 def initialize(mode: str = "auto", coordinator_address: str | None = None,
                num_processes: int | None = None, process_id: int | None = None, *,
-               heartbeat_timeout_s: int = faults.DEFAULT_HEARTBEAT_S,
-               shutdown_timeout_s: int = faults.DEFAULT_SHUTDOWN_S,
-               initialization_timeout_s: int = faults.DEFAULT_INIT_S) -> bool:
+               heartbeat_timeout_s: int = DEFAULT_HEARTBEAT_S,
+               shutdown_timeout_s: int = DEFAULT_SHUTDOWN_S,
+               initialization_timeout_s: int = DEFAULT_INIT_S) -> bool:
     """Starts `jax.distributed` when the run is multi-process; returns whether it did.
 
     mode 'on' always initialises (arguments left None are found by JAX's cluster detection:

@@ -37,9 +37,6 @@ import time
 # EX_TEMPFAIL (sysexits.h): "temporary failure; the user is invited to retry". Training
 # errors exit 1, bad usage 1 (absl) or 2; a lost peer exits 75 on every survivor.
 PEER_LOST_EXIT = 75
-DEFAULT_HEARTBEAT_S = 100       # JAX's default: a pod tolerates network blips this long
-DEFAULT_SHUTDOWN_S = 300
-DEFAULT_INIT_S = 300
 
 _REPORT_FD = None               # the child's end of the pipe to the supervising parent
 # Text of errors that a lost peer raises in the main thread (gloo, gRPC, XLA).
