@@ -258,3 +258,28 @@ def test_two_processes_train_and_resume_with_the_workdir_in_the_bucket(emulator,
     steps = [json.loads(x)["step"] for x in paths.read_text(wd + "/metrics.jsonl").splitlines()]
     assert steps == [2, 4, 6]                     # written once (process 0), continued
     assert "resuming from step 4" in (tmp_path / "resume_0.log").read_text()
+
+
+def test_prepared_shards_and_image_folders_read_from_the_bucket(emulator, tmp_path):
+    """The same images as a gs:// image folder and as gs:// prepared ArrayRecord shards
+    (read in place by ArrayRecord's own Cloud Storage client) give the batches of the
+    local folder."""
+    from PIL import Image
+    from tests.test_prepare import config_for, take
+    from jaxsr.tools import prepare
+    d = tmp_path / "hr"
+    d.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    prepare.prepare([str(d)], str(tmp_path / "prep"), crop=24, step=24, progress=False)
+    paths._fs().put(str(d) + "/", "bucket/data/hr", recursive=True)
+    paths._fs().put(str(tmp_path / "prep") + "/", "bucket/data/prep", recursive=True)
+    assert any(n.endswith(".array_record") for n in emulator.objects("bucket", "data/prep/"))
+    local = take(config_for("folders", train_dirs=(str(d),)), 3)
+    remote_folder = take(config_for("folders", train_dirs=("gs://bucket/data/hr",)), 3)
+    remote_records = take(config_for("array_record", prepared_dirs=("gs://bucket/data/prep",)),
+                          3)
+    assert local.shape == (3, 3, 16, 16, 3)
+    np.testing.assert_array_equal(remote_folder, local)
+    np.testing.assert_array_equal(remote_records, local)

@@ -46,7 +46,7 @@ def to_rgb_uint8(img: np.ndarray) -> np.ndarray:
 def read_rgb(path: str) -> np.ndarray:
     """Reads an image file as HxWx3 uint8 RGB; raises ImageReadError naming the file."""
     try:
-        with Image.open(_local_or_bytes(path)) as im:
+        with Image.open(image_file(path)) as im:
             im.load()
             if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
                 im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
@@ -64,15 +64,16 @@ def read_rgb(path: str) -> np.ndarray:
         raise ImageReadError(f"cannot read image {path}: {e}") from None
 
 
-def _local_or_bytes(path: str):
-    """A local path as is; a gs:// object's bytes (one read: images are small)."""
+def image_file(path: str):
+    """What PIL's Image.open takes for `path`: a local path as is, a gs:// object's bytes
+    (one read: images are small)."""
     return io.BytesIO(path_layer.read_bytes(path)) if path_layer.is_remote(path) else path
 
 
 def is_grayscale_file(path: str) -> bool:
     """True for single-channel files (Set14 bridge.png): the SR protocol scores them on
     their one channel, not on the Y of an RGB copy."""
-    with Image.open(_local_or_bytes(path)) as im:
+    with Image.open(image_file(path)) as im:
         return im.mode in GRAY_MODES
 
 

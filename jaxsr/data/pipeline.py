@@ -43,7 +43,7 @@ def usable_paths(paths, patch_size: int) -> list[str]:
     keep = []
     for p in paths:
         try:
-            with Image.open(p) as im:
+            with Image.open(images.image_file(p)) as im:     # gs:// too
                 w, h = im.size
         except Exception as e:                      # noqa: BLE001 (any unreadable file)
             logging.warning("skipping unreadable training image %s: %s", p, e)
