@@ -91,7 +91,8 @@ def stop_when(proc, ready, sig, what):
     deadline = time.monotonic() + TIMEOUT
     try:
         while not ready():
-            assert proc.poll() is None, f"ended before {what}: {proc.communicate()[1][-3000:]}"
+            if proc.poll() is not None:
+                pytest.fail(f"ended before {what}: {proc.communicate(timeout=30)[1][-3000:]}")
             assert time.monotonic() < deadline, f"timed out waiting for {what}"
             time.sleep(0.05)
         proc.send_signal(sig)
