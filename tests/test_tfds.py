@@ -13,7 +13,7 @@ from tests import gcs_emulator  # noqa: I001 (first: it configures gcsfs before 
 tfds = pytest.importorskip("tensorflow_datasets")
 
 from jaxsr import config_util  # noqa: E402
-from jaxsr.data import images, pipeline, tfds_source  # noqa: E402
+from jaxsr.data import pipeline, tfds_source  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_IMAGES = 8
