@@ -128,9 +128,10 @@ def compile_forward(config, devices, params, lr_size: int):
 # Report.
 
 def memory_report(compiled) -> dict:
-    """Per-device bytes from XLA's memory analysis. 'total' = the program's peak (TPU
-    reports it as peak_memory, arguments included, and no separate temporaries; elsewhere
-    arguments + outputs + temporaries - aliased, the donated state) + generated code."""
+    """Per-device bytes from XLA's memory analysis. 'total' = the larger of the program's
+    peak (TPU: peak_memory, arguments included; it reports no temporaries for small
+    programs) and arguments + outputs + temporaries - aliased (the donated state), plus the
+    generated code: conservative where the two differ."""
     m = compiled.memory_analysis()
     rep = {f"{k}_bytes": int(getattr(m, f"{k}_size_in_bytes", 0) or 0) for k in MEMORY_FIELDS}
     rep["peak_bytes"] = int(getattr(m, "peak_memory_in_bytes", 0) or 0)
