@@ -7,6 +7,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= workdirs/demo
+# pytest-xdist workers (one per core of the 2-core CI machine); each test file stays on one
+# worker (--dist loadfile) so that its module fixtures run once.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test test-fast test-durations bench venv clean
 
@@ -23,15 +26,15 @@ demo: $(STAMP)
 	$(BIN)/python -m jaxsr.main --config configs/edsr.py:demo --workdir $(DEMO_DIR) --mode evaluate
 
 test: $(STAMP)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests -n $(TEST_WORKERS) --dist loadfile
 
 # About a minute on 2 cores: no test that starts processes or took over 0.5 s in the last
 # `make test-durations` run (tests/durations.json).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest tests -m "not slow and not subprocess"
+	$(BIN)/python -m pytest tests -m "not slow and not subprocess" -n $(TEST_WORKERS) --dist loadfile
 
 test-durations: $(STAMP)
-	JAXSR_RECORD_DURATIONS=tests/durations.json $(BIN)/python -m pytest tests
+	JAXSR_RECORD_DURATIONS=tests/durations.json $(BIN)/python -m pytest tests -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/python experiments/benchmark.py --preset cpu
