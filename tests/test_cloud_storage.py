@@ -1,6 +1,7 @@
 """`--workdir gs://...` end to end against a local Cloud Storage emulator (fake-gcs-server on
 127.0.0.1, tests/gcs_emulator.py): train, SIGKILL/SIGTERM and resume from the bucket to the
-uninterrupted result bit for bit; evaluate, upscale and convert to PyTorch from the bucket;
+uninterrupted result bit for bit; evaluate, upscale, convert to PyTorch, export and
+--mode info with the workdir in the bucket;
 a missing bucket, no credentials and a read-only bucket each give one clear error.
 
 Every jaxsr process talks to the emulator through the same clients a TPU VM uses on the
@@ -152,7 +153,8 @@ def make_image(path, h=20, w=24):
     Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
 
 
-def test_evaluate_upscale_and_convert_from_the_bucket(emulator, reference, tmp_path):
+def test_evaluate_upscale_convert_export_and_info_with_the_bucket(emulator, reference,
+                                                                 tmp_path):
     env = emulator.subprocess_env
     local = tmp_path / "ref_local"           # the same run, downloaded: the local baseline
     paths._fs().get("bucket/ref", str(local), recursive=True)
@@ -194,6 +196,18 @@ def test_evaluate_upscale_and_convert_from_the_bucket(emulator, reference, tmp_p
     assert list(remote_sd) == list(local_sd) and len(remote_sd) > 10
     for k in local_sd:
         assert torch.equal(remote_sd[k], local_sd[k]), k
+    # export and --mode info from the bucket into the bucket (in this process: same code
+    # path as their CLIs, without two more interpreter start-ups)
+    from jaxsr import summary
+    from jaxsr.tools import export
+    export.export_workdir(reference, "gs://bucket/model.jaxexport", shape="12x12")
+    exported = jax.export.deserialize(paths.read_bytes("gs://bucket/model.jaxexport"))
+    lr = np.random.default_rng(3).random((1, 12, 12, 3), np.float32)
+    np.testing.assert_array_equal(np.asarray(exported.call(lr)),
+                                  upscale.Upscaler.from_workdir(str(local)).apply_fn(lr))
+    info = summary.write_info(config, "gs://bucket/info")
+    assert json.loads(paths.read_text("gs://bucket/info/info.json")) == info
+    assert info["params"] == sum(x.size for x in leaves(str(local))[0])
 
 
 def test_unusable_buckets_give_one_clear_error(emulator, monkeypatch):
