@@ -104,12 +104,12 @@ class LRG(nn.Module):
         return x + DSConv(self.features, name=f"body_{self.n_blocks}")(y)
 
 
-def _attend(x, theta, phi, g):
+def _attend(theta, phi, g):
     """Embedded-Gaussian non-local on [N, h, w, *]: softmax_j(theta_i . phi_j) g_j."""
-    n, h, w, _ = x.shape
+    n, h, w, _ = theta.shape
     flat = lambda t: t.reshape(n, h * w, t.shape[-1])
     # dense_attention: scores and softmax in float32 also when x is bfloat16
-    y = dense_attention(flat(theta(x)), flat(phi(x)), flat(g(x)))
+    y = dense_attention(flat(theta), flat(phi), flat(g))
     return y.reshape(n, h, w, -1)
 
 
@@ -129,9 +129,13 @@ class RegionNonLocal(nn.Module):
         h, w = x.shape[1:3]
         hs = [0] + [h * i // self.grid for i in range(1, self.grid)] + [h]
         ws = [0] + [w * i // self.grid for i in range(1, self.grid)] + [w]
+        # The 1x1 embeddings are per pixel, so they run once before the grid cut; the same
+        # numbers as embedding each cell, but libtpu 0.0.42 aborts compiling the backward
+        # of 1x1 convs on the cells (space_to_batch_converter.cc:541; docs/performance.md).
+        emb = (theta(x), phi(x), g(x))
         rows = []
         for r in range(self.grid):
-            cells = [_attend(x[:, hs[r]:hs[r + 1], ws[q]:ws[q + 1]], theta, phi, g)
+            cells = [_attend(*(t[:, hs[r]:hs[r + 1], ws[q]:ws[q + 1]] for t in emb))
                      for q in range(self.grid)]
             rows.append(jnp.concatenate(cells, axis=2))
         return x + w_out(jnp.concatenate(rows, axis=1))
