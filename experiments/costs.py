@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsr import xla_analysis
 from jaxsr.attention import chunked
 
 
@@ -35,9 +36,7 @@ def alternating_medians(fns: dict, repeats: int) -> dict:
 
 
 def flops_of(compiled) -> float | None:
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
-    return float(cost["flops"]) if cost and "flops" in cost else None
+    return xla_analysis.cost_report(compiled)["flops"]
 
 
 def counted_flops(jitted, *args) -> float | None:

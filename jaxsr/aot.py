@@ -26,15 +26,14 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxsr import accelerators, errors, inference, models, objectives, precision, train
 from jaxsr import target_platform
+from jaxsr.xla_analysis import MEMORY_FIELDS, cost_report, memory_report
 from jaxsr.models import build_model
 
 GIB = accelerators.GIB
 DEFAULT_EVAL_LR = 256   # LR side of the compiled evaluation forward (config.eval.compile_lr_size)
-MEMORY_FIELDS = ("argument", "output", "temp", "alias", "generated_code")
 PROGRAMS = ("train_step", "eval_forward")
 
 
@@ -126,35 +125,6 @@ def compile_forward(config, devices, params, lr_size: int):
 
 # ---------------------------------------------------------------------------------------
 # Report.
-
-def memory_report(compiled) -> dict:
-    """Per-device bytes from XLA's memory analysis. 'total' = the larger of the program's
-    peak (TPU: peak_memory, arguments included; it reports no temporaries for small
-    programs) and arguments + outputs + temporaries - aliased (the donated state), plus the
-    generated code: conservative where the two differ."""
-    m = compiled.memory_analysis()
-    rep = {f"{k}_bytes": int(getattr(m, f"{k}_size_in_bytes", 0) or 0) for k in MEMORY_FIELDS}
-    rep["peak_bytes"] = int(getattr(m, "peak_memory_in_bytes", 0) or 0)
-    summed = rep["argument_bytes"] + rep["output_bytes"] + rep["temp_bytes"] - rep["alias_bytes"]
-    rep["total_bytes"] = max(summed, rep["peak_bytes"]) + rep["generated_code_bytes"]
-    return rep
-
-
-def cost_report(compiled) -> dict:
-    """FLOPs and bytes accessed of one call per device (XLA's cost analysis; the
-    partitioned SPMD program, so per device)."""
-    cost = compiled.cost_analysis()
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0] if cost else {}
-    if not cost:                # XLA:GPU without a device: memory analysis only
-        return {"flops": None, "bytes_accessed": None}
-    rep = {"flops": float(cost.get("flops", 0.0)),
-           "bytes_accessed": float(cost.get("bytes accessed", 0.0))}
-    # The TPU compiler's own cost-model estimate (negative when it has none: not kept).
-    if float(cost.get("optimal_seconds", -1.0)) > 0:
-        rep["xla_optimal_seconds"] = float(cost["optimal_seconds"])
-    return rep
-
 
 def roofline(cost: dict, chip) -> dict:
     """Lower bound on one call's time: max(FLOPs / peak, bytes / HBM bandwidth)."""

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsr import fileio, models, paths
+from jaxsr import fileio, models, paths, xla_analysis
 
 
 def param_shapes(config):
@@ -34,12 +34,8 @@ def per_module(params) -> dict:
 def flops_per_lr_pixel(model, params_shapes, size: int) -> float | None:
     x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
     fn = jax.jit(lambda p, lr: model.apply({"params": p}, lr, train=False))
-    cost = fn.lower(params_shapes, x).compile().cost_analysis()
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0] if cost else None
-    if not cost or "flops" not in cost:
-        return None
-    return float(cost["flops"]) / (size * size)
+    flops = xla_analysis.cost_report(fn.lower(params_shapes, x).compile())["flops"]
+    return None if flops is None else flops / (size * size)
 
 
 def write_info(config, workdir: str) -> dict:
