@@ -19,6 +19,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.name = "edsr"
     c.model.init = "flax"         # 'flax': the modules' own initializers; 'torch': PyTorch's
                                   # defaults + the official code's explicit inits (models/init.py)
+    c.model.attention_impl = "auto"  # LSH chunk attention: 'auto' | 'xla' | 'pallas' (NLSN, DLSN,
+                                     # NLCUnet, the GLA plug-in; lsh.ATTENTION_IMPLS)
 
     c.train = ml_collections.ConfigDict()
     c.train.objective = "sr"      # jaxsr.objectives.<name>

@@ -44,6 +44,8 @@ HASH_BLOCK_CPU = 512  # positions hashed per loop step on CPU (see hash_codes)
 
 CROSS_POLYTOPE = "cross_polytope"   # NLSN: argmax over [xR, -xR], nb/2 random directions
 SUPERBIT = "superbit"               # DLSN: argmax over xR, R with orthonormal columns/rows
+# How the chunk attention runs (config.model.attention_impl): 'auto' picks per platform.
+ATTENTION_IMPLS = ("auto", "xla", "pallas")
 
 
 # --------------------------------------------------------------------------- sizes
@@ -289,13 +291,17 @@ def lsh_attention(q, v, rotations, chunk_size: int, kind: str, key_bias=None,
 
 
 def batched_lsh_attention(q, v, rotations, chunk_size: int, kind: str, key_bias=None,
-                          max_buckets: int = MAX_BUCKETS, chunks_per_step: int | None = None):
+                          max_buckets: int = MAX_BUCKETS, chunks_per_step: int | None = None,
+                          impl: str = "auto"):
     """`lsh_attention` over a batch q [N,L,Cq], v [N,L,C] (key_bias [N,L,K] or None),
     one rotation tensor shared by all items, as in the official code.
 
     Hashing, sorting and the unsort are per item; the chunk attention runs once on the
     batch's rows stacked into [N*L, .] tables, so its loop steps always hold a few chunks
     (a vmap of the loop would make every step N times larger)."""
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"attention_impl={impl!r}: choose one of {ATTENTION_IMPLS} "
+                         "(config.model.attention_impl)")
     n, length = q.shape[:2]
     ids, order, undo = jax.vmap(lambda q1: bucket_chunks(
         q1, rotations, chunk_size, kind, max_buckets))(q)       # [N,R,M,K], [N,R,L] x 2

@@ -85,6 +85,7 @@ class NonLocalSparseAttention(nn.Module):
     max_buckets: int = lsh.MAX_BUCKETS
     eval_seed: int = 0
     chunks_per_step: Optional[int] = None
+    attention_impl: str = "auto"     # 'auto' | 'xla' | 'pallas' (lsh.ATTENTION_IMPLS)
 
     @nn.compact
     def __call__(self, x, train: bool = False, rotations: Optional[jnp.ndarray] = None):
@@ -99,7 +100,8 @@ class NonLocalSparseAttention(nn.Module):
         out = lsh.batched_lsh_attention(q.reshape(n, h * w, cq), v.reshape(n, h * w, c),
                                         rot, self.chunk_size, lsh.CROSS_POLYTOPE,
                                         max_buckets=self.max_buckets,
-                                        chunks_per_step=self.chunks_per_step)
+                                        chunks_per_step=self.chunks_per_step,
+                                        impl=self.attention_impl)
         return out.reshape(n, h, w, c) * self.res_scale + x
 
 
@@ -119,6 +121,7 @@ class GlobalLearnableAttention(nn.Module):
     max_buckets: int = lsh.MAX_BUCKETS
     eval_seed: int = 0
     chunks_per_step: Optional[int] = None
+    attention_impl: str = "auto"     # 'auto' | 'xla' | 'pallas' (lsh.ATTENTION_IMPLS)
 
     @nn.compact
     def __call__(self, x, train: bool = False, rotations: Optional[jnp.ndarray] = None):
@@ -138,5 +141,6 @@ class GlobalLearnableAttention(nn.Module):
         out = lsh.batched_lsh_attention(q.reshape(n, h * w, cq), v.reshape(n, h * w, c),
                                         rot, self.chunk_size, lsh.SUPERBIT, key_bias=g,
                                         max_buckets=self.max_buckets,
-                                        chunks_per_step=self.chunks_per_step)
+                                        chunks_per_step=self.chunks_per_step,
+                                        impl=self.attention_impl)
         return out.reshape(n, h, w, c) * self.res_scale + x
