@@ -24,6 +24,7 @@ class GLAFFM(nn.Module):
     chunk_size: int = 128
     n_hashes: int = 3
     reduction: int = 4
+    attention_impl: str = "auto"   # lsh.ATTENTION_IMPLS
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -32,6 +33,7 @@ class GLAFFM(nn.Module):
             y = common.ResBlock(self.n_feats, 1.0, name=f"body_{j}")(y)
         y = GlobalLearnableAttention(chunk_size=self.chunk_size, n_hashes=self.n_hashes,
                                      reduction=self.reduction, res_scale=1.0,
+                                     attention_impl=self.attention_impl,
                                      name=f"body_{self.n_resblocks}")(y, train=train)
         y = common.conv(self.n_feats, name=f"body_{self.n_resblocks + 1}")(y)
         return y * self.res_scale + x
@@ -46,13 +48,15 @@ class DLSN(nn.Module):
     chunk_size: int = 128
     n_hashes: int = 3
     reduction: int = 4
+    attention_impl: str = "auto"   # lsh.ATTENTION_IMPLS
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         def body(res):
             for i in range(self.n_resgroups):
                 res = GLAFFM(self.n_feats, self.n_resblocks, self.res_scale, self.chunk_size,
-                             self.n_hashes, self.reduction, name=f"body_{i}")(res, train=train)
+                             self.n_hashes, self.reduction, self.attention_impl,
+                             name=f"body_{i}")(res, train=train)
             return res
 
         return common.edsr_frame(x, body, scale=self.scale, n_feats=self.n_feats,
@@ -63,4 +67,5 @@ def build(config):
     m = config.model
     return DLSN(scale=config.scale, n_resgroups=m.n_resgroups, n_resblocks=m.n_resblocks,
                 n_feats=m.n_feats, res_scale=m.res_scale, chunk_size=m.chunk_size,
-                n_hashes=m.n_hashes, reduction=m.get("reduction", 4))
+                n_hashes=m.n_hashes, reduction=m.get("reduction", 4),
+                attention_impl=m.get("attention_impl", "auto"))

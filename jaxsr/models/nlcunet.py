@@ -108,13 +108,15 @@ class NLCBlock(nn.Module):
     chunk_size: int = 144
     n_hashes: int = 4
     reduction: int = 4
+    attention_impl: str = "auto"   # lsh.ATTENTION_IMPLS
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         c = self.channels
         t = layer_norm2d("norm1")(x)
         a = NonLocalSparseAttention(chunk_size=self.chunk_size, n_hashes=self.n_hashes,
-                                    reduction=self.reduction, res_scale=1.0, name="nla")(
+                                    reduction=self.reduction, res_scale=1.0,
+                                    attention_impl=self.attention_impl, name="nla")(
                                         t, train=train)
         b = conv(t, c, 3, groups=c, name="conv_local_0")
         b = conv(gelu(b), c, 3, groups=c, name="conv_local_2")
@@ -136,13 +138,14 @@ class NLCUnet(nn.Module):
     reduction: int = 4
     bicubic_a: float = torch_bicubic.TORCH_A
     bicubic_border: str = "clamp"
+    attention_impl: str = "auto"   # lsh.ATTENTION_IMPLS
 
     def _stage(self, idx, x, channels, train):
         """Stage `idx` of BLOCKS: blocks named `<stage>_<i>` (torch `<stage>.<i>`)."""
         name = STAGES[idx]
         for i in range(self.blocks[idx]):
             x = NLCBlock(channels, self.chunk_size, self.n_hashes, self.reduction,
-                         name=f"{name}_{i}")(x, train=train)
+                         self.attention_impl, name=f"{name}_{i}")(x, train=train)
         return x
 
     @nn.compact
@@ -244,7 +247,8 @@ def build(config):
                    chunk_size=m.get("chunk_size", 144), n_hashes=m.get("n_hashes", 4),
                    reduction=m.get("reduction", 4),
                    bicubic_a=m.get("bicubic_a", torch_bicubic.TORCH_A),
-                   bicubic_border=m.get("bicubic_border", "clamp"))
+                   bicubic_border=m.get("bicubic_border", "clamp"),
+                   attention_impl=m.get("attention_impl", "auto"))
 
 
 def input_multiple(config) -> int:

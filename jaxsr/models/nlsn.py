@@ -25,10 +25,12 @@ class NLSN(nn.Module):
     n_hashes: int = 4
     reduction: int = 4
     attn_every: int = 8
+    attention_impl: str = "auto"   # lsh.ATTENTION_IMPLS
 
     def _nlsa(self, index: int) -> NonLocalSparseAttention:
         return NonLocalSparseAttention(chunk_size=self.chunk_size, n_hashes=self.n_hashes,
                                        reduction=self.reduction, res_scale=self.res_scale,
+                                       attention_impl=self.attention_impl,
                                        name=f"body_{index}")
 
     @nn.compact
@@ -54,4 +56,5 @@ def build(config):
     m = config.model
     return NLSN(scale=config.scale, n_resblocks=m.n_resblocks, n_feats=m.n_feats,
                 res_scale=m.res_scale, chunk_size=m.chunk_size, n_hashes=m.n_hashes,
-                reduction=m.get("reduction", 4), attn_every=m.get("attn_every", 8))
+                reduction=m.get("reduction", 4), attn_every=m.get("attn_every", 8),
+                attention_impl=m.get("attention_impl", "auto"))

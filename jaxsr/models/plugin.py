@@ -29,6 +29,7 @@ class GLASpec:
     chunk_size: int = 128
     n_hashes: int = 3
     reduction: int = 4
+    attention_impl: str = "auto"   # lsh.ATTENTION_IMPLS
 
 
 def spec_from_config(model_cfg, default_positions: Tuple[int, ...]) -> Optional[GLASpec]:
@@ -45,7 +46,8 @@ def spec_from_config(model_cfg, default_positions: Tuple[int, ...]) -> Optional[
     return GLASpec(positions=tuple(int(p) for p in positions),
                    chunk_size=int(model_cfg.get("chunk_size", 128)),
                    n_hashes=int(model_cfg.get("n_hashes", 3)),
-                   reduction=int(model_cfg.get("gla_reduction", 4)))
+                   reduction=int(model_cfg.get("gla_reduction", 4)),
+                   attention_impl=model_cfg.get("attention_impl", "auto"))
 
 
 def check_positions(spec: Optional[GLASpec], n_positions: int, model: str) -> None:
@@ -65,5 +67,5 @@ def maybe_gla(spec: Optional[GLASpec], position: int, x, train: bool):
         return x
     attn = GlobalLearnableAttention(chunk_size=spec.chunk_size, n_hashes=spec.n_hashes,
                                     reduction=spec.reduction, res_scale=1.0,
-                                    name=f"gla_{position}")
+                                    attention_impl=spec.attention_impl, name=f"gla_{position}")
     return attn(x, train=train)
