@@ -1,19 +1,24 @@
-# Two entry points for a fresh clone: `make demo` and `make test`.
-# Both create/update .venv from requirements-dev.txt (= requirements.txt + what the tests
-# need) on their own (idempotent: reinstalled only when a requirements file is newer than
-# the stamp file).
+# Two entry points for a fresh clone: `make demo` and `make test`, each with its own venv
+# (idempotent: reinstalled only when a requirements file is newer than the stamp file).
+# `make demo`: .venv-demo from requirements.txt alone (the plain user install: no torch,
+# libtpu, tensorflow-datasets or gcsfs). `make test`: .venv from requirements-dev.txt
+# (= requirements.txt + what the tests need).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEMO_VENV ?= .venv-demo
+DEMO_BIN := $(DEMO_VENV)/bin
+DEMO_STAMP := $(DEMO_VENV)/.installed
 DEMO_DIR ?= workdirs/demo
 # pytest-xdist workers (one per core of the 2-core CI machine); each test file stays on one
 # worker (--dist loadfile) so that its module fixtures run once.
 TEST_WORKERS ?= 2
 
-.PHONY: demo test test-fast test-durations bench venv clean
+.PHONY: demo test test-fast test-durations bench venv demo-venv clean
 
 venv: $(STAMP)
+demo-venv: $(DEMO_STAMP)
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,9 +26,15 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/pip install -q --no-deps -e .
 	touch $(STAMP)
 
-demo: $(STAMP)
-	$(BIN)/python -m jaxsr.main --config configs/edsr.py:demo --workdir $(DEMO_DIR) --mode train
-	$(BIN)/python -m jaxsr.main --config configs/edsr.py:demo --workdir $(DEMO_DIR) --mode evaluate
+$(DEMO_STAMP): requirements.txt pyproject.toml
+	test -x $(DEMO_BIN)/python || $(PY) -m venv $(DEMO_VENV)
+	$(DEMO_BIN)/pip install -q -r requirements.txt
+	$(DEMO_BIN)/pip install -q --no-deps -e .
+	touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
+	$(DEMO_BIN)/python -m jaxsr.main --config configs/edsr.py:demo --workdir $(DEMO_DIR) --mode train
+	$(DEMO_BIN)/python -m jaxsr.main --config configs/edsr.py:demo --workdir $(DEMO_DIR) --mode evaluate
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests -n $(TEST_WORKERS) --dist loadfile
@@ -40,4 +51,4 @@ bench: $(STAMP)
 	$(BIN)/python experiments/benchmark.py --preset cpu
 
 clean:
-	rm -rf $(VENV) workdirs
+	rm -rf $(VENV) $(DEMO_VENV) workdirs

@@ -14,6 +14,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.scale = 2
     c.init_from = ""          # workdir or checkpoint dir whose matching params initialise the model
+    c.compile_cache_dir = ""  # persistent XLA cache (local or gs://): '' = <workdir>/compile_cache
+                              # (or JAX_COMPILATION_CACHE_DIR), 'none' = off (jaxsr.compile_cache)
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "edsr"
@@ -108,7 +110,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.degradation.quantize = ph(str)         # final: 'none' | 'round' | 'round_clip'
 
     c.eval = ml_collections.ConfigDict()
-    c.eval.benchmarks_dir = "../shared/data/benchmarks"
+    c.eval.benchmarks_dir = os.path.join(data_root(), "benchmarks")   # jaxsr.tools.data get
     c.eval.datasets = ("Set5", "Set14", "B100", "Urban100")
     c.eval.crop_border = -1       # -1: = scale
     c.eval.test_y_channel = True
@@ -128,7 +130,22 @@ def base_config() -> ml_collections.ConfigDict:
 # ---------------------------------------------------------------------------------------
 # Helpers for the config files
 
-SHARED_TRAIN_DIR = "../shared/data/train/DIV2K_valid_HR_subset"   # the `:small` variants' data
+SHARED_DATA = "../shared/data"      # the development machines' copy of the data
+
+
+def data_root() -> str:
+    """Where the default data paths point: $JAXSR_DATA, else ../shared/data when it exists
+    (development machines, CI), else `data` (a fresh clone: where `python -m
+    jaxsr.tools.data get benchmarks --out data` puts the sets)."""
+    env = os.environ.get("JAXSR_DATA", "")
+    if env:
+        return env
+    return SHARED_DATA if os.path.isdir(SHARED_DATA) else "data"
+
+
+def small_train_dir() -> str:
+    """The `:small` variants' training images (8 DIV2K validation HR images)."""
+    return os.path.join(data_root(), "train", "DIV2K_valid_HR_subset")
 
 
 def parse_args(arg, allowed, config_file: str, default: str = "") -> list[str]:
@@ -149,7 +166,9 @@ def scale_arg(tokens, default: int = 2) -> int:
 def small_cpu_training(c, *, lr_patch: int, num_steps: int, lr: float, milestones,
                        checkpoint_every: int, log_every: int, datasets=("Set5", "Set14")):
     """The training of the `:small` variants: batch 8 of LR `lr_patch` crops from the
-    DIV2K images in ../shared/data, a few minutes on 2 CPU cores."""
+    DIV2K images of small_train_dir(), a few minutes on 2 CPU cores. Where those are
+    absent (a fresh clone) the photos embedded in scikit-image stand in, so every `:small`
+    config trains anywhere; the log says which images were used."""
     c.train.batch_size = 8
     c.train.patch_size = c.get_ref("scale") * lr_patch     # follows --config.scale
     c.train.num_steps = num_steps
@@ -157,7 +176,9 @@ def small_cpu_training(c, *, lr_patch: int, num_steps: int, lr: float, milestone
     c.train.lr_milestones = tuple(milestones)
     c.train.checkpoint_every = checkpoint_every
     c.train.log_every = log_every
-    c.data.train_dirs = (SHARED_TRAIN_DIR,)
+    c.data.train_dirs = (small_train_dir(),)
+    if not os.path.isdir(c.data.train_dirs[0]):
+        c.data.source = "skimage"
     c.data.train_lr_dirs = ()           # no LR files there: synthesised on the device
     if datasets:
         c.eval.datasets = tuple(datasets)

@@ -75,6 +75,11 @@ def load_set(root: str, name: str, scale: int, *, use_lr_files: bool = True,
                           images.modcrop(images.read_rgb(p), scale), None, {}) for p in paths]
         samples = [s._replace(lr=bicubic_lr(s.hr, scale)) for s in samples]
         return samples[:max_images] if max_images else samples
+    if not os.path.isdir(root):
+        raise FileNotFoundError(
+            f"config.eval.benchmarks_dir={root!r} does not exist: get the standard sets with "
+            "`python -m jaxsr.tools.data get benchmarks --out data` (then "
+            "--config.eval.benchmarks_dir=data/benchmarks, or JAXSR_DATA=data)")
     set_dir = os.path.join(root, name)
     hr_dir = _hr_dir(set_dir)
     if hr_dir is None:

@@ -214,19 +214,59 @@ def _not_none(x) -> bool:
     return x is not None
 
 
+def _lr_dirs_unused(config, source_says: str) -> ValueError:
+    """The error for config.data.train_lr_dirs set with a source that carries no LR: the
+    run would silently train on synthesised LR instead of the files it names."""
+    return ValueError(
+        f"config.data.train_lr_dirs={tuple(config.data.train_lr_dirs)!r} is set, but "
+        f"config.data.source={config.data.source!r} {source_says}, so those LR files would "
+        "be ignored. Either prepare paired shards (`python -m jaxsr.tools.prepare --hr HR "
+        f"--lr LR --scale {config.scale} --out PREP`, then config.data.source='array_record' "
+        "and config.data.prepared_dirs=('PREP',)), or set config.data.train_lr_dirs=() to "
+        f"synthesise the LR on the device (config.degradation.name="
+        f"{config.degradation.name!r})")
+
+
+def lr_origin(config, paired_data: bool) -> str:
+    """One line saying where the training LR comes from (logged once per run)."""
+    if not paired_data:
+        return (f"training LR: synthesised on the device from each HR crop "
+                f"(config.degradation.name={config.degradation.name!r}, x{config.scale})")
+    if config.data.source == "array_record":
+        return (f"training LR: read from the paired prepared shards "
+                f"{tuple(config.data.prepared_dirs)} (x{config.scale}, made by prepare --lr)")
+    return (f"training LR: read from the files in config.data.train_lr_dirs="
+            f"{tuple(config.data.train_lr_dirs)} (x{config.scale})")
+
+
 def make_reader(config) -> "ImageReader":
     """The random-access source of training images named by config.data.source."""
+    lr_dirs_set = bool(config.data.get("train_lr_dirs", ()))
     if config.data.source == "tfds":
         from jaxsr.data import tfds_source
-        return ImageReader(tfds_source.source_from_config(config), cache=False)
-    if config.data.source == "array_record":
+        if lr_dirs_set:
+            raise _lr_dirs_unused(config, "reads HR images only")
+        reader = ImageReader(tfds_source.source_from_config(config), cache=False)
+        paired_data = False
+    elif config.data.source == "array_record":
         from jaxsr.data import prepared
-        return ImageReader(prepared.source_from_config(config), cache=False,
-                           scale=config.scale)
-    sets = train_sets(config)
-    paths = train_paths(config)
-    return ImageReader(paths, cache=len(paths) <= 64,
-                       sets=[(len(p), w) for p, w in sets if p], scale=config.scale)
+        source = prepared.source_from_config(config)
+        paired_data = bool(source.scale())
+        if lr_dirs_set and not paired_data:
+            raise _lr_dirs_unused(config, f"with config.data.prepared_dirs="
+                                  f"{tuple(config.data.prepared_dirs)!r} holds HR-only "
+                                  "sub-images (prepared without --lr)")
+        reader = ImageReader(source, cache=False, scale=config.scale)
+    else:
+        sets = train_sets(config)
+        paths = train_paths(config)
+        reader = ImageReader(paths, cache=len(paths) <= 64,
+                             sets=[(len(p), w) for p, w in sets if p], scale=config.scale)
+        paired_data = bool(paths) and isinstance(paths[0], tuple)
+        logging.info("training images: %d from config.data.source=%r", len(paths),
+                     config.data.source)
+    logging.info(lr_origin(config, paired_data))
+    return reader
 
 
 def shard_index_stream(sets, seed: int, shard: int, num_shards: int) -> grain.MapDataset:
