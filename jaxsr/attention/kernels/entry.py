@@ -1,0 +1,80 @@
+"""`sorted_chunk_attention`: checks the tables, picks interpret or compiled mode for the
+platform being traced for, and partitions the kernels over the data axis.
+
+Mosaic kernels are custom calls that XLA's SPMD partitioner does not split: in a jit whose
+inputs are sharded over the ('data',) mesh, an unwrapped kernel call would gather the whole
+batch's tables onto every chip. So when the trace runs under a mesh with a 'data' axis
+(`jax.sharding.use_abstract_mesh`, as jaxsr.train's step does) the call is wrapped in
+`jax.shard_map` over the group axis: each chip runs the kernels on its own groups (groups =
+items x rounds, the items sharded), which needs no communication, as chunks never cross
+groups.
+"""
+import logging
+
+import jax
+from jax.sharding import PartitionSpec as P
+
+from jaxsr import target_platform
+from jaxsr.attention.kernels import chunk_attention
+
+DATA_AXIS = "data"
+
+
+def _check(q, k, v, key_bias, self_keys: bool) -> None:
+    if q.ndim != 4 or k.shape != q.shape or v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"sorted_chunk_attention: q {q.shape}, k {k.shape}, v {v.shape}: "
+                         "expected q, k [G, M, K, Cq] and v [G, M, K, C]")
+    if key_bias is not None and key_bias.shape != q.shape[:3] + (q.shape[2],):
+        raise ValueError(f"sorted_chunk_attention: key_bias {key_bias.shape}, expected "
+                         f"{q.shape[:3] + (q.shape[2],)} ([G, M, K, K])")
+    if self_keys and key_bias is not None:
+        raise ValueError("self_keys=True needs key_bias=None: the learned score term can "
+                         "exceed the |q| bound on the row maximum")
+
+
+def _use_interpret(interpret: bool | None) -> bool:
+    platform = target_platform.current()
+    if interpret is None:
+        interpret = platform == "cpu"
+    if not interpret and platform != "tpu":
+        raise ValueError(f"the Pallas chunk-attention kernels are Mosaic (TPU) kernels and do "
+                         f"not compile for {platform!r}: use config.model.attention_impl="
+                         "'xla' there (or interpret=True)")
+    return interpret
+
+
+def _data_axis_size() -> int:
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or DATA_AXIS not in mesh.axis_names:
+        return 1
+    return mesh.shape[DATA_AXIS]
+
+
+def sorted_chunk_attention(q, k, v, key_bias=None, *, self_keys: bool,
+                           interpret: bool | None = None):
+    """Chunk attention on sorted tables (chunk_attention module doc).
+
+    q [G, M, K, Cq] raw queries, k [G, M, K, Cq] keys (normalised), v [G, M, K, C],
+    key_bias [G, M, K, K] or None. self_keys: k = normalize(q) and no bias (the softmax
+    shift is then |q_i|). Returns o [G, M, K, C] and lse [G, M, K], float32, with a
+    custom_vjp. interpret None: Pallas interpret mode when tracing for the CPU, Mosaic
+    when tracing for a TPU (`jaxsr.target_platform`)."""
+    _check(q, k, v, key_bias, self_keys)
+    interpret = _use_interpret(interpret)
+
+    def local(q, k, v, key_bias):
+        o, lse = chunk_attention.attention(q, k, v, key_bias, self_keys, interpret)
+        return o, lse.reshape(lse.shape[:2] + lse.shape[3:])
+
+    shards = _data_axis_size()
+    if shards > 1 and q.shape[0] % shards == 0:
+        spec = P(DATA_AXIS)
+        local = jax.shard_map(local, in_specs=(spec, spec, spec, None if key_bias is None
+                                               else spec),
+                              out_specs=(spec, spec), check_vma=False)
+    elif shards > 1:
+        # Correct but slow: XLA runs the unsplit kernels on every chip.
+        logging.warning("sorted_chunk_attention: %d groups do not split over the %d-way "
+                        "data axis; the kernels run unpartitioned (whole batch per chip)",
+                        q.shape[0], shards)
+    return local(q, k, v, key_bias)
