@@ -32,6 +32,10 @@ _TARGET = flags.DEFINE_string("target", "cpu", "compile: a TPU topology (v5e:2x4
                               "a Cloud TPU type (v5litepod-8, v4-32, v6e-8, v5p-16) or cpu.")
 _EVAL_LR = flags.DEFINE_integer("eval_lr_size", 256, "compile: LR side of the compiled "
                                 "evaluation forward (one image per chip).")
+_COMPILE_CACHE = flags.DEFINE_string(
+    "compile_cache", None, "Persistent compilation cache folder (local or gs://; trusted "
+    "code: keep it where only you write). Default: config.compile_cache_dir, else "
+    "JAX_COMPILATION_CACHE_DIR, else <workdir>/compile_cache (train, evaluate); 'none': off.")
 _STEP = flags.DEFINE_string("step", None, "evaluate: the checkpoint step to score (default: "
                             "the latest; e.g. the one before a damaged one), or 'best'.")
 _DISTRIBUTED = flags.DEFINE_enum(
@@ -57,10 +61,11 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.getLogger().setLevel(logging.INFO)
     logging.getLogger("absl").setLevel(logging.WARNING)   # Orbax's per-save INFO chatter
-    from jaxsr import checkpoint, distributed, run
+    from jaxsr import checkpoint, compile_cache, distributed, run
     if _MODE.value == "compile":
         from jaxsr import aot
         aot.prepare_host(_TARGET.value)     # compile-only: this host's CPU, quiet libtpu
+        compile_cache.setup(_COMPILE_CACHE.value, _CONFIG.value, _WORKDIR.value, "compile")
         run.run("compile", _CONFIG.value, _WORKDIR.value,
                 compile_options={"target": _TARGET.value, "eval_lr_size": _EVAL_LR.value})
         return
@@ -76,6 +81,7 @@ def main(argv):
                                initialization_timeout_s=_INIT_TIMEOUT.value)
     except ValueError as e:
         raise app.UsageError(str(e))
+    compile_cache.setup(_COMPILE_CACHE.value, _CONFIG.value, _WORKDIR.value, _MODE.value)
     run.run(_MODE.value, _CONFIG.value, _WORKDIR.value, step=step)
     distributed.mark_finished()
 
