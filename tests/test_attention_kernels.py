@@ -1,0 +1,115 @@
+"""The Pallas chunk-attention kernels (jaxsr.attention.kernels) in Pallas interpret mode on
+the CPU against the XLA path they replace: `chunked.attend_chunks` on the flattened tables
+with identity chunk ids computes the same look-around attention. Forward (o, lse) and
+gradients (of a random projection of o and lse) for NLSA (self_keys) and GLA (key_bias),
+M = 1, 2 and 3+ chunks (wrap-around), NLSN's unaligned K = 144, bf16 operands."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxsr.attention import chunked, lsh
+from jaxsr.attention.kernels import sorted_chunk_attention
+
+
+def tables(shape, channels, gla: bool, dtype=jnp.float32, seed=0):
+    """Random sorted tables q, k, v [G, M, K, .] and key_bias [G, M, K, K] (GLA) or None;
+    NLSA's keys are its normalised queries."""
+    g, m, size, cq = shape
+    rng = np.random.default_rng(seed)
+    q = jnp.asarray(rng.standard_normal((g, m, size, cq)) * 2, dtype)
+    k = jnp.asarray(rng.standard_normal((g, m, size, cq)), dtype) if gla else \
+        lsh.normalize_keys(q)
+    v = jnp.asarray(rng.standard_normal((g, m, size, channels)), dtype)
+    bias = jnp.asarray(rng.standard_normal((g, m, size, size)), dtype) if gla else None
+    return q, k, v, bias
+
+
+def xla_reference(q, k, v, key_bias):
+    """attend_chunks on [G*M*K, .] rows with ids = arange, reshaped to the kernels' layout."""
+    g, m, size = q.shape[:3]
+    ids = jnp.arange(g * m * size, dtype=jnp.int32).reshape(g, m, size)
+    rows = lambda x: None if x is None else x.reshape(g * m * size, -1)  # noqa: E731
+    o, lse = chunked.attend_chunks(rows(q), rows(k), rows(v), ids, rows(key_bias),
+                                   self_keys=key_bias is None)
+    return o.reshape(v.shape[:3] + (-1,)), lse.reshape(g, m, size)
+
+
+def kernels(q, k, v, key_bias):
+    return sorted_chunk_attention(q, k, v, key_bias, self_keys=key_bias is None,
+                                  interpret=True)
+
+
+def outputs_and_grads(attend, q, k, v, key_bias, seed=1):
+    """(o, lse) and the gradients of <o, w_o> + <lse, w_l> w.r.t. q, k, v (and key_bias)."""
+    rng = np.random.default_rng(seed)
+    w_o = jnp.asarray(rng.standard_normal(v.shape[:3] + (v.shape[3],)), jnp.float32)
+    w_l = jnp.asarray(rng.standard_normal(v.shape[:3]), jnp.float32)
+
+    def loss(*args):
+        o, lse = attend(*args)
+        return jnp.sum(o * w_o) + jnp.sum(lse * w_l), (o, lse)
+    argnums = (0, 1, 2) if key_bias is None else (0, 1, 2, 3)
+    grads, out = jax.jit(jax.grad(loss, argnums, has_aux=True))(q, k, v, key_bias)
+    return out, grads
+
+
+def assert_close(got, want, rtol, what):
+    got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
+    scale = np.max(np.abs(want))
+    err = np.max(np.abs(got - want))
+    assert err <= rtol * scale, f"{what}: max error {err:.3g} > {rtol} x max {scale:.3g}"
+
+
+def assert_matches(shape, channels, gla, dtype=jnp.float32, rtol=2e-6):
+    args = tables(shape, channels, gla, dtype)
+    (o, lse), grads = outputs_and_grads(kernels, *args)
+    (o_ref, lse_ref), grads_ref = outputs_and_grads(xla_reference, *args)
+    assert o.shape == o_ref.shape and o.dtype == jnp.float32 and lse.dtype == jnp.float32
+    assert_close(o, o_ref, rtol, "o")
+    assert_close(lse, lse_ref, rtol, "lse")
+    for name, g, g_ref in zip(("dq", "dk", "dv", "dkey_bias"), grads, grads_ref):
+        assert g.dtype == g_ref.dtype == dtype
+        assert_close(g, g_ref, rtol * 2, name)
+
+
+@pytest.mark.parametrize("shape,channels", [
+    ((2, 3, 8, 4), 6),       # M = 3: every chunk's look-around wraps at one end or both
+    ((1, 2, 8, 4), 5),       # M = 2: the neighbour twice
+    ((3, 1, 5, 3), 7),       # M = 1: the chunk three times; odd sizes
+])
+@pytest.mark.parametrize("gla", [False, True], ids=["nlsa", "gla"])
+def test_kernels_match_xla_path(shape, channels, gla):
+    assert_matches(shape, channels, gla)
+
+
+@pytest.mark.parametrize("gla", [False, True], ids=["nlsa", "gla"])
+def test_unaligned_chunk_size_144(gla):
+    """NLSN's K = 144 is not a multiple of the 128-lane tile: the kernels take whole
+    chunks as blocks (Mosaic accepts a block equal to the array dimension), unpadded."""
+    assert_matches((1, 4, 144, 4), 8, gla)
+
+
+@pytest.mark.parametrize("gla", [False, True], ids=["nlsa", "gla"])
+def test_bf16_operands(gla):
+    """bf16 tables (mixed precision): both paths take bf16 matmul operands with float32
+    accumulation and a float32 softmax; they differ in summation order and in where the
+    bf16 roundings of the weights/score gradients fall, hence the bf16-sized tolerance."""
+    assert_matches((2, 3, 16, 8), 8, gla, jnp.bfloat16, rtol=2e-2)
+
+
+def test_bad_tables_are_named():
+    q, k, v, bias = tables((1, 2, 8, 4), 6, gla=True)
+    with pytest.raises(ValueError, match="key_bias"):
+        sorted_chunk_attention(q, k, v, bias[..., :4], self_keys=False, interpret=True)
+    with pytest.raises(ValueError, match=r"q, k \[G, M, K, Cq\]"):
+        sorted_chunk_attention(q, k[:, :1], v, bias, self_keys=False, interpret=True)
+    with pytest.raises(ValueError, match="self_keys=True needs key_bias=None"):
+        sorted_chunk_attention(q, k, v, bias, self_keys=True, interpret=True)
+
+
+def test_compiled_mode_is_refused_off_tpu():
+    """Traced for the CPU without interpret mode: a clear error, not a Mosaic failure."""
+    q, k, v, _ = tables((1, 2, 8, 4), 6, gla=False)
+    with pytest.raises(ValueError, match="attention_impl='xla'"):
+        sorted_chunk_attention(q, k, v, self_keys=True, interpret=False)
