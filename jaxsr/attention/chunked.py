@@ -85,7 +85,7 @@ def _add_rows(acc, idx, rows):
     return acc.at[idx.reshape(-1)].add(flat, mode="promise_in_bounds")
 
 
-def _to_steps(x, per_step: int):
+def to_steps(x, per_step: int):
     """[B, M, ...] -> [S, G, ...] chunks per loop step; the last step is padded with zeros
     (chunk ids 0: valid rows whose results are dropped, or zero cotangents)."""
     x = x.reshape((-1,) + x.shape[2:])
@@ -94,8 +94,8 @@ def _to_steps(x, per_step: int):
     return x.reshape((n_steps, per_step) + x.shape[1:])
 
 
-def _from_steps(x, shape):
-    """Inverse of `_to_steps` for an output of shape [B, M, ...] (drops the padding)."""
+def from_steps(x, shape):
+    """Inverse of `to_steps` for an output of shape [B, M, ...] (drops the padding)."""
     n = shape[0] * shape[1]
     return x.reshape((-1,) + x.shape[2:])[:n].reshape(shape + x.shape[2:])
 
@@ -129,10 +129,10 @@ def _forward(q, k, v, ids, key_bias, self_keys, per_step):
     q_norm = None
     if self_keys:
         q_norm = jnp.sqrt(jnp.sum(jnp.square(q.astype(F32)), axis=-1))
-    steps = (_to_steps(ids, per_step), _to_steps(look_around(ids), per_step))
+    steps = (to_steps(ids, per_step), to_steps(look_around(ids), per_step))
     o, lse = jax.lax.map(functools.partial(_step_forward, q, k, v, key_bias, q_norm), steps)
-    o = _from_steps(o, (n_groups, n_chunks)).reshape(n_groups, n_chunks * size, -1)
-    return o, _from_steps(lse, (n_groups, n_chunks)).reshape(n_groups, -1)
+    o = from_steps(o, (n_groups, n_chunks)).reshape(n_groups, n_chunks * size, -1)
+    return o, from_steps(lse, (n_groups, n_chunks)).reshape(n_groups, -1)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
@@ -177,11 +177,11 @@ def _attend_bwd(self_keys, per_step, res, cotangents):
     q, k, v, ids, key_bias, o, lse = res
     do, dlse = cotangents
     n_groups, n_chunks, size = ids.shape
-    to_steps = functools.partial(_to_steps, per_step=per_step)
+    split = functools.partial(to_steps, per_step=per_step)
 
     def chunked(x):
-        return to_steps(x.reshape((n_groups, n_chunks, size) + x.shape[2:]))
-    steps = ((to_steps(ids), to_steps(look_around(ids))), chunked(o), chunked(lse),
+        return split(x.reshape((n_groups, n_chunks, size) + x.shape[2:]))
+    steps = ((split(ids), split(look_around(ids))), chunked(o), chunked(lse),
              chunked(do.astype(F32)), chunked(dlse.astype(F32)))
     zeros = lambda x, width=None: jnp.zeros((x.shape[0], width or x.shape[1]), F32)  # noqa: E731
     acc = (zeros(q), zeros(k), zeros(v), None if key_bias is None else zeros(key_bias, size))

@@ -28,6 +28,9 @@ zero buckets; here the chunk shrinks to L, so that case is exact dense attention
 The L x L score matrix is never formed, and the chunk attention holds the scores of only
 a few chunks at a time (`chunked`): memory is O(R * L * C) plus one loop step's scores.
 """
+import contextlib
+import functools
+import importlib.util
 import zlib
 
 import jax
@@ -35,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsr import target_platform
-from jaxsr.attention import chunked
+from jaxsr.attention import chunked, sorted_chunks
 from jaxsr.attention.chunked import attend_chunks, look_around  # noqa: F401 (API)
 
 MAX_BUCKETS = 128   # official cap on the number of buckets
@@ -174,9 +177,11 @@ def _first_index_of(proj, value):
     return jnp.min(jnp.where(proj == value[:, None], iota, proj.shape[1]), axis=1)
 
 
-def sort_order(codes, n_buckets: int):
+def sort_order(codes, n_buckets: int, scatter_free: bool = False):
     """Stable per-round sort by bucket: order[r, i] = position of the i-th sorted item;
-    undo is its inverse permutation (undo[r, order[r, i]] = i).
+    undo is its inverse permutation (undo[r, order[r, i]] = i), written with a scatter,
+    or with `scatter_free` found by a second sort (TPUs serialise scatters; a sort of
+    R x L int32 pairs is cheap there).
 
     Sorting the unique keys code * L + position gives the stable order of the codes; XLA:CPU
     sorts one int32 array ~5x faster than (code, position) pairs with a stability rule.
@@ -189,6 +194,8 @@ def sort_order(codes, n_buckets: int):
         order = jnp.sort(codes * length + iota, axis=-1) % length
     else:
         order = jnp.argsort(codes, axis=-1, stable=True).astype(jnp.int32)
+    if scatter_free:     # sort the pairs (order, i) by order: the i's are undo
+        return order, jax.lax.sort((order, iota), dimension=1, num_keys=1)[1]
     rows = jnp.arange(n_rounds, dtype=jnp.int32)[:, None]
     undo = jnp.zeros_like(order).at[rows, order].set(iota, unique_indices=True)
     return order, undo
@@ -265,7 +272,8 @@ def unsort_and_merge(o, lse, undo, order=None):
     return jnp.sum(o * w[..., None], axis=0)
 
 
-def bucket_chunks(q, rotations, chunk_size: int, kind: str, max_buckets: int = MAX_BUCKETS):
+def bucket_chunks(q, rotations, chunk_size: int, kind: str, max_buckets: int = MAX_BUCKETS,
+                  scatter_free: bool = False):
     """Hash, sort and chunk one item q [L, Cq]: chunk ids [R, M, K] (sorted, padded
     positions), order and undo [R, L] (`sort_order`). Checks the rotation shape."""
     length = q.shape[0]
@@ -275,7 +283,7 @@ def bucket_chunks(q, rotations, chunk_size: int, kind: str, max_buckets: int = M
         raise ValueError(f"rotations have shape {rotations.shape}, expected {expected} "
                          f"for L={length}, chunk_size={chunk_size}, kind={kind}")
     codes = jax.lax.stop_gradient(hash_codes(q, rotations, n_buckets, kind))
-    order, undo = sort_order(codes, n_buckets)
+    order, undo = sort_order(codes, n_buckets, scatter_free)
     return chunk_indices(order, effective_chunk_size(length, chunk_size)), order, undo
 
 
@@ -290,21 +298,94 @@ def lsh_attention(q, v, rotations, chunk_size: int, kind: str, key_bias=None,
                                  max_buckets, chunks_per_step)[0]
 
 
+# --------------------------------------------------------------------------- paths
+#
+# Three formulations of the chunk attention, one result (tests/test_attention_sorted.py):
+#   'looped'  today's `chunked.attend_chunks`: a few chunks per loop step gathered from
+#             the [L, .] tables, gradients scatter-added back (fastest on a 2-core CPU:
+#             docs/performance.md; the scatters are serial loops on a TPU);
+#   'sorted'  `sorted_chunks`: tables gathered into sorted chunk order, look-around as
+#             rolls, backward by inverse-permutation gathers: no scatter;
+#   'pallas'  B's kernels (`jaxsr.attention.kernels`) on the same sorted tables.
+FORMULATIONS = ("looped", "sorted", "pallas")
+_forced_formulation = [None]      # set by `use_formulation` (read at trace time)
+
+
+@contextlib.contextmanager
+def use_formulation(name: str | None):
+    """Within the block every LSH attention traced uses formulation `name` whatever its
+    attention_impl (experiments: the "today" rows of aot_table.py; tests on CPU)."""
+    if name is not None and name not in FORMULATIONS:
+        raise ValueError(f"formulation {name!r}: choose one of {FORMULATIONS}")
+    before, _forced_formulation[0] = _forced_formulation[0], name
+    try:
+        yield
+    finally:
+        _forced_formulation[0] = before
+
+
+def kernels_available() -> bool:
+    return importlib.util.find_spec("jaxsr.attention.kernels") is not None
+
+
+def resolve_impl(impl: str = "auto", platform: str | None = None) -> str:
+    """The formulation (FORMULATIONS) that attention_impl `impl` runs on `platform`
+    (None: `target_platform.current()`, so a deviceless TPU compile gets the TPU choice).
+
+    'pallas': the kernels. 'xla': 'sorted' on TPU/GPU; on CPU 'looped', measured faster
+    there (docs/performance.md). 'auto': as 'xla', except 'pallas' on TPU once the
+    kernels exist."""
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"attention_impl={impl!r}: choose one of {ATTENTION_IMPLS} "
+                         "(config.model.attention_impl)")
+    if _forced_formulation[0] is not None:
+        return _forced_formulation[0]
+    platform = platform or target_platform.current()
+    if impl == "pallas":
+        return "pallas"
+    if platform == "cpu":
+        return "looped"
+    if impl == "auto" and platform == "tpu" and kernels_available():
+        return "pallas"
+    return "sorted"
+
+
+def _pallas_attention():
+    try:
+        from jaxsr.attention import kernels
+    except ImportError as e:
+        raise ValueError("attention_impl='pallas' needs the Pallas kernels "
+                         f"(jaxsr.attention.kernels), which failed to import: {e}; use "
+                         "config.model.attention_impl='xla'") from e
+    return kernels.sorted_chunk_attention
+
+
 def batched_lsh_attention(q, v, rotations, chunk_size: int, kind: str, key_bias=None,
                           max_buckets: int = MAX_BUCKETS, chunks_per_step: int | None = None,
                           impl: str = "auto"):
     """`lsh_attention` over a batch q [N,L,Cq], v [N,L,C] (key_bias [N,L,K] or None),
     one rotation tensor shared by all items, as in the official code.
 
-    Hashing, sorting and the unsort are per item; the chunk attention runs once on the
-    batch's rows stacked into [N*L, .] tables, so its loop steps always hold a few chunks
-    (a vmap of the loop would make every step N times larger)."""
-    if impl not in ATTENTION_IMPLS:
-        raise ValueError(f"attention_impl={impl!r}: choose one of {ATTENTION_IMPLS} "
-                         "(config.model.attention_impl)")
-    n, length = q.shape[:2]
+    Hashing, sorting and the unsort are per item; the chunk attention runs on the
+    batch's rows together, in the formulation `resolve_impl(impl)` picks: 'looped' on
+    the stacked [N*L, .] tables (its loop steps hold a few chunks whatever N), 'sorted'
+    and 'pallas' on [N*R, M, K, .] tables in sorted chunk order."""
+    formulation = resolve_impl(impl)
+    scatter_free = formulation != "looped"
     ids, order, undo = jax.vmap(lambda q1: bucket_chunks(
-        q1, rotations, chunk_size, kind, max_buckets))(q)       # [N,R,M,K], [N,R,L] x 2
+        q1, rotations, chunk_size, kind, max_buckets, scatter_free))(q)  # [N,R,M,K], [N,R,L]
+    if formulation == "looped":
+        o, lse = _looped(q, v, key_bias, ids, chunks_per_step)
+    else:
+        attend = (_pallas_attention() if formulation == "pallas" else functools.partial(
+            sorted_chunks.sorted_chunk_attention, chunks_per_step=chunks_per_step))
+        o, lse = _sorted(q, v, key_bias, ids, undo, attend)
+    return jax.vmap(unsort_and_merge)(o, lse, undo, order).astype(v.dtype)
+
+
+def _looped(q, v, key_bias, ids, chunks_per_step):
+    """o [N, R, M*K, C], lse [N, R, M*K] by `chunked.attend_chunks` on stacked rows."""
+    n, length = q.shape[:2]
     ids = ids + (jnp.arange(n, dtype=ids.dtype) * length)[:, None, None, None]
 
     def rows(x):
@@ -313,6 +394,22 @@ def batched_lsh_attention(q, v, rotations, chunk_size: int, kind: str, key_bias=
     o, lse = chunked.attend_chunks(q_rows, normalize_keys(q_rows), rows(v),
                                    ids.reshape((-1,) + ids.shape[2:]), rows(key_bias),
                                    self_keys=key_bias is None, chunks_per_step=chunks_per_step)
-    o = o.reshape((n, -1) + o.shape[1:])
-    lse = lse.reshape((n, -1) + lse.shape[1:])
-    return jax.vmap(unsort_and_merge)(o, lse, undo, order).astype(v.dtype)
+    return o.reshape((n, -1) + o.shape[1:]), lse.reshape((n, -1) + lse.shape[1:])
+
+
+def _sorted(q, v, key_bias, ids, undo, attend):
+    """o, lse as `_looped` from `attend` (the `sorted_chunk_attention` interface) on the
+    tables gathered into sorted chunk order (one gather per table for all rounds)."""
+    n, length = q.shape[:2]
+    n_rounds, n_chunks, size = ids.shape[1:]
+    positions = ids.reshape(n, n_rounds, n_chunks * size)
+    pad = n_chunks * size - length
+
+    def sort(x):          # [N, L, D] -> [N*R, M, K, D]
+        x = sorted_chunks.gather_sorted(x, positions, undo, pad)
+        return x.reshape((n * n_rounds, n_chunks, size) + x.shape[3:])
+    q_s = sort(q)
+    bias = None if key_bias is None else sort(key_bias[..., :size])
+    o, lse = attend(q_s, normalize_keys(q_s), sort(v), bias, self_keys=key_bias is None)
+    return (o.reshape(n, n_rounds, n_chunks * size, -1),
+            lse.reshape(n, n_rounds, n_chunks * size))

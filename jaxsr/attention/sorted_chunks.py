@@ -1,0 +1,187 @@
+"""Scatter-free LSH chunk attention on tables in sorted chunk order (the XLA path for TPUs
+and GPUs; `jaxsr.attention.lsh` picks it, docs/attention.md).
+
+Today's path (`jaxsr.attention.chunked`) gathers the 3K key rows of every chunk straight
+from the [L, .] tables and adds the backward's gradients back into them with
+scatter-adds. A TPU runs a scatter with data-dependent indices as a serialised loop
+(openxla/xla#12982), so this path moves data only with gathers, rolls and adds:
+
+  gather_sorted        [N, L, D] -> [N, R, M*K, D]: one gather per table and all rounds,
+                       positions from `lsh.chunk_indices` (the tail-copy padding included);
+                       backward: gathers by the inverse permutation `undo` (plus a second,
+                       masked gather for the padded copies), summed over the rounds
+  sorted_chunk_attention
+                       [G, M, K, .] sorted tables -> o [G, M, K, C], lse [G, M, K]: chunk m
+                       attends to chunks m, m-1, m+1 (mod M) of its group, the look-around
+                       as rolls of the chunk axis; backward recomputes the probabilities
+                       from the lse (FlashAttention) and folds the look-around's gradient
+                       back with rolls (its transpose)
+
+`sorted_chunk_attention` is the interface the Pallas kernels implement too
+(`jaxsr.attention.kernels.sorted_chunk_attention`): same arguments, same results.
+Scores, softmax and lse are float32; matmuls take the operands' dtype (bf16 under mixed
+precision) and accumulate in float32, as in `chunked`.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from jaxsr.attention import chunked
+
+F32 = jnp.float32
+
+
+# --------------------------------------------------------------------------- the gather
+
+def _rows(x):
+    return x.reshape((-1,) + x.shape[2:])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def gather_sorted(x, positions, undo, pad: int):
+    """x [N, L, D] -> [N, R, P, D] with out[n, r, p] = x[n, positions[n, r, p]].
+
+    positions [N, R, P] (P = L + pad): each round's sorted order followed by a copy of
+    its last `pad` entries (`lsh.chunk_indices`); undo [N, R, L] the inverse of the
+    first L (undo[n, r, positions[n, r, i]] = i for i < L)."""
+    n, length = x.shape[:2]
+    flat = positions + (jnp.arange(n, dtype=positions.dtype) * length)[:, None, None]
+    return _rows(x).at[flat].get(mode="promise_in_bounds")
+
+
+def _gather_sorted_fwd(x, positions, undo, pad):
+    return gather_sorted(x, positions, undo, pad), (positions, undo)
+
+
+def _gather_sorted_bwd(pad, res, g):
+    """dx[n, l] = sum_r g[n, r, undo[n, r, l]] (+ g at undo + pad for the entries whose
+    copy is in the padding): gathers, where autodiff would scatter-add."""
+    positions, undo = res
+    n, n_rounds, padded = g.shape[:3]
+    length = undo.shape[-1]
+    base = (jnp.arange(n * n_rounds, dtype=undo.dtype) * padded).reshape(n, n_rounds, 1)
+    g_rows = g.reshape((-1,) + g.shape[3:])
+    d = g_rows.at[undo + base].get(mode="promise_in_bounds")          # [N, R, L, D]
+    if pad:
+        copied = undo >= length - pad                 # sorted slots L-pad.. reappear at +pad
+        dup = g_rows.at[jnp.where(copied, undo + pad, undo) + base].get(
+            mode="promise_in_bounds")
+        d = d + jnp.where(copied[..., None], dup, jnp.zeros_like(dup))
+    return jnp.sum(d.astype(F32), axis=1).astype(g.dtype), None, None
+
+
+gather_sorted.defvjp(_gather_sorted_fwd, _gather_sorted_bwd)
+
+
+# --------------------------------------------------------------------------- look-around
+
+def look_around_transpose(x3):
+    """The adjoint of `chunked.look_around` on [G, M, 3K, ...] -> [G, M, K, ...]: block 1
+    of chunk m came from chunk m-1, block 2 from chunk m+1 (rolls, no scatter)."""
+    size = x3.shape[2] // 3
+    return (x3[:, :, :size] + jnp.roll(x3[:, :, size:2 * size], -1, axis=1)
+            + jnp.roll(x3[:, :, 2 * size:], 1, axis=1))
+
+
+# --------------------------------------------------------------------------- attention
+
+def _scores(q, k3, b3):
+    """[B, K, 3K] float32 scores of chunks q [B, K, Cq] against their keys k3 [B, 3K, Cq];
+    plus b3[b, key j, query slot i] when given (GLA)."""
+    s = jnp.einsum("bic,bjc->bij", q, k3, preferred_element_type=F32)
+    if b3 is not None:
+        s = s + jnp.swapaxes(b3, -1, -2).astype(F32)
+    return s
+
+
+def _step_forward(self_keys, chunk):
+    q, k3, v3, b3 = chunk
+    s = _scores(q, k3, b3)
+    if self_keys:       # s_ij <= |q_i| = s_ii (module doc of `chunked`)
+        shift = jnp.sqrt(jnp.sum(jnp.square(q.astype(F32)), axis=-1))
+    else:
+        shift = jnp.max(s, axis=-1)
+    e = jnp.exp(s - shift[..., None])
+    z = jnp.sum(e, axis=-1)
+    o = jnp.einsum("bij,bjc->bic", e.astype(v3.dtype), v3,
+                   preferred_element_type=F32) / z[..., None]
+    return o, shift + jnp.log(z)
+
+
+def _step_backward(chunk):
+    """Gradients of one step's chunks: dq [B,K,Cq], dk3 [B,3K,Cq], dv3 [B,3K,C], db3."""
+    (q, k3, v3, b3), o, lse, do, dlse = chunk
+    p = jnp.exp(_scores(q, k3, b3) - lse[..., None])
+    delta = jnp.sum(do * o, axis=-1) - dlse        # = sum_j p_ij dp_ij - dlse (`chunked`)
+    do_low = do.astype(v3.dtype)
+    dp = jnp.einsum("bic,bjc->bij", do_low, v3, preferred_element_type=F32)
+    ds = p * (dp - delta[..., None])
+    ds_low = ds.astype(q.dtype)
+    dv3 = jnp.einsum("bij,bic->bjc", p.astype(v3.dtype), do_low, preferred_element_type=F32)
+    dq = jnp.einsum("bij,bjc->bic", ds_low, k3, preferred_element_type=F32)
+    dk3 = jnp.einsum("bij,bic->bjc", ds_low, q, preferred_element_type=F32)
+    db3 = None if b3 is None else jnp.swapaxes(ds, -1, -2)
+    return dq, dk3, dv3, db3
+
+
+def _per_step(fn, per_step: int, chunks):
+    """fn on the pytree `chunks` of [G, M, ...] arrays, `per_step` chunks at a time
+    (lax.map over steps of the flattened chunk axis; one call if all fit in one step)."""
+    shape = jax.tree.leaves(chunks)[0].shape[:2]
+    if per_step >= shape[0] * shape[1]:
+        out = fn(jax.tree.map(_rows, chunks))
+        return jax.tree.map(lambda y: y.reshape(shape + y.shape[1:]), out)
+    steps = jax.tree.map(lambda x: chunked.to_steps(x, per_step), chunks)
+    return jax.tree.map(lambda y: chunked.from_steps(y, shape), jax.lax.map(fn, steps))
+
+
+def _tables(q, k, v, key_bias):
+    look = chunked.look_around
+    return q, look(k), look(v), None if key_bias is None else look(key_bias)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _attend(q, k, v, key_bias, self_keys, per_step):
+    return _per_step(functools.partial(_step_forward, self_keys), per_step,
+                     _tables(q, k, v, key_bias))
+
+
+def _attend_fwd(q, k, v, key_bias, self_keys, per_step):
+    o, lse = _attend(q, k, v, key_bias, self_keys, per_step)
+    return (o, lse), (q, k, v, key_bias, o, lse)
+
+
+def _attend_bwd(self_keys, per_step, res, cotangents):
+    del self_keys        # the shift cancels in p = exp(s - lse)
+    q, k, v, key_bias, o, lse = res
+    do, dlse = cotangents
+    dq, dk3, dv3, db3 = _per_step(_step_backward, per_step,
+                                  (_tables(q, k, v, key_bias), o, lse,
+                                   do.astype(F32), dlse.astype(F32)))
+    dk, dv = look_around_transpose(dk3), look_around_transpose(dv3)
+    db = None if db3 is None else look_around_transpose(db3).astype(key_bias.dtype)
+    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), db
+
+
+_attend.defvjp(_attend_fwd, _attend_bwd)
+
+
+def sorted_chunk_attention(q, k, v, key_bias=None, *, self_keys: bool,
+                           chunks_per_step: int | None = None):
+    """Softmax attention of each chunk over the 3K keys of chunks m, m-1, m+1 (mod M).
+
+    q [G, M, K, Cq] raw queries, k [G, M, K, Cq] keys, v [G, M, K, C], all in sorted chunk
+    order (G groups = items x rounds); key_bias [G, M, K, K] or None: the score of query
+    slot i and key j of chunk m' gets + key_bias[g, m', j, i] (GLA). self_keys: k is
+    normalize_keys(q) and there is no key_bias (the softmax shift is |q_i|).
+    chunks_per_step: chunks per loop step (`chunked.step_size`: None is the backend
+    default), a cap on the scores' memory. Returns o [G, M, K, C] and lse [G, M, K],
+    float32."""
+    if self_keys and key_bias is not None:
+        raise ValueError("self_keys=True needs key_bias=None: the learned score term can "
+                         "exceed the |q| bound on the row maximum")
+    n_chunks = q.shape[0] * q.shape[1]
+    per_step = chunked.step_size(n_chunks, q.shape[2], chunks_per_step)
+    return _attend(q, k, v, key_bias, self_keys, per_step)
+
