@@ -96,14 +96,14 @@ def abstract_state(objective, config, repl):
     return train.abstract_like(shapes, repl)
 
 
-def compile_train_step(config, devices, objective, state):
-    """The compiled training step of `config` on `devices` (what train._loop runs)."""
+def lower_train_step(config, devices, objective, state):
+    """The lowered training step of `config` on `devices` (what train._loop runs)."""
     repl, data_sharding = train.shardings(devices)
     hr = jax.ShapeDtypeStruct(train.dummy_batch(config).shape, jnp.uint8,
                               sharding=data_sharding)
     flag = jax.ShapeDtypeStruct((), jnp.int32, sharding=repl)
     step = train.make_step_fn(objective, config, repl, data_sharding)
-    return step.lower(state, hr, flag).compile()
+    return step.lower(state, hr, flag)
 
 
 def eval_lr_shape(config, lr_size: int, n_devices: int) -> tuple:
@@ -113,14 +113,14 @@ def eval_lr_shape(config, lr_size: int, n_devices: int) -> tuple:
     return (n_devices, side, side, 3)
 
 
-def compile_forward(config, devices, params, lr_size: int):
-    """The compiled evaluation forward (`inference.BoundApply`, as evaluate jits it) on an
+def lower_forward(config, devices, params, lr_size: int):
+    """The lowered evaluation forward (`inference.BoundApply`, as evaluate jits it) on an
     LR batch of one `lr_size`^2 image per device, split over the devices."""
     repl, data_sharding = train.shardings(devices)
     bound = inference.BoundApply(build_model(config), params, precision.compute_dtype(config))
     x = jax.ShapeDtypeStruct(eval_lr_shape(config, lr_size, len(devices)), jnp.float32,
                              sharding=data_sharding)
-    return bound.lower(x).compile()
+    return bound.lower(x)
 
 
 # ---------------------------------------------------------------------------------------
@@ -175,18 +175,38 @@ def compiler_oom(name, error, target, config) -> str:
                                 detail=f" (compiler: {text.splitlines()[0][:300]})")
 
 
+def timed(fn):
+    """(fn(), wall seconds, CPU seconds of this process: all its threads, XLA's pool too)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, round(time.perf_counter() - wall, 2), round(time.process_time() - cpu, 2)
+
+
+def compile_timed(build) -> tuple:
+    """(compiled, times) of `build()`, which returns a compiled or a lowered program;
+    lowered: tracing + lowering and XLA's compile are timed apart. compile_seconds and
+    compile_cpu_seconds are the totals (what a first step waits for)."""
+    out, wall, cpu = timed(build)
+    times = {}
+    if isinstance(out, jax.stages.Lowered):
+        times = {"lower_seconds": wall, "lower_cpu_seconds": cpu}
+        out, xla_wall, xla_cpu = timed(out.compile)
+        wall, cpu = round(wall + xla_wall, 2), round(cpu + xla_cpu, 2)
+    return out, {"compile_seconds": wall, "compile_cpu_seconds": cpu, **times}
+
+
 def compile_and_report(name, build, target, config) -> dict:
-    """{compile_seconds, memory, cost, roofline} of `build()`, or {does_not_fit: message}
-    when it needs more than the chip's HBM (memory analysis or the compiler's verdict)."""
-    t0 = time.perf_counter()
+    """{compile_seconds, compile_cpu_seconds, [lower_seconds, lower_cpu_seconds,] memory,
+    cost, roofline} of `build()` (a compiled or lowered program), or {does_not_fit:
+    message} when it needs more than the chip's HBM (memory analysis or the compiler's
+    verdict)."""
     try:
-        compiled = build()
+        compiled, times = compile_timed(build)
     except Exception as e:        # the TPU compiler's own out-of-memory verdict
         if not errors.is_out_of_memory(e):
             raise
         return {"does_not_fit": compiler_oom(name, e, target, config)}
-    rep = {"compile_seconds": round(time.perf_counter() - t0, 2),
-           "memory": memory_report(compiled), "cost": cost_report(compiled)}
+    rep = {**times, "memory": memory_report(compiled), "cost": cost_report(compiled)}
     rep["roofline"] = roofline(rep["cost"], target.chip)
     need = rep["memory"]["total_bytes"]
     if target.chip is not None and need > target.chip.hbm_bytes:
@@ -196,13 +216,16 @@ def compile_and_report(name, build, target, config) -> dict:
 
 def run_compile(config, target: str = "cpu", eval_lr_size: int = DEFAULT_EVAL_LR,
                 workdir: str | None = None, attention_chunks: int | None = None,
-                programs=PROGRAMS, check: bool = True) -> dict:
+                programs=PROGRAMS, check: bool = True, fit: bool = False) -> dict:
     """Compiles the train step and the eval forward of `config` for `target`, writes
     `workdir`/compile.json, logs the report; raises DoesNotFitError when either does not
     fit in the chip's HBM (after writing the report). `attention_chunks`: LSH chunks per
     loop step (None: the target's default, all chunks at once on a TPU). `programs`: a
     subset of PROGRAMS. A model without parameters (bicubic) has no train step. `check`:
-    False returns the report with 'does_not_fit' entries instead of raising."""
+    False returns the report with 'does_not_fit' entries instead of raising. `fit`: find
+    the largest per-chip batch instead (`fit_batch`, --fit_batch)."""
+    if fit:
+        return fit_batch(config, target, workdir=workdir, attention_chunks=attention_chunks)
     if not models.has_params(config):
         programs = tuple(p for p in programs if p != "train_step")
     target = accelerators.parse_target(target)
@@ -218,9 +241,9 @@ def run_compile(config, target: str = "cpu", eval_lr_size: int = DEFAULT_EVAL_LR
         if models.has_params(config):
             objective = objectives.make(config, build_model(config))
             state = abstract_state(objective, config, repl)
-        build = {"train_step": lambda: compile_train_step(config, devices, objective, state),
-                 "eval_forward": lambda: compile_forward(config, devices, state["params"],
-                                                         eval_lr_size)}
+        build = {"train_step": lambda: lower_train_step(config, devices, objective, state),
+                 "eval_forward": lambda: lower_forward(config, devices, state["params"],
+                                                       eval_lr_size)}
         for name in programs:
             result[name] = compile_and_report(name, build[name], target, config)
     if "train_step" in result:
@@ -238,6 +261,92 @@ def run_compile(config, target: str = "cpu", eval_lr_size: int = DEFAULT_EVAL_LR
     if failed and check:
         raise DoesNotFitError("; ".join(failed))
     return result
+
+
+# ---------------------------------------------------------------------------------------
+# --fit_batch: the largest per-chip batch.
+
+def with_per_chip_batch(config, per_chip: int):
+    """A copy of `config` whose micro-batch is `per_chip` samples on every chip."""
+    c = config.copy_and_resolve_references()
+    c.train.per_device_batch_size = per_chip
+    return c
+
+
+def next_probe(lo: int, hi: int | None, guess: int | None) -> int:
+    """The next per-chip batch to compile: the memory model's `guess` (at least lo + 1)
+    when it lies below the smallest misfit `hi`, else doubling from the largest fit `lo`
+    (no misfit yet) or the midpoint (bisection)."""
+    if guess is not None:
+        guess = max(guess, lo + 1)       # at or below lo: check that lo + 1 does not fit
+        if hi is None or guess < hi:
+            return guess
+    return max(1, 2 * lo) if hi is None else (lo + hi) // 2
+
+
+def memory_guess(report: dict, per_chip: int, hbm_bytes: int) -> int | None:
+    """The per-chip batch whose train step would just fill `hbm_bytes`, if temporaries grow
+    in proportion to the batch and arguments, outputs and code do not."""
+    mem = report.get("memory")
+    if not mem or not mem["temp_bytes"]:
+        return None
+    fixed = mem["total_bytes"] - mem["temp_bytes"]
+    return int((hbm_bytes - fixed) // (mem["temp_bytes"] / per_chip))
+
+
+def search_batch(probe, hbm_bytes: int, limit: int) -> tuple[int, list]:
+    """(largest b <= limit with probe(b) fitting, the probes in order): `probe(b)` is one
+    compile's report ('does_not_fit' when it does not). The next b is the memory model's
+    guess when it falls inside the bracket, else doubling, then bisection."""
+    lo, hi, guess, probes = 0, None, None, []
+    while (hi is None or hi - lo > 1) and lo < limit:
+        b = min(next_probe(lo, hi, guess), limit)
+        rep = probe(b)
+        fits = "does_not_fit" not in rep
+        probes.append((b, rep))
+        lo, hi = (b, hi) if fits else (lo, b)
+        guess = memory_guess(rep, b, hbm_bytes) if fits else None
+    return lo, probes
+
+
+def fit_batch(config, target: str, *, limit: int = 1024, workdir: str | None = None,
+              attention_chunks: int | None = None) -> dict:
+    """The largest per-chip batch whose train step fits the chips of `target` (its memory
+    analysis within the HBM and the compiler's own verdict; `search_batch`), each probe
+    one compile, logged. Writes `workdir`/fit_batch.json."""
+    parsed = accelerators.parse_target(target)
+    if parsed.chip is None:
+        raise ValueError(f"--fit_batch needs a target with a known memory per chip (a TPU "
+                         f"slice or h100:N), not --target={target}")
+
+    def probe(b):
+        rep = run_compile(with_per_chip_batch(config, b), target, programs=("train_step",),
+                          attention_chunks=attention_chunks, check=False)["train_step"]
+        logging.info("fit_batch: per-chip batch %d %s (%s)", b, "does not fit" if
+                     "does_not_fit" in rep else "fits", _probe_summary(rep, parsed))
+        return rep
+
+    largest, probes = search_batch(probe, parsed.chip.hbm_bytes, limit)
+    result = {"target": parsed.spec, "config": _config_summary(config),
+              "largest_per_chip_batch": largest, "limit": limit,
+              "probes": [{"per_chip_batch": b, "fits": "does_not_fit" not in r,
+                          **{k: r[k] for k in ("compile_seconds", "compile_cpu_seconds",
+                                               "memory", "does_not_fit") if k in r}}
+                         for b, r in probes]}
+    logging.info("fit_batch: the largest per-chip batch on %s is %d (%d compiles)",
+                 parsed.spec, largest, len(probes))
+    if workdir:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "fit_batch.json"), "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+def _probe_summary(rep: dict, target) -> str:
+    if "memory" not in rep:
+        return rep["does_not_fit"]
+    return (f"{rep['memory']['total_bytes'] / GIB:.2f} of {target.chip.hbm_bytes / GIB:.0f} GiB"
+            f" per chip, {compile_time_line(rep)}")
 
 
 def target_describe(target, devices) -> dict:
@@ -258,6 +367,17 @@ def _config_summary(config) -> dict:
             "compute_dtype": config.train.get("compute_dtype", "float32")}
 
 
+def compile_time_line(r: dict) -> str:
+    """'compiled in W s wall, C s CPU (tracing + lowering w s, c s CPU), code N MiB'."""
+    line = f"compiled in {r['compile_seconds']} s wall"
+    if "compile_cpu_seconds" in r:
+        line += f", {r['compile_cpu_seconds']} s CPU"
+    if "lower_seconds" in r:
+        line += (f" (tracing + lowering {r['lower_seconds']} s, "
+                 f"{r['lower_cpu_seconds']} s CPU)")
+    return line + f", code {r['memory']['generated_code_bytes'] / 2**20:.1f} MiB"
+
+
 def format_report(result: dict) -> str:
     t = result["target"]
     hbm = t.get("hbm_bytes")
@@ -273,7 +393,7 @@ def format_report(result: dict) -> str:
             lines.append(f"{name} ({what}): DOES NOT FIT: {r['does_not_fit']}")
             continue
         m, c, roof = r["memory"], r["cost"], r["roofline"]
-        lines.append(f"{name} ({what}), per device, compiled in {r['compile_seconds']} s:")
+        lines.append(f"{name} ({what}), per device: {compile_time_line(r)}")
         lines.append("  bytes: " + ", ".join(f"{k} {m[k + '_bytes'] / 2**20:.1f} MiB"
                                               for k in MEMORY_FIELDS + ("peak",)))
         fit = f" of {hbm / GIB:.0f} GiB ({100 * m['total_bytes'] / hbm:.0f}%)" if hbm else ""

@@ -6,7 +6,8 @@
   --mode compile   compile the train step and eval forward ahead of time for --target
                    (a TPU slice: v5e:2x4, v4-32, v5litepod-8, v6e-8, v5p-16; or cpu) without
                    the hardware: per-chip memory vs HBM, FLOPs, roofline -> DIR/compile.json;
-                   exits non-zero when it does not fit (jaxsr.aot)
+                   exits non-zero when it does not fit (jaxsr.aot); compile wall and CPU
+                   seconds and code size per program; --fit_batch: the largest per-chip batch
 Any config field can be overridden: `--config.train.num_steps=100`.
 
 Multi-process (one process per host; see README "Multi-host"): on Cloud TPU, SLURM or Open
@@ -32,6 +33,9 @@ _TARGET = flags.DEFINE_string("target", "cpu", "compile: a TPU topology (v5e:2x4
                               "a Cloud TPU type (v5litepod-8, v4-32, v6e-8, v5p-16) or cpu.")
 _EVAL_LR = flags.DEFINE_integer("eval_lr_size", 256, "compile: LR side of the compiled "
                                 "evaluation forward (one image per chip).")
+_FIT_BATCH = flags.DEFINE_bool("fit_batch", False, "compile: find the largest per-chip "
+                               "batch whose train step fits --target (one compile per try) "
+                               "-> DIR/fit_batch.json.")
 _COMPILE_CACHE = flags.DEFINE_string(
     "compile_cache", None, "Persistent compilation cache folder (local or gs://; trusted "
     "code: keep it where only you write). Default: config.compile_cache_dir, else "
@@ -54,6 +58,10 @@ _SHUTDOWN = flags.DEFINE_integer("shutdown_timeout", 300, "Seconds a finishing p
                                  "for the others at exit.")
 _INIT_TIMEOUT = flags.DEFINE_integer("initialization_timeout", 300, "Seconds the processes "
                                      "wait for each other at start-up.")
+_EXIT_TIMEOUT = flags.DEFINE_float(
+    "exit_timeout", 10, "Seconds a command whose work is done waits for its other threads "
+    "(e.g. data readers blocked on storage that stopped answering) before it ends anyway, "
+    "with the same exit status (jaxsr.faults.end_within).")
 
 
 def main(argv):
@@ -61,29 +69,30 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.getLogger().setLevel(logging.INFO)
     logging.getLogger("absl").setLevel(logging.WARNING)   # Orbax's per-save INFO chatter
-    from jaxsr import checkpoint, compile_cache, distributed, run
+    from jaxsr import checkpoint, compile_cache, distributed, faults, run
     if _MODE.value == "compile":
         from jaxsr import aot
         aot.prepare_host(_TARGET.value)     # compile-only: this host's CPU, quiet libtpu
         compile_cache.setup(_COMPILE_CACHE.value, _CONFIG.value, _WORKDIR.value, "compile")
         run.run("compile", _CONFIG.value, _WORKDIR.value,
-                compile_options={"target": _TARGET.value, "eval_lr_size": _EVAL_LR.value})
+                compile_options={"target": _TARGET.value, "eval_lr_size": _EVAL_LR.value,
+                                 "fit": _FIT_BATCH.value})
         return
     try:
         step = checkpoint.parse_step(_STEP.value)
         where = (_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
                  _PROCESS_ID.value)
-        if _MODE.value == "train" and distributed.wanted(*where):
-            from jaxsr import faults      # a supervisor reports a lost peer (exit 75)
-            faults.supervise(_WORKDIR.value, *where[1:])
-        distributed.initialize(*where, heartbeat_timeout_s=_HEARTBEAT.value,
-                               shutdown_timeout_s=_SHUTDOWN.value,
-                               initialization_timeout_s=_INIT_TIMEOUT.value)
+        # Multi-process: supervised, a lost or stalled peer stops it (exit 75).
+        faults.start(_MODE.value, _WORKDIR.value, *where, heartbeat_timeout_s=_HEARTBEAT.value,
+                     shutdown_timeout_s=_SHUTDOWN.value,
+                     initialization_timeout_s=_INIT_TIMEOUT.value)
+        bound = faults.exit_bound(_EXIT_TIMEOUT.value)
     except ValueError as e:
         raise app.UsageError(str(e))
-    compile_cache.setup(_COMPILE_CACHE.value, _CONFIG.value, _WORKDIR.value, _MODE.value)
-    run.run(_MODE.value, _CONFIG.value, _WORKDIR.value, step=step)
-    distributed.mark_finished()
+    with bound:             # ends within --exit_timeout of the work, whatever readers do
+        compile_cache.setup(_COMPILE_CACHE.value, _CONFIG.value, _WORKDIR.value, _MODE.value)
+        run.run(_MODE.value, _CONFIG.value, _WORKDIR.value, step=step)
+        distributed.mark_finished()
 
 
 if __name__ == "__main__":

@@ -68,11 +68,81 @@ def test_tiny_dlsn_compiles_for_v5e(tmp_path):
         assert r["memory"]["argument_bytes"] > 0 and r["memory"]["peak_bytes"] > 0
         assert 0 < r["cost"]["flops"] < 1e13 and r["cost"]["bytes_accessed"] > 0
         assert r["roofline"]["seconds"] > 0
+    for name in ("train_step", "eval_forward"):      # what compiling cost, per program
+        r = saved[name]
+        assert 0 < r["lower_seconds"] < r["compile_seconds"]
+        assert 0 < r["lower_cpu_seconds"] < r["compile_cpu_seconds"]
+        assert r["memory"]["generated_code_bytes"] > 0
+        line = aot.compile_time_line(r)
+        assert f"{r['compile_cpu_seconds']} s CPU" in line and " MiB" in line
     # The donated state is aliased: the step's output buffers are its input buffers.
     assert saved["train_step"]["memory"]["alias_bytes"] > 0
     assert saved["eval_forward"]["lr_shape"] == [4, 40, 40, 3]
     # A backward pass costs more than the forward of the same network.
     assert saved["train_step"]["cost"]["flops"] > saved["eval_forward"]["cost"]["flops"] / 4
+
+
+def test_compile_timed_counts_lowering_and_compiling_apart():
+    """Wall and CPU seconds: the CPU burnt while tracing shows in lower_cpu_seconds, the
+    totals include XLA's compile; an already compiled program has totals only."""
+    import time
+
+    import jax
+    import jax.numpy as jnp
+
+    def build():
+        t = time.process_time()
+        while time.process_time() - t < 0.3:        # 0.3 s of CPU "tracing"
+            pass
+        return jax.jit(lambda x: jnp.sin(x) * 2).lower(jnp.ones(8))
+
+    compiled, times = aot.compile_timed(build)
+    assert compiled(jnp.zeros(8)).shape == (8,)
+    assert times["lower_cpu_seconds"] >= 0.29 and times["lower_seconds"] >= 0.29
+    assert times["compile_cpu_seconds"] >= times["lower_cpu_seconds"]
+    assert times["compile_seconds"] >= times["lower_seconds"]
+    _, totals = aot.compile_timed(lambda: jax.jit(jnp.cos).lower(jnp.ones(3)).compile())
+    assert sorted(totals) == ["compile_cpu_seconds", "compile_seconds"]
+
+
+def synthetic_probe(fixed, per_sample, hbm, calls):
+    """A train step whose memory is fixed + per_sample x batch (temporaries), refused by
+    the 'compiler' above `hbm`; counts the compiles."""
+    def probe(b):
+        calls.append(b)
+        total = fixed + per_sample * b
+        if total > hbm:
+            return {"does_not_fit": f"{total} > {hbm}"}
+        return {"memory": {"total_bytes": total, "temp_bytes": per_sample * b}}
+    return probe
+
+
+@pytest.mark.parametrize("fixed,per_sample,hbm,expected", [
+    (3, 10, 16 * 10 + 3, 16), (3, 10, 16 * 10 + 2, 15), (0, 7, 6, 0), (5, 1, 10 ** 9, 64)])
+def test_search_batch_finds_the_largest_fit(fixed, per_sample, hbm, expected):
+    calls = []
+    largest, probes = aot.search_batch(synthetic_probe(fixed, per_sample, hbm, calls), hbm,
+                                       limit=64)
+    assert largest == expected and [b for b, _ in probes] == calls
+    assert len(calls) <= 3          # the memory model's guess, then one above it
+    # the answer is exact: it fits and one more sample does not (or it is the limit)
+    assert expected == 0 or fixed + per_sample * expected <= hbm
+    assert expected == 64 or fixed + per_sample * (expected + 1) > hbm
+
+
+def test_search_batch_bisects_when_memory_grows_faster_than_the_model():
+    """Temporaries that grow quadratically: the linear guess overshoots, bisection
+    still ends on the exact largest batch."""
+    calls, hbm = [], 1000
+
+    def probe(b):
+        calls.append(b)
+        total = 10 * b * b
+        return ({"does_not_fit": "x"} if total > hbm
+                else {"memory": {"total_bytes": total, "temp_bytes": total}})
+
+    largest, _ = aot.search_batch(probe, hbm, limit=512)
+    assert largest == 10 and len(calls) <= 8, calls
 
 
 def test_oversized_config_fails_with_what_to_change(tmp_path, repo_root):
