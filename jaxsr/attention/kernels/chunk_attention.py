@@ -7,8 +7,7 @@ official look-around (`jaxsr.attention.chunked.look_around`; M == 1: the chunk t
 M == 2: the neighbour twice). GLA's key_bias [G, M, K, K] adds key_bias[g, m', j, i] to the
 score of query slot i and key j of chunk m'.
 
-Three kernels, each a grid over (group, chunk) whose BlockSpec index maps pick the
-neighbouring chunks (m - 1 and m + 1 mod M), so no look-around copy or gather is made:
+Three kernels, each a grid over (group, chunk), chunks in order:
   _forward_kernel  per query chunk m: o [K, C] (float32, normalised) and lse [1, K]
   _dq_kernel       per query chunk m: dq, and delta = <do, o> - dlse for the next kernel
   _dkv_kernel      per key chunk j: dk, dv, dkey_bias, summed over the query chunks that
@@ -17,12 +16,22 @@ neighbouring chunks (m - 1 and m + 1 mod M), so no look-around copy or gather is
 The key-chunk kernel works key-major (scores [keys, queries]): the bias block is then used
 as stored and the per-query lse/delta are lane vectors [1, K], as they are stored.
 
+Neighbour windows: a table whose chunks m-1, m, m+1 a step needs is read from HBM once per
+chunk, not three times. Its only pipelined block is chunk m+1 (index map (m+1) mod M); the
+step copies it into a 3-slot VMEM ring (slot = chunk number mod 3) that still holds chunks
+m-1 and m. At m = 0 the ring is seeded with chunks M-1 and 0 from two more blocks whose
+index maps are constant within a group, which Pallas fetches once per group. The chunk axis
+therefore runs in order ('arbitrary'); groups are independent ('parallel').
+
 Blocks span whole chunks and whole channel axes, which Mosaic's block rule (last two block
 dimensions multiples of (8, 128) or equal to the array's) accepts for any K and C: K = 144
-(NLSN) and tiny test channels compile unpadded, and Mosaic pads inside its vector registers.
+(NLSN) and tiny test channels compile unpadded (Mosaic pads inside its vector registers).
 
 Precision: matmul operands in the tables' dtype (bf16 under mixed precision) with float32
 accumulation (preferred_element_type); scores, softmax and lse in float32.
+
+XLA's cost analysis cannot see inside a Mosaic call (it reports operand sizes, no FLOPs), so
+each call passes a `pl.CostEstimate` counted from its matmuls and block reads (`_cost`).
 """
 import functools
 
@@ -40,34 +49,99 @@ def _dot(a, b, dims):
     return jax.lax.dot_general(a, b, dims, preferred_element_type=F32)
 
 
-def _neighbours(n_chunks: int):
-    """Index maps of a [G, M, ...] table for the chunk itself, the one before and the one
-    after it (mod M), over a (group, chunk) grid."""
-    def at(shift):
-        return lambda g, m: (g, (m + shift) % n_chunks, 0, 0)
-    return at(0), at(-1), at(1)
+def _scores(a, b, bias):
+    """a @ b.T in float32 (+ bias): [queries, keys], or [keys, queries] key-major."""
+    s = _dot(a, b, _NT)
+    return s if bias is None else s + bias
 
 
-def _chunk_spec(shape, index_map):
-    """One chunk of a [G, M, rows, cols] table: the group and chunk axes squeezed."""
-    return pl.BlockSpec((None, None) + tuple(shape[2:]), index_map)
+# --------------------------------------------------------------------------- windows
+
+def _own(g, m):
+    return g, m, 0, 0
 
 
-def _scores(q, k, bias_t):
-    """Scores [queries, keys] of one query chunk against one key chunk, float32."""
-    s = _dot(q, k, _NT)
-    return s if bias_t is None else s + bias_t
+def _window_specs(shape, n_chunks: int):
+    """Blocks of a windowed table: chunk m+1 (every step), M-1 and 0 (once per group)."""
+    block = (None, None) + tuple(shape[2:])
+    return [pl.BlockSpec(block, lambda g, m: (g, (m + 1) % n_chunks, 0, 0)),
+            pl.BlockSpec(block, lambda g, m: (g, n_chunks - 1, 0, 0)),
+            pl.BlockSpec(block, lambda g, m: (g, 0, 0, 0))]
+
+
+def _window(refs, ring):
+    """(chunk m, chunk m-1, chunk m+1) of a windowed table, through the VMEM ring."""
+    after, last, first = refs
+    m = pl.program_id(1)
+
+    @pl.when(m == 0)
+    def _seed():
+        ring[2] = last[...]          # chunk -1 = M-1 (slot -1 mod 3)
+        ring[0] = first[...]
+    ring[(m + 1) % 3] = after[...]   # overwrites chunk m-2, no longer needed
+    return ring[m % 3], ring[(m + 2) % 3], ring[(m + 1) % 3]
+
+
+def _split(refs, n_own: int, n_windowed: int, n_out: int):
+    """Kernel refs -> (own blocks, windows [(m, m-1, m+1) values], output refs)."""
+    own, rest = refs[:n_own], refs[n_own:]
+    groups = [rest[3 * i:3 * i + 3] for i in range(n_windowed)]
+    outs = rest[3 * n_windowed:3 * n_windowed + n_out]
+    rings = rest[3 * n_windowed + n_out:]
+    return own, [_window(w, r) for w, r in zip(groups, rings)], outs
+
+
+def _padded_bytes(shape, dtype) -> int:
+    """Bytes of an array as TPU HBM stores it: the last two dimensions in (8, 128) tiles of
+    32-bit words (16 sublanes for 16-bit types)."""
+    itemsize = jnp.dtype(dtype).itemsize
+    sub = 8 * 4 // itemsize
+    *lead, rows, cols = (1,) + tuple(shape) if len(shape) < 2 else tuple(shape)
+    size = -(-rows // sub) * sub * -(-cols // 128) * 128 * itemsize
+    for d in lead:
+        size *= d
+    return size
+
+
+def _cost(own, windowed, outs, matmul_flops: int, n_exp: int) -> pl.CostEstimate:
+    """What one call moves and computes: own blocks and outputs once, windowed tables once
+    per chunk plus the two seed chunks per group ((M + 2) / M of their size)."""
+    n_chunks = own[0].shape[1]
+    moved = sum(_padded_bytes(x.shape, x.dtype) for x in list(own) + list(outs))
+    moved += sum(_padded_bytes(x.shape, x.dtype) * (n_chunks + 2) // n_chunks
+                 for x in windowed)
+    return pl.CostEstimate(flops=int(matmul_flops), transcendentals=int(n_exp),
+                           bytes_accessed=int(moved))
+
+
+def _call(kernel, own, windowed, out_shape, *, name, interpret, flops_per_pair):
+    """pallas_call over the (group, chunk) grid of `own[0]` with neighbour windows."""
+    n_groups, n_chunks, size = own[0].shape[:3]
+    n_pairs = 3 * n_groups * n_chunks * size * size    # (query, key) score entries
+    return pl.pallas_call(
+        kernel, out_shape=out_shape, grid=(n_groups, n_chunks),
+        in_specs=([pl.BlockSpec((None, None) + x.shape[2:], _own) for x in own]
+                  + [s for x in windowed for s in _window_specs(x.shape, n_chunks)]),
+        out_specs=tuple(pl.BlockSpec((None, None) + x.shape[2:], _own) for x in out_shape),
+        scratch_shapes=[pltpu.VMEM((3,) + x.shape[2:], x.dtype) for x in windowed],
+        compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary")),
+        interpret=interpret, name=name,
+        cost_estimate=_cost(own, windowed, out_shape, flops_per_pair * n_pairs, n_pairs),
+    )(*own, *[x for x in windowed for _ in range(3)])
+
+
+def _lse_shape(v):
+    return jax.ShapeDtypeStruct(v.shape[:2] + (1, v.shape[2]), F32)
 
 
 # --------------------------------------------------------------------------- forward
 
 def _forward_kernel(*refs, self_keys: bool, has_bias: bool):
-    q_ref, k_refs, v_refs = refs[0], refs[1:4], refs[4:7]
-    bias_refs = refs[7:10] if has_bias else (None,) * 3
-    o_ref, lse_ref = refs[-2:]
+    (q_ref,), windows, (o_ref, lse_ref) = _split(refs, 1, 3 if has_bias else 2, 2)
     q = q_ref[...]
-    scores = [_scores(q, k[...], None if b is None else b[...].T.astype(F32))
-              for k, b in zip(k_refs, bias_refs)]
+    keys, values = windows[0], windows[1]
+    biases = [b.T.astype(F32) for b in windows[2]] if has_bias else [None] * 3
+    scores = [_scores(q, k, b) for k, b in zip(keys, biases)]
     if self_keys:
         # k = normalize(q): s_ij <= |q_i| = s_ii (chunked module doc), no pass over scores.
         shift = jnp.sqrt(jnp.sum(jnp.square(q.astype(F32)), axis=-1, keepdims=True))
@@ -76,53 +150,38 @@ def _forward_kernel(*refs, self_keys: bool, has_bias: bool):
                                                for s in scores])
     weights = [jnp.exp(s - shift) for s in scores]
     z = sum(jnp.sum(e, axis=-1, keepdims=True) for e in weights)
-    o = sum(_dot(e.astype(v.dtype), v[...], _NN) for e, v in zip(weights, v_refs))
+    o = sum(_dot(e.astype(v.dtype), v, _NN) for e, v in zip(weights, values))
     o_ref[...] = o / z          # cheaper than normalising the [K, 3K] weights
     lse_ref[...] = (shift + jnp.log(z)).T
 
 
 def _forward(q, k, v, key_bias, self_keys: bool, interpret: bool):
     """o [G, M, K, C] float32 and lse [G, M, 1, K] float32."""
-    n_groups, n_chunks, size, channels = v.shape
-    maps = _neighbours(n_chunks)
-    operands = [q] + [k] * 3 + [v] * 3 + ([key_bias] * 3 if key_bias is not None else [])
-    specs = ([_chunk_spec(q.shape, maps[0])] + [_chunk_spec(k.shape, f) for f in maps]
-             + [_chunk_spec(v.shape, f) for f in maps]
-             + ([_chunk_spec(key_bias.shape, f) for f in maps] if key_bias is not None else []))
+    windowed = [k, v] + ([key_bias] if key_bias is not None else [])
     kernel = functools.partial(_forward_kernel, self_keys=self_keys,
                                has_bias=key_bias is not None)
-    out_shape = (jax.ShapeDtypeStruct(v.shape, F32),
-                 jax.ShapeDtypeStruct((n_groups, n_chunks, 1, size), F32))
-    return pl.pallas_call(
-        kernel, out_shape=out_shape, grid=(n_groups, n_chunks), in_specs=specs,
-        out_specs=(_chunk_spec(v.shape, maps[0]), _chunk_spec(out_shape[1].shape, maps[0])),
-        compiler_params=_parallel(), interpret=interpret, name="lsh_chunk_attention_fwd",
-    )(*operands)
-
-
-def _parallel():
-    # Every grid point writes its own output block: both axes may be split over cores.
-    return pltpu.CompilerParams(dimension_semantics=("parallel", "parallel"))
+    flops = 2 * (q.shape[3] + v.shape[3])
+    return _call(kernel, [q], windowed, (jax.ShapeDtypeStruct(v.shape, F32), _lse_shape(v)),
+                 name="lsh_chunk_attention_fwd", interpret=interpret, flops_per_pair=flops)
 
 
 # --------------------------------------------------------------------------- backward
 
 def _dq_kernel(*refs, has_bias: bool):
     """dq of query chunk m and delta = <do_i, o_i> - dlse_i (the [K] term of ds)."""
-    q_ref, k_refs, v_refs = refs[0], refs[1:4], refs[4:7]
-    bias_refs = refs[7:10] if has_bias else (None,) * 3
-    o_ref, lse_ref, do_ref, dlse_ref, dq_ref, delta_ref = refs[-6:]
-    q, do = q_ref[...], do_ref[...]
+    own, windows, (dq_ref, delta_ref) = _split(refs, 5, 3 if has_bias else 2, 2)
+    q, o, lse, do, dlse = (r[...] for r in own)
     # sum_j p_ij dp_ij = <do_i, o_i>; d lse / d s = p, so dlse enters as a shift of dp.
-    # Padded or unused rows have zero cotangents and so zero gradients.
-    delta = jnp.sum(do * o_ref[...], axis=-1, keepdims=True) - dlse_ref[...].T
-    lse = lse_ref[...].T
-    do_low = do.astype(v_refs[0].dtype)
+    # Unused rows have zero cotangents and so zero gradients.
+    delta = jnp.sum(do * o, axis=-1, keepdims=True) - dlse.T
+    lse = lse.T
+    keys, values = windows[0], windows[1]
+    biases = [b.T.astype(F32) for b in windows[2]] if has_bias else [None] * 3
+    do_low = do.astype(values[0].dtype)
     dq = jnp.zeros(q.shape, F32)
-    for k, v, b in zip(k_refs, v_refs, bias_refs):
-        k = k[...]
-        p = jnp.exp(_scores(q, k, None if b is None else b[...].T.astype(F32)) - lse)
-        ds = p * (_dot(do_low, v[...], _NT) - delta)
+    for k, v, b in zip(keys, values, biases):
+        p = jnp.exp(_scores(q, k, b) - lse)
+        ds = p * (_dot(do_low, v, _NT) - delta)
         dq = dq + _dot(ds.astype(q.dtype), k, _NN)
     dq_ref[...] = dq.astype(dq_ref.dtype)
     delta_ref[...] = delta.T
@@ -131,60 +190,39 @@ def _dq_kernel(*refs, has_bias: bool):
 def _dkv_kernel(*refs, has_bias: bool):
     """dk, dv (and dkey_bias) of key chunk j from the query chunks j, j-1, j+1 that read
     it, key-major: scores [keys, queries] take the bias block as stored."""
-    k_ref, v_ref = refs[0], refs[1]
-    bias_ref = refs[2] if has_bias else None
-    start = 3 if has_bias else 2
-    q_refs, do_refs = refs[start:start + 3], refs[start + 3:start + 6]
-    lse_refs, delta_refs = refs[start + 6:start + 9], refs[start + 9:start + 12]
-    dk_ref, dv_ref = refs[start + 12], refs[start + 13]
-    k, v = k_ref[...], v_ref[...]
-    bias = None if bias_ref is None else bias_ref[...].astype(F32)
+    n_out = 3 if has_bias else 2
+    own, windows, outs = _split(refs, n_out, 4, n_out)
+    k, v = own[0][...], own[1][...]
+    bias = own[2][...].astype(F32) if has_bias else None
     dk, dv = jnp.zeros(k.shape, F32), jnp.zeros(v.shape, F32)
-    dbias = None if bias is None else jnp.zeros(bias.shape, F32)
-    for q, do, lse, delta in zip(q_refs, do_refs, lse_refs, delta_refs):
-        q, do_low = q[...], do[...].astype(v.dtype)
-        p_t = jnp.exp(_scores(k, q, bias) - lse[...])                  # [keys, queries]
-        ds_t = p_t * (_dot(v, do_low, _NT) - delta[...])
+    dbias = jnp.zeros(bias.shape, F32) if has_bias else None
+    for q, do, lse, delta in zip(*windows):
+        do_low = do.astype(v.dtype)
+        p_t = jnp.exp(_scores(k, q, bias) - lse)                       # [keys, queries]
+        ds_t = p_t * (_dot(v, do_low, _NT) - delta)
         dv = dv + _dot(p_t.astype(v.dtype), do_low, _NN)
         dk = dk + _dot(ds_t.astype(q.dtype), q, _NN)
-        if dbias is not None:
+        if has_bias:
             dbias = dbias + ds_t
-    dk_ref[...] = dk.astype(dk_ref.dtype)
-    dv_ref[...] = dv.astype(dv_ref.dtype)
-    if dbias is not None:
-        refs[-1][...] = dbias.astype(refs[-1].dtype)
+    for ref, grad in zip(outs, (dk, dv, dbias)):
+        ref[...] = grad.astype(ref.dtype)
 
 
 def _backward(q, k, v, key_bias, o, lse, do, dlse, interpret: bool):
-    n_groups, n_chunks = v.shape[:2]
-    own, before, after = maps = _neighbours(n_chunks)
     has_bias = key_bias is not None
-    bias3 = [key_bias] * 3 if has_bias else []
-    row = jax.ShapeDtypeStruct(lse.shape, F32)
-    call = functools.partial(pl.pallas_call, grid=(n_groups, n_chunks),
-                             compiler_params=_parallel(), interpret=interpret)
-    dq, delta = call(
-        functools.partial(_dq_kernel, has_bias=has_bias),
-        out_shape=(jax.ShapeDtypeStruct(q.shape, q.dtype), row),
-        in_specs=([_chunk_spec(q.shape, own)] + [_chunk_spec(k.shape, f) for f in maps]
-                  + [_chunk_spec(v.shape, f) for f in maps]
-                  + [_chunk_spec(key_bias.shape, f) for f in maps if has_bias]
-                  + [_chunk_spec(x.shape, own) for x in (o, lse, do, dlse)]),
-        out_specs=(_chunk_spec(q.shape, own), _chunk_spec(lse.shape, own)),
-        name="lsh_chunk_attention_dq",
-    )(q, *[k] * 3, *[v] * 3, *bias3, o, lse, do, dlse)
-    # Key chunk j is read by query chunks j, j+1 and j-1: the same three index maps.
-    outs = [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)]
-    if has_bias:
-        outs.append(jax.ShapeDtypeStruct(key_bias.shape, key_bias.dtype))
-    grads = call(
-        functools.partial(_dkv_kernel, has_bias=has_bias), out_shape=tuple(outs),
-        in_specs=([_chunk_spec(k.shape, own), _chunk_spec(v.shape, own)]
-                  + ([_chunk_spec(key_bias.shape, own)] if has_bias else [])
-                  + [_chunk_spec(x.shape, f) for x in (q, do, lse, delta) for f in maps]),
-        out_specs=tuple(_chunk_spec(x.shape, own) for x in outs),
-        name="lsh_chunk_attention_dkv",
-    )(k, v, *([key_bias] if has_bias else []), *[q] * 3, *[do] * 3, *[lse] * 3, *[delta] * 3)
+    bias = [key_bias] if has_bias else []
+    cq, c = q.shape[3], v.shape[3]
+    dq, delta = _call(functools.partial(_dq_kernel, has_bias=has_bias),
+                      [q, o, lse, do, dlse], [k, v] + bias,
+                      (jax.ShapeDtypeStruct(q.shape, q.dtype), _lse_shape(v)),
+                      name="lsh_chunk_attention_dq", interpret=interpret,
+                      flops_per_pair=2 * (2 * cq + c))
+    # Key chunk j is read by query chunks j, j+1 and j-1: the same three-chunk window.
+    grads = _call(functools.partial(_dkv_kernel, has_bias=has_bias), [k, v] + bias,
+                  [q, do, lse, delta],
+                  tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in [k, v] + bias),
+                  name="lsh_chunk_attention_dkv", interpret=interpret,
+                  flops_per_pair=2 * (2 * cq + 2 * c))
     return (dq,) + tuple(grads) + ((None,) if not has_bias else ())
 
 
