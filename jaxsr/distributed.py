@@ -9,8 +9,9 @@ written by process 0 only; all processes take part in Orbax's saves and restores
 import atexit
 import logging
 import os
-import time
 import signal
+import threading
+import time
 
 import jax
 
@@ -115,7 +116,7 @@ def initialize(mode: str = "auto", coordinator_address: str | None = None,
                                initialization_timeout=initialization_timeout_s,
                                heartbeat_timeout_seconds=heartbeat_timeout_s,
                                shutdown_timeout_seconds=shutdown_timeout_s)
-    atexit.register(_ordered_shutdown)     # runs before JAX's own (registered earlier)
+    atexit.register(leave)     # runs before JAX's own (registered earlier)
     logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
                  jax.process_index(), jax.process_count(), jax.local_device_count(),
                  jax.device_count())
@@ -178,8 +179,9 @@ def mark_finished() -> None:
 
 
 def exit_notes(client) -> dict[int, str]:
-    """{process: 'finished' | 'failed'} of the processes that are leaving or left the run
-    through `_ordered_shutdown` (one RPC, however many processes)."""
+    """{process: 'finished' | 'failed' | 'stalled'} of the processes that are leaving or
+    left the run (through `leave`, or `note_exit` of the step watchdog; one
+    RPC, however many processes)."""
     notes = {}
     for key, value in client.key_value_dir_get(EXIT_KEY.format("")):
         tail = key.rstrip("/").rsplit("/", 1)[-1]
@@ -188,7 +190,28 @@ def exit_notes(client) -> dict[int, str]:
     return notes
 
 
-def _ordered_shutdown() -> None:
+def note_exit(how: str, timeout_s: float = 5.0) -> None:
+    """Tells the coordination service how this process ends ('stalled': jaxsr.faults's
+    step watchdog), for the other processes' PeerWatch. From any thread, bounded: the
+    RPC runs in a daemon thread given `timeout_s` (the service may be gone)."""
+    from jax._src import distributed as jax_distributed
+    client = jax_distributed.global_state.client
+    if client is None:
+        return
+
+    def tell():
+        try:
+            client.key_value_set(EXIT_KEY.format(jax.process_index()), how)
+        except Exception as e:  # noqa: BLE001 - the service is gone: the heartbeat tells
+            logging.warning("could not note the exit (%s) with the coordination service: %s",
+                            how, str(e)[:300])
+
+    teller = threading.Thread(target=tell, name="jaxsr-exit-note", daemon=True)
+    teller.start()
+    teller.join(timeout_s)
+
+
+def leave() -> None:
     """Leaves the coordination service in order: the service (in process 0) must outlive
     every other process's disconnect. In recoverable mode (jaxsr.faults) JAX's own exit has
     no shutdown barrier, so a process 0 that finished first took the service away and the
@@ -199,8 +222,8 @@ def _ordered_shutdown() -> None:
     if client is None:
         return
     me, n = jax.process_index(), jax.process_count()
+    note_exit("finished" if _finished else "failed")
     try:
-        client.key_value_set(EXIT_KEY.format(me), "finished" if _finished else "failed")
         if me == 0:
             # Finished: the others finish too, keep the service until they are gone.
             # Failed: only long enough for their watch to read the note (faults.PeerWatch).

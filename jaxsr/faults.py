@@ -24,6 +24,7 @@ Here:
 What a save left half-written is never picked up: Orbax commits a step by renaming its
 temporary folder (gs://: a commit_success.txt), and resume reads the latest committed one.
 """
+import collections
 import logging
 import os
 import resource
@@ -33,6 +34,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 
 # EX_TEMPFAIL (sysexits.h): "temporary failure; the user is invited to retry". Training
 # errors exit 1, bad usage 1 (absl) or 2; a lost peer exits 75 on every survivor.
@@ -59,9 +61,11 @@ def _die_with_parent(parent: int) -> bool:
     return True
 
 
-def supervise(workdir: str, coordinator_address: str | None, num_processes, process_id) -> None:
-    """Returns in the (training) child; the parent waits for it and exits with its status,
-    or with PEER_LOST_EXIT and the message when a peer was lost or the child was killed."""
+def supervise(workdir: str, coordinator_address: str | None, num_processes, process_id,
+              mode: str = "train") -> None:
+    """Returns in the child (which trains, evaluates or upscales: `mode`); the parent waits
+    for it and exits with its status, or with PEER_LOST_EXIT and the message when a peer
+    was lost or the child was killed."""
     global _REPORT_FD
     _, hard = resource.getrlimit(resource.RLIMIT_CORE)
     resource.setrlimit(resource.RLIMIT_CORE, (0, hard))     # inherited: no core dumps
@@ -100,8 +104,22 @@ def supervise(workdir: str, coordinator_address: str | None, num_processes, proc
         # sent to this supervisor asked for (Ctrl-C): the child's status, as a shell says it.
         os._exit(code if code >= 0 else 128 - code)
     print(lost_message(report, code, workdir, coordinator_address, num_processes,
-                       process_id), file=sys.stderr, flush=True)
+                       process_id, mode), file=sys.stderr, flush=True)
     os._exit(PEER_LOST_EXIT)
+
+
+def start(mode: str, workdir: str, distributed_mode: str = "auto",
+          coordinator_address: str | None = None, num_processes: int | None = None,
+          process_id: int | None = None, **timeouts) -> bool:
+    """`distributed.initialize` for a command (`mode`: train, evaluate, upscale); a
+    multi-process one runs under `supervise`, so that a lost or stalled peer gives one
+    message and exit status PEER_LOST_EXIT. Returns whether the run is multi-process.
+    Must run before any other JAX call."""
+    from jaxsr import distributed
+    where = (distributed_mode, coordinator_address, num_processes, process_id)
+    if mode in _MODES and distributed.wanted(*where):
+        supervise(workdir, coordinator_address, num_processes, process_id, mode)
+    return distributed.initialize(*where, **timeouts)
 
 
 def _read_all(fd: int) -> str:
@@ -123,8 +141,24 @@ def _reachable(address: str | None) -> bool | None:
         return False
 
 
+# Per mode: (what stopped, what is kept and how to go on, the error it is not).
+_MODES = {
+    "train": ("training", "{checkpoint} Nothing after it is used (an unfinished save is "
+              "never resumed from). To resume, start every process again with the same "
+              "command (another process count works when it divides "
+              "config.data.num_shards; docs/distributed.md):", "a training error"),
+    "evaluate": ("evaluation", "The sets scored before are in {workdir}/eval/results.json "
+                 "(each is written when it is scored); the checkpoints are untouched. To "
+                 "score the rest, start every process again with the same command:",
+                 "an evaluation error"),
+    "upscale": ("upscaling", "The images written before are complete (each is written "
+                "atomically). To finish, start every process again with the same command:",
+                "an upscaling error"),
+}
+
+
 def lost_message(report: str, code: int, workdir: str, coordinator_address,
-                 num_processes, process_id) -> str:
+                 num_processes, process_id, mode: str = "train") -> str:
     """The one message of a survivor: who was lost, what is kept, what to run."""
     me = f"process {process_id} of {num_processes}" if process_id is not None else "this process"
     if report:
@@ -135,12 +169,17 @@ def lost_message(report: str, code: int, workdir: str, coordinator_address,
         if _reachable(coordinator_address) is False:
             what += (f"; the coordinator (process 0 at {coordinator_address}) is gone, so "
                      "process 0 was lost (or this host lost the network)")
-    return (f"jaxsr: multi-process training stopped: {what}. {last_checkpoint(workdir)} "
-            "Nothing after it is used (an unfinished save is never resumed from). To "
-            "resume, start every process again with the same command (another process "
-            "count works when it divides config.data.num_shards; docs/distributed.md):\n  "
-            + shlex.join(getattr(sys, "orig_argv", sys.argv))
-            + f"\n(exit status {PEER_LOST_EXIT}: a lost process, not a training error)")
+    return stop_message(f"multi-process {_MODES.get(mode, _MODES['train'])[0]} stopped: "
+                        f"{what}", workdir, mode, "a lost process")
+
+
+def stop_message(headline: str, workdir: str, mode: str, cause: str) -> str:
+    """'jaxsr: <headline>.' + what is kept + the command to run again + the exit status."""
+    _, kept, not_this = _MODES.get(mode, _MODES["train"])
+    kept = kept.format(workdir=workdir, checkpoint=last_checkpoint(workdir)
+                       if mode == "train" else "")
+    return (f"jaxsr: {headline}. {kept}\n  " + shlex.join(getattr(sys, "orig_argv", sys.argv))
+            + f"\n(exit status {PEER_LOST_EXIT}: {cause}, not {not_this})")
 
 
 def last_checkpoint(workdir: str) -> str:
@@ -187,10 +226,13 @@ class PeerWatch(threading.Thread):
         from jaxsr import distributed
         live = self.client.get_live_nodes(list(range(self.n)))
         notes = distributed.exit_notes(self.client)
-        failed = sorted(i for i, note in notes.items() if note == "failed" and i != self.me)
-        if failed:          # a process that ended with an error, still leaving or gone
-            return (f"process {', '.join(map(str, failed))} of {self.n} stopped with an "
-                    f"error (its log says which); process {self.me} stopped")
+        for note, why in (("stalled", "stalled (its step watchdog fired; its log says "
+                                      "where it waited)"),
+                          ("failed", "stopped with an error (its log says which)")):
+            gone = sorted(i for i, n in notes.items() if n == note and i != self.me)
+            if gone:    # a process that ended so, still leaving or gone
+                return (f"process {', '.join(map(str, gone))} of {self.n} {why}; "
+                        f"process {self.me} stopped")
         missing = sorted(i for i in range(self.n)
                          if i not in live and notes.get(i) != "finished")
         if missing:
@@ -261,3 +303,116 @@ class guard:
                 time.sleep(self.watch.poll_s)   # the watch ends the process when it is so
         self.watch.stop()
         return False
+
+
+# ----------------------------------------------------------------------------------------
+# Step watchdog: a process that still heartbeats but completes no step.
+
+def main_thread_at() -> str:
+    """Where the main thread waits: its innermost jaxsr frame, and the innermost frame."""
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    if frame is None:
+        return "an unknown place"
+    stack = traceback.extract_stack(frame)
+    ours = [f for f in stack if f"{os.sep}jaxsr{os.sep}" in f.filename]
+    at = [f"{'jaxsr' + f.filename.rsplit(os.sep + 'jaxsr', 1)[1]}:{f.lineno} ({f.name})"
+          for f in ours[-1:]]
+    if not ours or stack[-1] is not ours[-1]:
+        at.append(f"{os.path.basename(stack[-1].filename)}:{stack[-1].lineno} "
+                  f"({stack[-1].name})")
+    return " -> ".join(at)
+
+
+class StepWatchdog(threading.Thread):
+    """Ends the run when no training step completes within its limit.
+
+    Fed by the training loop after each step is dispatched (`step_done`); a deadlocked
+    input thread or a hung collective stops the feed. The limit of a step is `factor` x
+    the measured step time (seconds per step over the run so far), at least `min_s`; a
+    step after which the host waits for the devices (`waits`: log, save, validation) may
+    take that for every step dispatched since the last wait (they finish in it: dispatch
+    is asynchronous). The first step (compiles) and a `slow` one (validation, a
+    checkpoint save) get `floor_s`. On a stall it names this process, where its main
+    thread waits and the last complete checkpoint, notes the stall with the coordination
+    service (the others' PeerWatch stops them at once) and exits with PEER_LOST_EXIT.
+    factor 0: off.
+    """
+
+    def __init__(self, factor: float, floor_s: float, min_s: float, workdir: str):
+        super().__init__(name="jaxsr-step-watchdog", daemon=True)
+        for key, value in (("watchdog_factor", factor), ("watchdog_floor_s", floor_s),
+                           ("watchdog_min_s", min_s)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                    value >= 0 if key == "watchdog_factor" else value > 0):
+                raise ValueError(f"config.train.{key}={value!r}: give a number > 0 "
+                                 "(watchdog_factor: a multiple of the step time, 0 "
+                                 "switches the watchdog off)")
+        self.factor, self.floor_s, self.min_s = float(factor), float(floor_s), float(min_s)
+        self.workdir = workdir
+        self.poll_s = max(0.1, min(2.0, self.min_s / 4))
+        self._seconds, self._steps = 0.0, 0         # measured, slow steps left out
+        self._last, self._step, self._waited_at = time.monotonic(), None, 0
+        self._pending = None                        # steps the current interval finishes
+        self._halt = threading.Event()
+
+    @classmethod
+    def from_config(cls, train_config, workdir: str) -> "StepWatchdog":
+        get = train_config.get
+        return cls(get("watchdog_factor", 0.0), get("watchdog_floor_s", 900.0),
+                   get("watchdog_min_s", 60.0), workdir)
+
+    def step_done(self, step: int, waits: bool = False, slow: bool = False) -> None:
+        """Step `step` was dispatched; then the host waits for the devices (`waits`),
+        and validates or saves (`slow`)."""
+        now = time.monotonic()
+        if self._step is None:                      # a resumed run starts at its step
+            self._waited_at = step - 1
+        if self._pending is not None:
+            self._seconds += now - self._last
+            self._steps += self._pending
+        self._last, self._step, self._pending = now, step, None if slow else 1
+        if waits:
+            if not slow:
+                self._pending = step - self._waited_at
+            self._waited_at = step
+
+    def limit(self) -> tuple[float, str]:
+        """(seconds, why) the current step may take."""
+        if self._pending is None or not self._steps:
+            return self.floor_s, (f"config.train.watchdog_floor_s={self.floor_s:g}, for "
+                                  "compiles, validation and checkpoint saves")
+        typical = self._seconds / self._steps
+        return max(self.min_s, self.factor * typical * self._pending), (
+            f"config.train.watchdog_factor={self.factor:g} x the measured step time "
+            f"{typical:.3g} s x {self._pending} step(s) in flight, at least "
+            f"config.train.watchdog_min_s={self.min_s:g}")
+
+    def run(self):
+        while not self._halt.wait(self.poll_s):
+            waited = time.monotonic() - self._last
+            limit, why = self.limit()
+            if waited > limit and not self._halt.is_set():
+                self._stalled(waited, limit, why)
+
+    def _stalled(self, waited: float, limit: float, why: str) -> None:
+        import jax
+        from jaxsr import distributed
+        after = f"step {self._step}" if self._step is not None else "the start"
+        text = (f"process {jax.process_index()} of {jax.process_count()} stalled: no "
+                f"training step completed for {waited:.0f} s after {after} (limit "
+                f"{limit:.3g} s: {why}); its main thread waits in {main_thread_at()}")
+        distributed.note_exit("stalled")
+        if _REPORT_FD is None:          # no supervisor: the message is this process's
+            print(stop_message(f"training stalled: {text}", self.workdir, "train",
+                               "a stalled run"), file=sys.stderr, flush=True)
+        report_and_exit(text)
+
+    def __enter__(self):
+        if self.factor:
+            self._last = time.monotonic()
+            self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._halt.set()
+

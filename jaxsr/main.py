@@ -61,7 +61,7 @@ _INIT_TIMEOUT = flags.DEFINE_integer("initialization_timeout", 300, "Seconds the
 _EXIT_TIMEOUT = flags.DEFINE_float(
     "exit_timeout", 10, "Seconds a command whose work is done waits for its other threads "
     "(e.g. data readers blocked on storage that stopped answering) before it ends anyway, "
-    "with the same exit status (jaxsr.faults.end_within).")
+    "with the same exit status (jaxsr.exit_bound).")
 
 
 def main(argv):
@@ -69,7 +69,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.getLogger().setLevel(logging.INFO)
     logging.getLogger("absl").setLevel(logging.WARNING)   # Orbax's per-save INFO chatter
-    from jaxsr import checkpoint, compile_cache, distributed, faults, run
+    from jaxsr import checkpoint, compile_cache, distributed, exit_bound, faults, run
     if _MODE.value == "compile":
         from jaxsr import aot
         aot.prepare_host(_TARGET.value)     # compile-only: this host's CPU, quiet libtpu
@@ -86,7 +86,7 @@ def main(argv):
         faults.start(_MODE.value, _WORKDIR.value, *where, heartbeat_timeout_s=_HEARTBEAT.value,
                      shutdown_timeout_s=_SHUTDOWN.value,
                      initialization_timeout_s=_INIT_TIMEOUT.value)
-        bound = faults.exit_bound(_EXIT_TIMEOUT.value)
+        bound = exit_bound.bound(_EXIT_TIMEOUT.value)
     except ValueError as e:
         raise app.UsageError(str(e))
     with bound:             # ends within --exit_timeout of the work, whatever readers do

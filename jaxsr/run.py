@@ -28,8 +28,9 @@ def _dispatch(mode: str, config, workdir: str, step: int | None, compile_options
         from jaxsr import train
         return train.train(config, workdir)
     if mode == "evaluate":
-        from jaxsr import evaluate
-        return evaluate.evaluate(config, workdir, step=step)
+        from jaxsr import evaluate, faults
+        with faults.guard():    # multi-process: a lost peer stops it with its message
+            return evaluate.evaluate(config, workdir, step=step)
     if mode == "info":
         from jaxsr import summary
         return summary.write_info(config, workdir)
