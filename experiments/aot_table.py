@@ -15,10 +15,15 @@ whose train step compiles within the chip (doubling, then bisection; each probe 
 compile). `--attention`: the share of FLOPs and bytes of the attention modules, from the
 cost analysis of one attention module compiled alone at the network's feature-map shape
 (per chip, forward + backward as the train step runs it) times their number.
+`--modules`: one NLSA / GLA alone per formulation of the chunk attention (today's
+looped path, the scatter-free sorted path, the Pallas kernels), with scatter counts:
+  python experiments/aot_table.py --modules --targets v5litepod-8 v4-8
+  python experiments/aot_table.py --table --out experiments/results/aot_attention_paths.jsonl
 """
 import argparse
 import json
 import os
+import re
 import sys
 import time
 
@@ -28,6 +33,7 @@ from jaxsr import aot, config_util  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                        "aot_table.jsonl")
+MODULE_RESULTS = os.path.join(os.path.dirname(RESULTS), "aot_attention_paths.jsonl")
 PAPER = {"nlsn": ("configs/nlsn.py", "configs/nlsn.py:x4"),
          "dlsn": ("configs/dlsn.py", "configs/dlsn.py:x4"),
          "nlcunet": ("configs/nlcunet.py:x2", "configs/nlcunet.py"),
@@ -115,10 +121,12 @@ def attention_modules(c):
     return None, 0
 
 
-def module_costs(module, shapes: dict, target: str, dtype: str) -> dict:
+def module_costs(module, shapes: dict, target: str, dtype: str,
+                 with_scatters: bool = False) -> dict:
     """Per-chip cost analysis of one attention module compiled alone for `target`:
     {'train_step': forward + backward (grads of params and input), 'eval_forward': forward}
-    at the given global input shapes (split over the chips)."""
+    at the given global input shapes (split over the chips); with_scatters: plus the
+    number of scatter ops in each compiled program."""
     import jax
     import jax.numpy as jnp
     from jaxsr import accelerators, precision, target_platform, train
@@ -126,7 +134,9 @@ def module_costs(module, shapes: dict, target: str, dtype: str) -> dict:
     repl, data = train.shardings(devices)
     cdt = precision.resolve(dtype)
     out = {}
-    with target_platform.tracing_for("tpu"):
+    # the mesh: Mosaic kernels (formulation 'pallas') shard_map themselves over it
+    with target_platform.tracing_for("tpu"), \
+            jax.sharding.use_abstract_mesh(data.mesh.abstract_mesh):
         x0 = jnp.zeros((1,) + shapes["train_step"][1:])
         params = jax.eval_shape(lambda: module.init({"params": jax.random.PRNGKey(0),
                                                      "lsh": jax.random.PRNGKey(1)}, x0))
@@ -139,8 +149,45 @@ def module_costs(module, shapes: dict, target: str, dtype: str) -> dict:
         for name, shape in shapes.items():
             x = jax.ShapeDtypeStruct(shape, jnp.float32, sharding=data)
             fn = jax.jit(jax.grad(fwd, argnums=(0, 1)) if name == "train_step" else fwd)
-            out[name] = aot.cost_report(fn.lower(params, x, rng).compile())
+            compiled = fn.lower(params, x, rng).compile()
+            out[name] = aot.cost_report(compiled)
+            if with_scatters:
+                out[name]["scatters"] = scatter_count(compiled)
     return out
+
+
+def scatter_count(compiled) -> int:
+    """Scatter ops in the optimized HLO (a TPU serialises them: openxla/xla#12982)."""
+    return len(re.findall(r"\bscatter\(", compiled.as_text()))
+
+
+# --modules: one attention module of each paper network alone, 256 channels, at the paper
+# training input (batch 16 of 48x48 LR: 2 per chip on v5e-8) forward + backward, and
+# GLA's eval forward of one 512x512 LR image per chip, per formulation of the chunk
+# attention (lsh.FORMULATIONS: 'looped' is today's path, 'sorted' the scatter-free one).
+MODULES = {"NLSA K144 R4": ("nlsa", 144, 4), "GLA K128 R3": ("gla", 128, 3)}
+MODULE_TRAIN_INPUT = (16, 48, 48, 256)
+MODULE_EVAL_SIDE = 512
+
+
+def module_row(name: str, target: str, dtype: str, formulation: str) -> dict:
+    from jaxsr import accelerators
+    from jaxsr.attention import GlobalLearnableAttention, NonLocalSparseAttention, lsh
+    kind, k, r = MODULES[name]
+    cls = NonLocalSparseAttention if kind == "nlsa" else GlobalLearnableAttention
+    module = cls(chunk_size=k, n_hashes=r, reduction=4, res_scale=1.0)
+    t = accelerators.parse_target(target)
+    shapes = {"train_step": MODULE_TRAIN_INPUT}
+    if kind == "gla":
+        shapes["eval_forward"] = (t.num_chips, MODULE_EVAL_SIDE, MODULE_EVAL_SIDE, 256)
+    t0 = time.perf_counter()
+    with lsh.use_formulation(formulation):
+        costs = module_costs(module, shapes, target, dtype, with_scatters=True)
+    row = {"kind": "module", "config": name, "target": target, "dtype": dtype,
+           "formulation": formulation, "seconds": round(time.perf_counter() - t0, 1)}
+    for program, cost in costs.items():
+        row[program] = dict(cost, shape=shapes[program], roofline=aot.roofline(cost, t.chip))
+    return row
 
 
 def attention_share(spec: str, target: str, dtype: str) -> dict:
@@ -180,7 +227,8 @@ def done_keys(path: str) -> set:
         return set()
     with open(path) as f:
         rows = [json.loads(line) for line in f if line.strip()]
-    return {(r.get("kind", "row"), r["config"], r["target"], r["dtype"]) for r in rows}
+    return {(r.get("kind", "row"), r["config"], r["target"], r["dtype"])
+            + ((r["formulation"],) if "formulation" in r else ()) for r in rows}
 
 
 def append(path: str, row: dict) -> None:
@@ -202,9 +250,16 @@ def main(argv=None):
                     help="NLSA train cost for chunk sizes 128/144/192/256 (--targets)")
     ap.add_argument("--all_configs", action="store_true",
                     help="every configs/*.py at its small size (--targets, float32)")
-    ap.add_argument("--out", default=RESULTS)
+    ap.add_argument("--modules", nargs="*", choices=list(MODULES), default=None,
+                    help="one NLSA / GLA alone per --formulations (default: both modules)"
+                         f"; rows to {os.path.relpath(MODULE_RESULTS)} unless --out")
+    ap.add_argument("--formulations", nargs="+", default=["looped", "sorted"],
+                    help="lsh.FORMULATIONS for --modules ('looped' = today's path)")
+    ap.add_argument("--out", default=None, help=f"default {os.path.relpath(RESULTS)}")
     ap.add_argument("--table", action="store_true", help="print the markdown table and exit")
     args = ap.parse_args(argv)
+    if args.out is None:
+        args.out = MODULE_RESULTS if args.modules is not None else RESULTS
     if args.table:
         print(markdown(args.out))
         return
@@ -214,6 +269,14 @@ def main(argv=None):
     work = {"row": compile_row, "fit_batch": largest_batch, "attention": attention_share,
             "config_check": config_check}[kind]
     done = done_keys(args.out)
+    if args.modules is not None:
+        for name in args.modules or list(MODULES):
+            for target in args.targets:
+                for dtype in args.dtypes:
+                    for form in args.formulations:
+                        if ("module", name, target, dtype, form) not in done:
+                            append(args.out, module_row(name, target, dtype, form))
+        return
     if args.chunk_cost:
         for target in args.targets:
             for dtype in args.dtypes:
@@ -264,6 +327,27 @@ def config_markdown(rows: list) -> str:
     return "\n".join(lines)
 
 
+def module_markdown(rows: list) -> str:
+    """--modules rows: per chip bytes, FLOPs, cost-model time, roofline and scatters."""
+    lines = ["| module | program | target | dtype | path | GB accessed | GFLOP | FLOP/byte "
+             "| cost model ms | roofline ms (bound) | scatters |", "|" + "---|" * 11]
+    for r in rows:
+        for program in ("train_step", "eval_forward"):
+            if program not in r:
+                continue
+            c = r[program]
+            roof, model_s = c["roofline"], c.get("xla_optimal_seconds")
+            what = ("fwd+bwd " if program == "train_step" else "eval fwd ") + "x".join(
+                map(str, c["shape"][:3]))
+            lines.append(
+                f"| {r['config']} | {what} | {r['target']} | {r['dtype']} | {r['formulation']} "
+                f"| {c['bytes_accessed'] / 1e9:.2f} | {c['flops'] / 1e9:.1f} "
+                f"| {c['flops'] / c['bytes_accessed']:.0f} "
+                f"| {'-' if model_s is None else f'{model_s * 1e3:.2f}'} "
+                f"| {roof['seconds'] * 1e3:.2f} ({roof['bound']}) | {c['scatters']} |")
+    return "\n".join(lines)
+
+
 def _gib(b) -> str:
     return f"{b / 2**30:.2f}"
 
@@ -274,6 +358,8 @@ def markdown(path: str) -> str:
     checks = [r for r in rows if r.get("kind") == "config_check"]
     if checks:
         return config_markdown(checks)
+    if any(r.get("kind") == "module" for r in rows):
+        return module_markdown([r for r in rows if r.get("kind") == "module"])
     extra = {(r["kind"], r["config"], r["target"], r["dtype"]): r for r in rows}
     head = ("| config | target | dtype | train GiB/chip | train GFLOP/chip | train GB accessed"
             " | train roofline ms | max batch/chip | eval LR | eval GiB/chip | eval GFLOP/chip"

@@ -23,6 +23,8 @@ def base_config() -> ml_collections.ConfigDict:
                                   # defaults + the official code's explicit inits (models/init.py)
     c.model.attention_impl = "auto"  # LSH chunk attention: 'auto' | 'xla' | 'pallas' (NLSN, DLSN,
                                      # NLCUnet, the GLA plug-in; lsh.ATTENTION_IMPLS)
+    c.model.scan_blocks = "auto"  # 'true' | 'false' | 'auto': repeated blocks as one nn.scan
+                                  # (jaxsr.models.scan; checkpoints of either layout load)
 
     c.train = ml_collections.ConfigDict()
     c.train.objective = "sr"      # jaxsr.objectives.<name>
@@ -30,6 +32,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.batch_size = 16       # global batch per optimizer step (all devices, all micro-batches)
     c.train.per_device_batch_size = 0  # >0: batch_size = this x devices x grad_accum_steps
     c.train.grad_accum_steps = 1  # micro-batches per optimizer step, gradients averaged (scan)
+    c.train.remat = "none"        # 'none' | 'blocks' | a jax.checkpoint_policies name: recompute
+                                  # the repeated blocks in the backward pass (scan.REMAT_CHOICES)
     c.train.lr_scaling = "none"   # 'none' | 'linear' | 'sqrt': lr x (batch_size / lr_reference_batch)
     c.train.lr_reference_batch = 16   # the batch the config's lr belongs to (NLSN/DLSN/EDSR: 16)
     c.train.patch_size = 96       # HR side of the training crop
@@ -64,6 +68,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.watchdog_floor_s = 900.0
     c.train.compute_dtype = "float32"  # 'bfloat16': convs/matmuls in bf16; params, optimizer,
                                        # softmax/logsumexp and the loss stay float32
+    c.train.matmul_precision = "default"  # float32 convs/matmuls on TPU/GPU: 'default' (TPU:
+                                          # 1 bf16 pass, GPU: TF32) | 'high' | 'highest'
+                                          # (full float32; docs/precision.md)
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "folders"     # 'folders' | 'skimage' (embedded demo photos) | 'tfds'
@@ -121,6 +128,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.crop_border = -1       # -1: = scale
     c.eval.test_y_channel = True
     c.eval.round_y = False        # BasicSR/EDSR: Y not rounded; KAIR/MATLAB round it
+    c.eval.gray = "gray"          # gray GT (Set14 bridge): 'gray' 1 channel, MATLAB | 'y' RGB on Y, EDSR/BasicSR
+    c.eval.pad_to = 0             # >0: pad LR sides to multiples of it: fewer compiles, other borders
     c.eval.use_lr_files = True    # use <Set>/LR_bicubic/X<s> when present
     c.eval.blind_sets_dir = ""    # where make_lr --blind_set wrote blurred/noisy sets ('' = make on the fly)
     c.eval.tile = 0

@@ -16,11 +16,21 @@ the networks unchanged: a module computes in the dtype of what it is given. See
 docs/precision.md for the measured tolerances.
 """
 import collections
+import contextlib
 
 import jax
 import jax.numpy as jnp
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+# config.train.matmul_precision: how float32 convolutions and matmuls run on accelerators
+# (jax.default_matmul_precision; docs/precision.md has the table per platform):
+#   'default'  XLA's DEFAULT: one bf16 pass on a TPU, TF32 on an Ampere+ GPU (fastest);
+#   'high'     bf16_3x on a TPU, TF32 on a GPU;
+#   'highest'  full float32 everywhere (the official PyTorch matmuls on a GPU; slowest).
+# The CPU computes float32 exactly in every case. The LSH hash projection always uses
+# HIGHEST (`lsh._hash_block`): bucket ids are a discrete choice.
+MATMUL_PRECISIONS = ("default", "high", "highest")
 
 # Models whose code needs float32 (FFT-based data terms, kernel estimation with
 # normalised outputs): bfloat16 is refused for them with a clear message.
@@ -47,6 +57,24 @@ def compute_dtype(config):
     return dtype
 
 
+def matmul_precision(config, key: str = "config.train.matmul_precision") -> str:
+    """`config.train.matmul_precision` ('default' when absent), checked."""
+    name = config.train.get("matmul_precision", "default")
+    if name not in MATMUL_PRECISIONS:
+        raise ValueError(f"{key}={name!r}: use one of {MATMUL_PRECISIONS} (how float32 "
+                         "convolutions/matmuls run on TPU/GPU, docs/precision.md)")
+    return name
+
+
+def matmul_precision_scope(name: str | None):
+    """A context in which traced convolutions and matmuls without an explicit precision
+    use `name` (None / 'default': whatever is in effect, XLA's DEFAULT unless the user
+    set JAX_DEFAULT_MATMUL_PRECISION)."""
+    if name in (None, "default"):
+        return contextlib.nullcontext()
+    return jax.default_matmul_precision(name)
+
+
 def is_float32(dtype) -> bool:
     return jnp.dtype(dtype) == jnp.float32
 
@@ -61,18 +89,21 @@ def cast_floating(tree, dtype):
     return jax.tree.map(cast, tree)
 
 
-def apply(model, params, x, dtype, **kwargs):
+def apply(model, params, x, dtype, matmul_precision: str | None = None, **kwargs):
     """`model.apply({'params': params}, x, **kwargs)` computed in `dtype`.
 
     float32: exactly `model.apply` (no casts, so results are bit-identical to it).
     Otherwise params and x are cast to `dtype` and every floating output leaf is cast
     back to float32 (with `mutable=...` the returned collections too). Keyword inputs
-    (rngs, train, per-image extras) are passed as given.
+    (rngs, train, per-image extras) are passed as given. matmul_precision
+    (MATMUL_PRECISIONS, `matmul_precision(config)`): traced in that scope; the backward
+    of the gradient inherits it (the precision is fixed on each forward op).
     """
-    if is_float32(dtype):
-        return model.apply({"params": params}, x, **kwargs)
-    out = model.apply({"params": cast_floating(params, dtype)}, cast_floating(x, dtype),
-                      **kwargs)
+    with matmul_precision_scope(matmul_precision):
+        if is_float32(dtype):
+            return model.apply({"params": params}, x, **kwargs)
+        out = model.apply({"params": cast_floating(params, dtype)}, cast_floating(x, dtype),
+                          **kwargs)
     return cast_floating(out, jnp.float32)
 
 

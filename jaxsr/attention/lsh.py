@@ -158,7 +158,10 @@ def _hash_block(q, rotations, kind: str):
     # Buckets on the major axis: the reductions over them are vectorised over positions.
     # float32 also under bf16 (a small matmul next to the convolutions): buckets are a
     # discrete choice, and bf16-rounded rotations would move near-ties to other buckets.
-    proj = jnp.einsum("lc,crb->rbl", q.astype(jnp.float32), rotations.astype(jnp.float32))
+    # HIGHEST: a TPU's default float32 matmul is one bf16 pass, which would move codes
+    # off the ones the CPU and the official code compute (docs/precision.md).
+    proj = jnp.einsum("lc,crb->rbl", q.astype(jnp.float32), rotations.astype(jnp.float32),
+                      precision=jax.lax.Precision.HIGHEST)
     top = jnp.max(proj, axis=1)
     if kind == CROSS_POLYTOPE:
         # argmax over concat([proj, -proj]) without building the concatenation; ties go

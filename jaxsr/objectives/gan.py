@@ -89,8 +89,8 @@ class GANObjective(SRObjective):
         return logits, upd["batch_stats"]
 
     def generator_loss(self, params, state, lr, hr, lsh_rng):
-        sr = precision.apply(self.model, params, lr, self.compute_dtype, train=True,
-                             rngs={"lsh": lsh_rng})
+        sr = precision.apply(self.model, params, lr, self.compute_dtype,
+                             self.matmul_precision, train=True, rngs={"lsh": lsh_rng})
         l_pix = objectives.pixel_loss(self.config.train.loss, sr, hr)
         l_percep = vgg_lib.perceptual_loss(self.vgg, state["vgg_params"], sr, hr,
                                            self.layer_weights, self.compute_dtype)

@@ -44,6 +44,7 @@ class KernelObjective:
         # the call goes through precision.apply so a model that gains bf16 support is
         # covered here too.
         self.compute_dtype = precision.compute_dtype(config)
+        self.matmul_precision = precision.matmul_precision(config)
         self.tx, self.schedule = objectives.adam(config.train)
 
     # -- parameters ------------------------------------------------------------------------
@@ -73,9 +74,10 @@ class KernelObjective:
 
     def estimate(self, params, lr):
         if self.subtree:
-            return precision.apply(self.model, params, lr, self.compute_dtype, train=True,
-                                   method="estimate_kernel")
-        return precision.apply(self.model, params, lr, self.compute_dtype, train=True)
+            return precision.apply(self.model, params, lr, self.compute_dtype,
+                                   self.matmul_precision, train=True, method="estimate_kernel")
+        return precision.apply(self.model, params, lr, self.compute_dtype,
+                               self.matmul_precision, train=True)
 
     def kernel_loss(self, k_est, k_true):
         if self.loss_name == "l1":

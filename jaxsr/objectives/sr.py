@@ -19,6 +19,7 @@ class SRObjective:
         self.config = config
         self.model = model
         self.compute_dtype = precision.compute_dtype(config)
+        self.matmul_precision = precision.matmul_precision(config)
         self.tx, self.schedule = objectives.adam(config.train)
         self.accum_steps = objectives.grad_accum_steps(config.train)
 
@@ -56,8 +57,9 @@ class SRObjective:
         hr, lr, inputs = micro
 
         def loss_fn(params):
-            sr = precision.apply(self.model, params, lr, self.compute_dtype, train=True,
-                                 rngs={"lsh": lsh_rng}, **inputs)
+            sr = precision.apply(self.model, params, lr, self.compute_dtype,
+                                 self.matmul_precision, train=True, rngs={"lsh": lsh_rng},
+                                 **inputs)
             return objectives.pixel_loss(self.config.train.loss, sr, hr)
 
         return jax.value_and_grad(loss_fn)(params)
