@@ -280,7 +280,10 @@ def make_step_fn(objective, config, repl, data_sharding):
     def step_fn(state, hr, nonfinite_step):
         rng = jax.random.fold_in(base_rng, state["step"])
         inner = {k: v for k, v in state.items() if k != checkpoint.EMA_KEY}
-        new, metrics = objective.train_step(inner, hr, rng)
+        # Mosaic kernels (attention_impl='pallas') are not auto-partitioned: they shard_map
+        # themselves over the mesh they are traced under (jaxsr/attention/kernels/entry.py).
+        with jax.sharding.use_abstract_mesh(data_sharding.mesh.abstract_mesh):
+            new, metrics = objective.train_step(inner, hr, rng)
         if decay:
             new[checkpoint.EMA_KEY] = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p,
                                                    state[checkpoint.EMA_KEY], new["params"])
