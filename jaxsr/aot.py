@@ -235,9 +235,9 @@ def run_compile(config, target: str = "cpu", eval_lr_size: int = DEFAULT_EVAL_LR
     devices = target_devices(target)
     train.check_batch(config, len(devices))
     result = {"target": target_describe(target, devices), "config": _config_summary(config)}
-    from jaxsr.attention import chunked
+    from jaxsr.attention import chunked, impl
     traced_for = None if target.platform == "cpu" else target.platform
-    with target_platform.tracing_for(traced_for), \
+    with target_platform.tracing_for(traced_for), impl.record_formulations() as attention, \
             chunked.default_chunks_per_step(attention_chunks):
         repl, _ = train.shardings(devices)
         objective, state = None, {"params": {}}
@@ -249,6 +249,9 @@ def run_compile(config, target: str = "cpu", eval_lr_size: int = DEFAULT_EVAL_LR
                                                        eval_lr_size)}
         for name in programs:
             result[name] = compile_and_report(name, build[name], target, config)
+    if attention:      # which LSH attention implementation the programs use
+        result["attention"] = impl.describe_formulations(
+            attention, config.model.get("attention_impl", "auto"))
     if "train_step" in result:
         result["train_step"]["global_batch"] = int(config.train.batch_size)
     if "eval_forward" in result:
@@ -386,6 +389,8 @@ def format_report(result: dict) -> str:
     hbm = t.get("hbm_bytes")
     lines = [f"target {t['spec']}: {t['devices']} x {t['device_kind']}, "
              f"{t['processes']} host(s)" + (f", {hbm / GIB:.0f} GiB HBM per chip" if hbm else "")]
+    if "attention" in result:
+        lines.append(result["attention"])
     for name in PROGRAMS:
         if name not in result:
             continue

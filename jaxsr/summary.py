@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsr import fileio, models, paths, xla_analysis
+from jaxsr import fileio, models, paths, target_platform, xla_analysis
+from jaxsr.attention import impl
 
 
 def param_shapes(config):
@@ -40,10 +41,15 @@ def flops_per_lr_pixel(model, params_shapes, size: int) -> float | None:
 
 def write_info(config, workdir: str) -> dict:
     model, params, size = param_shapes(config)
+    with impl.record_formulations() as attention:   # which LSH attention the trace used
+        flops = flops_per_lr_pixel(model, params, size)
     info = {"model": config.model.name, "scale": int(config.scale),
             "params": count_params(params), "params_per_module": per_module(params),
-            "flops_per_lr_pixel": flops_per_lr_pixel(model, params, size),
-            "flops_input_size": [size, size]}
+            "flops_per_lr_pixel": flops, "flops_input_size": [size, size]}
+    if attention:
+        info["attention"] = (impl.describe_formulations(
+            attention, config.model.get("attention_impl", "auto"))
+            + f" on this host ({target_platform.current()})")
     fileio.write_json(paths.join(workdir, "info.json"), info, overwrite=True)
     print(format_info(info))
     return info
@@ -57,4 +63,6 @@ def format_info(info: dict) -> str:
         lines.append(f"FLOPs per LR pixel: {info['flops_per_lr_pixel']:,.0f} "
                      f"(XLA cost analysis, {info['flops_input_size'][0]}x"
                      f"{info['flops_input_size'][1]} LR input)")
+    if "attention" in info:
+        lines.append(info["attention"])
     return "\n".join(lines)

@@ -13,7 +13,10 @@ torch's `.view(N, C, H*W)`), with R hashing rounds, chunk size K and nb buckets:
   unsort_and_merge    outputs, lse, undo       -> [L, C] (backward: gathers by `order`)
   lsh_attention       all of the above; `batched_lsh_attention` for N items with one
                       rotation tensor shared by the batch (as the official code): hash,
-                      sort and unsort per item, the chunk attention on the stacked rows.
+                      sort and unsort per item, the chunk attention on all items' rows,
+                      in the formulation `impl.resolve_impl` picks for attention_impl:
+                      'looped' (attend_chunks, CPU), 'sorted' (`sorted_chunks`: tables
+                      gathered into chunk order, no scatter: TPU/GPU) or 'pallas'.
 
 Rotations: `sample_rotations` (from a JAX key: training), `fixed_rotations` (NumPy, from a
 seed and a layer name: deterministic evaluation), `orthogonal_from_gaussian` (torch's
@@ -28,9 +31,7 @@ zero buckets; here the chunk shrinks to L, so that case is exact dense attention
 The L x L score matrix is never formed, and the chunk attention holds the scores of only
 a few chunks at a time (`chunked`): memory is O(R * L * C) plus one loop step's scores.
 """
-import contextlib
 import functools
-import importlib.util
 import zlib
 
 import jax
@@ -39,7 +40,11 @@ import numpy as np
 
 from jaxsr import target_platform
 from jaxsr.attention import chunked, sorted_chunks
+from jaxsr.attention import impl as impl_lib    # (`impl` is an argument name here)
 from jaxsr.attention.chunked import attend_chunks, look_around  # noqa: F401 (API)
+from jaxsr.attention.impl import (ATTENTION_IMPLS, FORMULATIONS,  # noqa: F401 (API)
+                                  describe_formulations, kernels_available,
+                                  record_formulations, resolve_impl, use_formulation)
 
 MAX_BUCKETS = 128   # official cap on the number of buckets
 KEY_EPS = 5e-5      # F.normalize eps used on the keys
@@ -47,8 +52,6 @@ HASH_BLOCK_CPU = 512  # positions hashed per loop step on CPU (see hash_codes)
 
 CROSS_POLYTOPE = "cross_polytope"   # NLSN: argmax over [xR, -xR], nb/2 random directions
 SUPERBIT = "superbit"               # DLSN: argmax over xR, R with orthonormal columns/rows
-# How the chunk attention runs (config.model.attention_impl): 'auto' picks per platform.
-ATTENTION_IMPLS = ("auto", "xla", "pallas")
 
 
 # --------------------------------------------------------------------------- sizes
@@ -301,58 +304,6 @@ def lsh_attention(q, v, rotations, chunk_size: int, kind: str, key_bias=None,
                                  max_buckets, chunks_per_step)[0]
 
 
-# --------------------------------------------------------------------------- paths
-#
-# Three formulations of the chunk attention, one result (tests/test_attention_sorted.py):
-#   'looped'  today's `chunked.attend_chunks`: a few chunks per loop step gathered from
-#             the [L, .] tables, gradients scatter-added back (fastest on a 2-core CPU:
-#             docs/performance.md; the scatters are serial loops on a TPU);
-#   'sorted'  `sorted_chunks`: tables gathered into sorted chunk order, look-around as
-#             rolls, backward by inverse-permutation gathers: no scatter;
-#   'pallas'  B's kernels (`jaxsr.attention.kernels`) on the same sorted tables.
-FORMULATIONS = ("looped", "sorted", "pallas")
-_forced_formulation = [None]      # set by `use_formulation` (read at trace time)
-
-
-@contextlib.contextmanager
-def use_formulation(name: str | None):
-    """Within the block every LSH attention traced uses formulation `name` whatever its
-    attention_impl (experiments: the "today" rows of aot_table.py; tests on CPU)."""
-    if name is not None and name not in FORMULATIONS:
-        raise ValueError(f"formulation {name!r}: choose one of {FORMULATIONS}")
-    before, _forced_formulation[0] = _forced_formulation[0], name
-    try:
-        yield
-    finally:
-        _forced_formulation[0] = before
-
-
-def kernels_available() -> bool:
-    return importlib.util.find_spec("jaxsr.attention.kernels") is not None
-
-
-def resolve_impl(impl: str = "auto", platform: str | None = None) -> str:
-    """The formulation (FORMULATIONS) that attention_impl `impl` runs on `platform`
-    (None: `target_platform.current()`, so a deviceless TPU compile gets the TPU choice).
-
-    'pallas': the kernels. 'xla': 'sorted' on TPU/GPU; on CPU 'looped', measured faster
-    there (docs/performance.md). 'auto': as 'xla', except 'pallas' on TPU once the
-    kernels exist."""
-    if impl not in ATTENTION_IMPLS:
-        raise ValueError(f"attention_impl={impl!r}: choose one of {ATTENTION_IMPLS} "
-                         "(config.model.attention_impl)")
-    if _forced_formulation[0] is not None:
-        return _forced_formulation[0]
-    platform = platform or target_platform.current()
-    if impl == "pallas":
-        return "pallas"
-    if platform == "cpu":
-        return "looped"
-    if impl == "auto" and platform == "tpu" and kernels_available():
-        return "pallas"
-    return "sorted"
-
-
 def _pallas_attention():
     try:
         from jaxsr.attention import kernels
@@ -374,6 +325,7 @@ def batched_lsh_attention(q, v, rotations, chunk_size: int, kind: str, key_bias=
     the stacked [N*L, .] tables (its loop steps hold a few chunks whatever N), 'sorted'
     and 'pallas' on [N*R, M, K, .] tables in sorted chunk order."""
     formulation = resolve_impl(impl)
+    impl_lib.note_traced(formulation)
     scatter_free = formulation != "looped"
     ids, order, undo = jax.vmap(lambda q1: bucket_chunks(
         q1, rotations, chunk_size, kind, max_buckets, scatter_free))(q)  # [N,R,M,K], [N,R,L]
