@@ -20,19 +20,26 @@ the same functions (load_samples, score_samples).
 import functools
 import json
 import logging
+import math
 import os
 import time
 
 import numpy as np
 
-from jaxsr import checkpoint, errors, fileio, inference, metrics, models, paths
+from jaxsr import checkpoint, distributed, errors, eval_engine, fileio, inference, metrics
+from jaxsr import models, paths
 from jaxsr.data import benchmarks
 
 PROTOCOL = ("Protocol: PSNR/SSIM on the Y channel of BT.601 YCbCr (Y = 16 + (65.481 R + "
             "128.553 G + 24.966 B)/255, {y_round}), {crop} pixels cropped from every border, "
             "SR clamped to [0, 1] and rounded to uint8 before the metrics, SSIM with an 11x11 "
             "Gaussian window (sigma 1.5) as BasicSR; HR modcropped to the scale; LR from "
-            "<Set>/LR_bicubic when present, else MATLAB-exact bicubic of the HR; blurred/noisy sets and DIV2KRK as named (jaxsr.data.blind_sets).")
+            "<Set>/LR_bicubic when present, else MATLAB-exact bicubic of the HR; blurred/noisy sets and DIV2KRK as named (jaxsr.data.blind_sets). "
+            "Grayscale ground truths (Set14 bridge.png): {gray}.")
+GRAY_TEXT = {"gray": "scored on their one channel against the luma of the SR output, as the "
+                     "MATLAB scripts (config.eval.gray='gray')",
+             "y": "replicated to RGB and scored on Y, as the EDSR-PyTorch and BasicSR "
+                  "testers (config.eval.gray='y')"}
 
 
 def load_model_params(config, workdir: str, step: int | str | None = None):
@@ -60,12 +67,29 @@ def make_apply_fn(model, params) -> inference.BoundApply:
     return inference.bind(model, params)
 
 
+def pad_multiple(config) -> int:
+    """The LR side multiple images are reflect-padded to: the model's, and config.eval.pad_to
+    (> 0: fewer distinct shapes, so fewer compiles, at the price of border pixels that
+    differ from an unpadded run's; the key of the results says so)."""
+    pad_to = int(config.eval.get("pad_to", 0) or 0)
+    if pad_to < 0:
+        raise ValueError(f"config.eval.pad_to={pad_to}: must be >= 0 (0: each image at its "
+                         "own size)")
+    return math.lcm(models.input_multiple(config), pad_to or 1)
+
+
+def padded_lr_shape(config, lr: np.ndarray) -> tuple[int, int]:
+    """The (H, W) an LR image runs at: the engine deals images by it (jaxsr.eval_engine)."""
+    m, low = pad_multiple(config), models.min_input_size(config)
+    return tuple(inference.padded_size(int(n), m, low) for n in lr.shape[:2])
+
+
 def super_resolve(config, apply_fn, lr_uint8: np.ndarray, extras=None) -> np.ndarray:
     fn = apply_fn if not extras else functools.partial(apply_fn, **extras)
     ev = config.eval
     return inference.super_resolve(
         fn, lr_uint8.astype(np.float32) / 255.0, scale=config.scale,
-        multiple=models.input_multiple(config), min_size=models.min_input_size(config),
+        multiple=pad_multiple(config), min_size=models.min_input_size(config),
         tile=ev.tile, tile_overlap=ev.tile_overlap, chop=ev.chop,
         self_ensemble=ev.self_ensemble)
 
@@ -90,41 +114,56 @@ def load_samples(config, name: str) -> list:
     ev = config.eval
     return benchmarks.load_set(ev.benchmarks_dir, name, config.scale,
                                use_lr_files=ev.use_lr_files, max_images=ev.max_images,
-                               generated_dir=ev.blind_sets_dir)
+                               generated_dir=ev.blind_sets_dir, gray=ev.get("gray", "gray"))
 
 
 def evaluate_set(config, apply_fn, name: str) -> dict:
     return score_samples(config, apply_fn, name, load_samples(config, name))
 
 
-def score_samples(config, apply_fn, name: str, samples) -> dict:
-    """{'psnr_y', 'ssim_y', ... (means), 'images': {name: row}} of the samples of one set."""
-    ev = config.eval
-    per_image = {}
+def score_sample(config, apply_fn, sample) -> dict:
+    """The row of one (HR, LR) sample: PSNR/SSIM (+ bicubic, + the model's extra metrics)."""
+    t0 = time.perf_counter()
     wanted = models.eval_extras(config)
     prepare = models.prepare_extras_fn(config)
     more_metrics = models.extra_metrics_fn(config)
-    for s in samples:
-        t0 = time.perf_counter()
-        extras = {k: v for k, v in prepare(config, s.extras).items() if k in wanted}
-        sr = metrics.quantize(super_resolve(config, apply_fn, s.lr, extras))
-        row = score(config, sr, s.hr)
-        if more_metrics is not None:
-            row.update(more_metrics(config, apply_fn.model, apply_fn.params, s.lr, s.extras))
-        if ev.get("compare_bicubic", True) and models.has_params(config):
-            row["bicubic_psnr_y"] = score(config, bicubic_upscale(s.lr, config.scale), s.hr)["psnr_y"]
-        row["seconds"] = time.perf_counter() - t0
-        per_image[s.name] = row
-        logging.info("%s/%s: %s", name, s.name, row)
-    summary = {k: float(np.mean([r[k] for r in per_image.values()]))
-               for k in next(iter(per_image.values())) if k != "seconds"}
+    extras = {k: v for k, v in prepare(config, sample.extras).items() if k in wanted}
+    sr = metrics.quantize(super_resolve(config, apply_fn, sample.lr, extras))
+    row = score(config, sr, sample.hr)
+    if more_metrics is not None:
+        row.update(more_metrics(config, apply_fn.model, apply_fn.params, sample.lr,
+                                sample.extras))
+    if config.eval.get("compare_bicubic", True) and models.has_params(config):
+        row["bicubic_psnr_y"] = score(config, bicubic_upscale(sample.lr, config.scale),
+                                      sample.hr)["psnr_y"]
+    row["seconds"] = time.perf_counter() - t0
+    return row
+
+
+def score_samples(config, apply_fn, name: str, samples, devices=None) -> dict:
+    """{'psnr_y', 'ssim_y', ... (means), 'images': {name: row}} of the samples of one set,
+    spread over every device of every process (jaxsr.eval_engine; `devices`: this
+    process's, default all it evaluates on); the same on every process, and bit-identical
+    to a one-device run."""
+    fns = eval_engine.per_device(apply_fn, devices)
+    shapes = [padded_lr_shape(config, s.lr) for s in samples]
+
+    def work(device, i):
+        row = score_sample(config, fns[device], samples[i])
+        logging.info("%s/%s: %s", name, samples[i].name, row)
+        return row
+
+    rows = eval_engine.run([h * w for h, w in shapes], shapes, work, what=name,
+                           names=[s.name for s in samples], devices=devices)
+    per_image = {s.name: row for s, row in zip(samples, rows)}
+    summary = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "seconds"}
     return {**summary, "images": per_image}
 
 
 # Settings that change the numbers: every entry records them, and results of different
 # settings get different keys in results.json instead of replacing each other.
 EVAL_SETTINGS = ("chop", "self_ensemble", "tile", "tile_overlap", "max_images", "use_lr_files",
-                 "use_ema", "crop_border", "round_y", "test_y_channel")
+                 "use_ema", "crop_border", "round_y", "test_y_channel", "gray", "pad_to")
 MODEL_SETTINGS = ("n_hashes", "chunk_size", "sigma")
 
 
@@ -181,7 +220,8 @@ def evaluate(config, workdir: str, step: int | str | None = None) -> dict:
     model, params, meta = load_checkpoint(config, workdir, step)
     apply_fn = make_apply_fn(model, params)
     key = result_key(config, _training_config(workdir), has_ema="ema_decay" in meta)
-    results, failed, path = {}, [], None
+    results, failed = {}, []
+    path = paths.join(workdir, "eval", "results.json")
     for name in config.eval.datasets:
         try:
             entry = make_entry(config, evaluate_set(config, apply_fn, name), meta)
@@ -192,9 +232,10 @@ def evaluate(config, workdir: str, step: int | str | None = None) -> dict:
             failed.append(f"{name}: {fileio.describe_error(e, 1000)}")
             continue
         results[name] = {key: entry}
-        path = write_results(workdir, {name: {key: entry}})
-        logging.info("%s %s: written to %s", name, key, path)
-    if results:
+        if distributed.is_primary():       # every process has every score: one writer
+            path = write_results(workdir, {name: {key: entry}})
+            logging.info("%s %s: written to %s", name, key, path)
+    if results and distributed.is_primary():
         print(format_table(results, config))
         print(f"results (step {meta.get('step')}, key {key!r}): {path}")
     if failed:
@@ -289,5 +330,6 @@ def format_table(results: dict, config) -> str:
             lines.append(line)
     crop = config.scale if config.eval.crop_border < 0 else config.eval.crop_border
     y_round = "Y rounded" if config.eval.round_y else "Y not rounded, as BasicSR/EDSR"
-    lines.append(PROTOCOL.format(crop=crop, y_round=y_round))
+    lines.append(PROTOCOL.format(crop=crop, y_round=y_round,
+                                 gray=GRAY_TEXT[config.eval.get("gray", "gray")]))
     return "\n".join(lines)

@@ -4,6 +4,7 @@ device has, and reflect-padded batched runs. The layer under jaxsr.inference (ti
 self-ensemble, automatic tiling) and anything else that runs a model on images."""
 import collections
 import functools
+import threading
 from typing import Callable, Optional
 
 import jax
@@ -31,6 +32,7 @@ class BoundApply:
     def __init__(self, model, params, compute_dtype=jnp.float32, **apply_kwargs):
         self.model, self.params = model, params
         self.compute_dtype = compute_dtype
+        self.device = None          # where `on` put the params (None: as given)
         kwargs = dict(train=False, **apply_kwargs)
         # Per-image inputs (e.g. a blur kernel) are keyword arguments of the call.
         self._fn = jax.jit(lambda p, x, **extras: precision.apply(
@@ -42,15 +44,30 @@ class BoundApply:
     def lower(self, x, **extras):
         return self._fn.lower(self.params, x, **extras)
 
+    def on(self, device) -> "BoundApply":
+        """The same function with the params on `device`: it shares this one's jit (and
+        its compile cache entry), and runs where its params are (jaxsr.eval_engine)."""
+        other = object.__new__(BoundApply)
+        other.__dict__.update(self.__dict__)
+        other.params = jax.device_put(self.params, device)
+        other.device = device
+        return other
 
-def bind(model, params, compute_dtype=jnp.float32, **apply_kwargs) -> BoundApply:
+
+def bind(model, params, compute_dtype=jnp.float32, device=None,
+         **apply_kwargs) -> BoundApply:
     """The `apply_fn` for `super_resolve` (deterministic eval: no 'lsh' rng), computed
-    in `compute_dtype` (e.g. `precision.compute_dtype(config)`; default float32)."""
-    return BoundApply(model, jax.device_put(params), compute_dtype, **apply_kwargs)
+    in `compute_dtype` (e.g. `precision.compute_dtype(config)`; default float32), with
+    the params on `device` (default: the default device)."""
+    bound = BoundApply(model, params, compute_dtype, **apply_kwargs)
+    return bound.on(device if device is not None else jax.local_devices()[0])
 
 
 _CACHE_FNS = 4  # functions whose executables are kept (LRU); also pins their ids
 _compiled: "collections.OrderedDict[int, tuple]" = collections.OrderedDict()
+# Evaluation runs one thread per local device (jaxsr.eval_engine): the table is shared,
+# the compiles themselves run outside the lock, in parallel.
+_lock = threading.Lock()
 
 
 def _split(apply_fn: ApplyFn):
@@ -67,9 +84,16 @@ def _split(apply_fn: ApplyFn):
     return apply_fn, (), {}
 
 
+def _placement(x):
+    """The devices a JAX array lives on (an executable runs only where it was compiled for:
+    the same params on another device need their own compile), None for host values."""
+    return tuple(sorted(d.id for d in x.devices())) if isinstance(x, jax.Array) else None
+
+
 def _signature(tree) -> tuple:
     leaves, treedef = jax.tree.flatten(tree)
-    return (treedef,) + tuple((np.shape(x), str(getattr(x, "dtype", type(x)))) for x in leaves)
+    return (treedef,) + tuple((np.shape(x), str(getattr(x, "dtype", type(x))), _placement(x))
+                              for x in leaves)
 
 
 def compiled_forward(apply_fn: ApplyFn, shape):
@@ -77,20 +101,23 @@ def compiled_forward(apply_fn: ApplyFn, shape):
     compiled once per function and shape (and shapes of bound arguments)."""
     fn, args, kwargs = _split(apply_fn)
     key = id(fn)
-    if key not in _compiled or _compiled[key][0] is not fn:
-        lowerable = fn if hasattr(fn, "lower") else jax.jit(fn)
-        _compiled[key] = (fn, lowerable, {})
-        while len(_compiled) > _CACHE_FNS:
-            _compiled.popitem(last=False)
-    _compiled.move_to_end(key)
-    _, lowerable, table = _compiled[key]
     shape = tuple(int(s) for s in shape)
     sig = (shape, _signature((args, kwargs)) if (args or kwargs) else ())
-    if sig not in table:
+    with _lock:
+        if key not in _compiled or _compiled[key][0] is not fn:
+            lowerable = fn if hasattr(fn, "lower") else jax.jit(fn)
+            _compiled[key] = (fn, lowerable, {})
+            while len(_compiled) > _CACHE_FNS:
+                _compiled.popitem(last=False)
+        _compiled.move_to_end(key)
+        _, lowerable, table = _compiled[key]
+        hit = table.get(sig)
+    if hit is None:
         spec = jax.ShapeDtypeStruct(shape, jnp.float32)
         compiled = lowerable.lower(*args, spec, **kwargs).compile()
-        table[sig] = (compiled, compiled.memory_analysis())
-    compiled, stats = table[sig]
+        with _lock:
+            hit = table.setdefault(sig, (compiled, compiled.memory_analysis()))
+    compiled, stats = hit
     return (lambda x: compiled(*args, x, **kwargs)), stats
 
 

@@ -12,6 +12,12 @@ bicubic; pick the scale with `--config.scale=4`). Any image mode is accepted (gr
 RGBA as in evaluation: `jaxsr.data.images.read_rgb`); outputs are RGB PNGs named like the
 inputs.
 
+Several processes (one per host of a pod, or loopback; the jax.distributed flags below, as
+`jaxsr.main` takes them) split a folder: each image runs on one device of one process
+(jaxsr.eval_engine) and is written by that process, so --output must be a folder every
+host sees (gs:// or a shared file system); process 0 checks at the end that it sees every
+output. Inputs and outputs may be gs:// folders.
+
 Nothing is lost: before any work, inputs whose outputs would collide (a.jpg and a.png)
 get outputs named a_jpg.png and a_png.png, an output that would replace an input (or an
 output folder that is the input folder) is refused, and existing outputs are refused unless
@@ -30,10 +36,11 @@ import re
 import sys
 from typing import Optional, Sequence
 
+import jax
 import numpy as np
 from absl import app, flags, logging
 
-from jaxsr import config_util, inference, metrics, models
+from jaxsr import config_util, distributed, eval_engine, inference, metrics, models, paths
 from jaxsr.data import images
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir with config.json and checkpoints, "
@@ -55,6 +62,14 @@ _STEP = flags.DEFINE_string("step", None, "Checkpoint step, or 'best' (DIR/best,
                             "validation; default: latest).")
 _OVERWRITE = flags.DEFINE_boolean("overwrite", False, "Replace existing output files "
                                   "(inputs are never replaced).")
+_DISTRIBUTED = flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
+                                 "jax.distributed start-up, as jaxsr.main's flag.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "HOST:PORT of process 0 (multi-process runs).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_HEARTBEAT = flags.DEFINE_integer("heartbeat_timeout", 100, "Seconds without a heartbeat "
+                                  "after which a process counts as lost.")
 
 _OVERRIDES: list[str] = []
 
@@ -151,6 +166,13 @@ class Upscaler:
             multiple=models.input_multiple(config), min_size=models.min_input_size(config))
         self.apply_fn = inference.bind(model, params)
 
+    def on(self, device) -> "Upscaler":
+        """This upscaler with its params on `device` (jaxsr.eval_engine)."""
+        other = object.__new__(Upscaler)
+        other.__dict__.update(self.__dict__)
+        other.apply_fn = self.apply_fn.on(device)
+        return other
+
     @classmethod
     def from_workdir(cls, workdir: str, overrides: Sequence[str] = (),
                      step: "Optional[int | str]" = None, **options) -> "Upscaler":
@@ -231,15 +253,20 @@ def _png_name(path: str) -> str:
     return os.path.splitext(os.path.basename(path))[0] + ".png"
 
 
+def _real(path: str) -> str:
+    """What two names of one file share: the resolved path, or the URL (gs://)."""
+    return path.rstrip("/") if paths.is_remote(path) else os.path.realpath(path)
+
+
 def output_pairs(inp: str, out: str) -> list[tuple[str, str]]:
     """(input, output) paths: a folder maps to a folder of <name>.png (<name>_<ext>.png for
     inputs that share a name); a file to `out`, or to out/<name>.png when `out` is a folder
-    (existing, ending in '/', or without an extension)."""
-    if os.path.isdir(inp):
+    (existing, ending in '/', or without an extension). Either may be gs://."""
+    if paths.isdir(inp):
         files = images.list_images(inp)
         if not files:
             raise FileNotFoundError(f"no images ({', '.join(images.IMAGE_EXTENSIONS)}) in {inp}")
-        if os.path.realpath(out) == os.path.realpath(inp):
+        if _real(out) == _real(inp):
             raise ValueError(f"--output {out} is the input folder: the results would replace "
                              "or mix with the originals; choose another --output folder")
         names = [_png_name(f) for f in files]
@@ -247,18 +274,18 @@ def output_pairs(inp: str, out: str) -> list[tuple[str, str]]:
         names = [n if counts[n] == 1 else
                  f"{n[:-4]}_{os.path.splitext(f)[1][1:].lower()}.png"
                  for f, n in zip(files, names)]
-        return [(f, os.path.join(out, n)) for f, n in zip(files, names)]
-    if not os.path.exists(inp):
+        return [(f, paths.join(out, n)) for f, n in zip(files, names)]
+    if not paths.exists(inp):
         raise FileNotFoundError(f"--input {inp} does not exist")
-    as_dir = (os.path.isdir(out) or out.endswith(("/", os.sep))
-              or not os.path.splitext(out)[1])
-    return [(inp, os.path.join(out, _png_name(inp)) if as_dir else out)]
+    as_dir = (out.endswith(("/", os.sep)) or not os.path.splitext(out)[1]
+              or paths.isdir(out))
+    return [(inp, paths.join(out, _png_name(inp)) if as_dir else out)]
 
 
 def check_pairs(pairs, overwrite: bool = False) -> None:
     """Refuses, before any work, outputs that collide, replace an input or (without
     `overwrite`) an existing file."""
-    real = lambda p: os.path.realpath(p)
+    real = _real
     inputs = {real(src) for src, _ in pairs}
     seen, problems, existing = {}, [], []
     for src, dst in pairs:
@@ -266,7 +293,7 @@ def check_pairs(pairs, overwrite: bool = False) -> None:
             problems.append(f"{dst} would replace an input image")
         elif real(dst) in seen:
             problems.append(f"{src} and {seen[real(dst)]} would both be written to {dst}")
-        elif os.path.lexists(dst):
+        elif paths.exists(dst):
             existing.append(dst)
         seen[real(dst)] = src
     if problems:
@@ -311,29 +338,58 @@ def upscale_one(up: Upscaler, src: str, dst: str, overwrite: bool, progress: boo
         raise OSError(e.errno, f"could not write {dst}: {e.strerror or e}") from e
 
 
-def upscale_files(up: Upscaler, pairs, progress: bool = True,
-                  overwrite: bool = False) -> list[tuple[str, str]]:
-    """Upscales each (input, output) pair; an image that cannot be read, does not fit in
-    memory or cannot be written is skipped and returned as (path, reason) after the
-    others are done."""
-    from tqdm import tqdm
-    failed = []
-    bar = tqdm(pairs, desc="images", unit="img", disable=not progress or len(pairs) < 2)
-    for src, dst in bar:
-        bar.set_postfix_str(os.path.basename(src))
+def upscale_files(up: Upscaler, pairs, progress: bool = True, overwrite: bool = False,
+                  devices=None) -> list[tuple[str, str]]:
+    """Upscales each (input, output) pair, spread over `devices` (default: all that
+    evaluation uses) of every process (jaxsr.eval_engine), each output written by the
+    process that made it; an image that cannot be read, does not fit in memory or cannot be
+    written is skipped and returned as (path, reason), on every process, after the others
+    are done."""
+    ups = {d: up.on(d) for d in (devices or eval_engine.eval_devices())}
+    alone = len(ups) == 1 and jax.process_count() == 1   # tile bars only then
+
+    def work(device, i):
+        src, dst = pairs[i]
         try:
-            upscale_one(up, src, dst, overwrite, progress)
+            upscale_one(ups[device], src, dst, overwrite, progress and alone)
         except (images.ImageReadError, MemoryError, OSError) as e:
             logging.error("%s", e)
-            failed.append((src, str(e)))
-    return failed
+            return {"failed": str(e)}
+        return {}
+
+    rows = eval_engine.run([1] * len(pairs), [0] * len(pairs), work, what="images",
+                           names=[src for src, _ in pairs], bar=progress,
+                           devices=list(ups))
+    return [(src, r["failed"]) for (src, _), r in zip(pairs, rows) if "failed" in r]
+
+
+def missing_outputs(pairs, failed) -> list[str]:
+    """Outputs of a multi-process run this process cannot see (another host wrote them to
+    a folder that is not shared)."""
+    skipped = {src for src, _ in failed}
+    return [dst for src, dst in pairs if src not in skipped and not paths.exists(dst)]
+
+
+def upscale_all(up: Upscaler, pairs) -> tuple[list, list]:
+    """(failed, outputs process 0 cannot see) of the command's folder, every process."""
+    if jax.process_count() > 1:               # every process checked before any writes
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("jaxsr.upscale: outputs checked")
+    failed = upscale_files(up, pairs, overwrite=_OVERWRITE.value)
+    unseen = missing_outputs(pairs, failed) if jax.process_count() > 1 else []
+    distributed.mark_finished()
+    return failed, unseen
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)   # no backend-probing INFO lines
-    try:
+    from jaxsr import exit_bound, faults
+    try:                 # multi-process: supervised, a lost peer gives one message (faults)
+        faults.start("upscale", _WORKDIR.value, _DISTRIBUTED.value, _COORDINATOR.value,
+                     _NUM_PROCESSES.value, _PROCESS_ID.value,
+                     heartbeat_timeout_s=_HEARTBEAT.value)
         pairs = output_pairs(_INPUT.value, _OUTPUT.value)
         check_pairs(pairs, _OVERWRITE.value)
         up = Upscaler.from_workdir(
@@ -342,9 +398,21 @@ def main(argv):
             max_memory=_MAX_MEMORY.value, tile_batch=_TILE_BATCH.value)
     except (ValueError, OSError) as e:        # OSError: missing/existing/damaged files
         sys.exit(f"error: {e}")
-    failed = upscale_files(up, pairs, overwrite=_OVERWRITE.value)
-    print(f"upscaled {len(pairs) - len(failed)} of {len(pairs)} image(s) x{up.scale} "
-          f"-> {_OUTPUT.value}")
+    with exit_bound.bound():          # ends with its status whatever threads remain
+        with faults.guard():
+            failed, unseen = upscale_all(up, pairs)
+        report(up, pairs, failed, unseen)
+
+
+def report(up: Upscaler, pairs, failed, unseen) -> None:
+    """Process 0's summary; exits 1 (every process) when an image failed."""
+    if distributed.is_primary():
+        print(f"upscaled {len(pairs) - len(failed)} of {len(pairs)} image(s) x{up.scale} "
+              f"-> {_OUTPUT.value}")
+    if unseen and distributed.is_primary():
+        sys.exit(f"error: {len(unseen)} output(s) written by other processes are not in "
+                 f"{_OUTPUT.value} as process 0 sees it (e.g. {unseen[0]}): give --output a "
+                 "folder all hosts share (gs:// or a shared file system)")
     if failed:
         sys.exit(f"failed ({len(failed)}):\n  " + "\n  ".join(f"{p}: {r}" for p, r in failed))
 

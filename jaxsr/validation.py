@@ -18,15 +18,14 @@ leaves a complete best that best.json (or, before it is rewritten, the latest st
 
 Validation reads the state between steps and changes nothing in it, the data iterator or
 the RNG, so a run with validation trains exactly as one without. In a multi-process run
-every process scores every image on its own devices with the replicated weights, so the
-numbers are those of a one-process evaluation of the step (tests/test_pod_faults.py).
-Every process takes part rather than process 0 alone because the best checkpoint is a
-collective Orbax save all must join, and because the others would otherwise sit in a
-barrier for the whole evaluation, with no collective to tell a slow evaluation from a
-lost process; the evaluation adds no collective of its own, so a lost peer is caught by
-jaxsr.faults as during training. Process 0's score decides whether the step is the new
-best (broadcast, so all processes join the same save), and only process 0 writes
-metrics, TensorBoard images, best.json and config.json.
+the images are spread over every device of every process (jaxsr.eval_engine: each image
+alone on one device, with the replicated weights) and the per-image scores gathered to
+every process, so the numbers are those of a one-process evaluation of the step, bit for
+bit (tests/test_pod_eval.py, tests/test_pod_faults.py). The gather is the evaluation's
+one collective; a lost peer is caught by jaxsr.faults as during training. Process 0's
+verdict on whether the step is the new best is broadcast, so all processes join the same
+(collective) Orbax save, and only process 0 makes the previews and writes metrics,
+TensorBoard images, best.json and config.json.
 """
 import logging
 import math
@@ -125,8 +124,9 @@ class Validator:
         results = {n: evaluate.score_samples(self.config, apply_fn, n, samples)
                    for n, samples in self.samples.items()}
         images = {}
-        for n, samples in self.samples.items():
-            images.update(preview_images(self.config, apply_fn, samples[0], n))
+        if distributed.is_primary():      # the previews are process 0's alone to write
+            for n, samples in self.samples.items():
+                images.update(preview_images(self.config, apply_fn, samples[0], n))
         scalars = {**flat_metrics(results), "val/seconds": time.perf_counter() - t0}
         self.writer.write(step, scalars)
         self.writer.write_images(step, images)

@@ -4,14 +4,24 @@ Also reads BasicSR's layout (`<Set>/GTmod12` + `<Set>/LRbicx<s>/<name>.png`). Wh
 files exist they are made on the fly with the MATLAB-exact bicubic from the modcropped HR,
 which is how the shipped LR files were made. `skimage_val` is the held-out part of the
 embedded demo photos. Other names (blurred/noisy sets, DIV2KRK) resolve through
-`jaxsr.data.blind_sets`.
+`jaxsr.data.blind_sets`. The root may be a gs:// folder (jaxsr.paths; one listing per
+folder, one read per image).
+
+Grayscale ground truths (Set14 bridge.png), `gray` (config.eval.gray): 'gray' keeps their
+one channel, scored against the luma of the SR output (the MATLAB scripts behind the
+published tables); 'y' keeps them replicated to RGB, scored on Y like every other image
+(the EDSR-PyTorch and BasicSR Python testers): +20 log10(255/219) = +1.32 dB on PSNR for
+such an image. The model sees an RGB LR either way.
 """
 import os
 from typing import NamedTuple
 
 import numpy as np
 
+from jaxsr import paths
 from jaxsr.data import images
+
+GRAY_CONVENTIONS = ("gray", "y")
 
 
 class Sample(NamedTuple):
@@ -26,28 +36,40 @@ def bicubic_lr(hr: np.ndarray, scale: int) -> np.ndarray:
     return imresize_np(images.modcrop(hr, scale), 1.0 / scale)
 
 
+def check_gray(gray: str) -> str:
+    if gray not in GRAY_CONVENTIONS:
+        raise ValueError(f"config.eval.gray={gray!r}: use 'gray' (grayscale ground truths "
+                         "scored on their one channel, as MATLAB) or 'y' (replicated to RGB "
+                         "and scored on Y, as the EDSR-PyTorch/BasicSR testers)")
+    return gray
+
+
 def _hr_dir(set_dir: str) -> str | None:
+    if not paths.isdir(set_dir):
+        return None
+    found = set(paths.listdir(set_dir))
     for sub in ("HR", "GTmod12", "GT"):
-        if os.path.isdir(os.path.join(set_dir, sub)):
-            return os.path.join(set_dir, sub)
+        if sub in found and paths.isdir(paths.join(set_dir, sub)):
+            return paths.join(set_dir, sub)
     return None
 
 
-def _lr_file(set_dir: str, stem: str, scale: int) -> str | None:
-    for path in (os.path.join(set_dir, "LR_bicubic", f"X{scale}", f"{stem}x{scale}.png"),
-                 os.path.join(set_dir, f"LRbicx{scale}", f"{stem}.png")):
-        if os.path.isfile(path):
-            return path
-    return None
+def _lr_files(set_dir: str, scale: int) -> dict:
+    """{HR stem: LR file} of the LR folders that exist (each listed once)."""
+    out = {}
+    for folder, suffix in ((paths.join(set_dir, f"LRbicx{scale}"), ".png"),
+                           (paths.join(set_dir, "LR_bicubic", f"X{scale}"), f"x{scale}.png")):
+        if paths.isdir(folder):
+            out.update({f[:-len(suffix)]: paths.join(folder, f)
+                        for f in paths.listdir(folder) if f.endswith(suffix)})
+    return out
 
 
-def _pair(hr_path: str, set_dir: str, scale: int, use_lr_files: bool) -> Sample:
-    stem = os.path.splitext(os.path.basename(hr_path))[0]
+def _pair(hr_path: str, lr_files: dict, scale: int, gray: str) -> Sample:
+    stem = os.path.splitext(paths.basename(hr_path))[0]
     hr = images.modcrop(images.read_rgb(hr_path), scale)
-    # A grayscale ground truth is scored on its one channel (the MATLAB scripts behind the
-    # published tables); the model still sees an RGB LR.
-    gt = hr[:, :, :1] if images.is_grayscale_file(hr_path) else hr
-    lr_path = _lr_file(set_dir, stem, scale) if use_lr_files else None
+    gt = hr[:, :, :1] if gray == "gray" and images.is_grayscale_file(hr_path) else hr
+    lr_path = lr_files.get(stem)
     if lr_path is None:
         return Sample(stem, gt, bicubic_lr(hr, scale), {})
     lr = images.read_rgb(lr_path)
@@ -60,36 +82,39 @@ def _pair(hr_path: str, set_dir: str, scale: int, use_lr_files: bool) -> Sample:
 
 
 def available_sets(root: str) -> list[str]:
-    if not os.path.isdir(root):
+    if not paths.isdir(root):
         return []
-    return sorted(d for d in os.listdir(root) if _hr_dir(os.path.join(root, d)))
+    return sorted(d for d in paths.listdir(root) if _hr_dir(paths.join(root, d)))
 
 
 def load_set(root: str, name: str, scale: int, *, use_lr_files: bool = True,
-             max_images: int = 0, generated_dir: str = "") -> list[Sample]:
-    """All (HR, LR) pairs of one benchmark set, sorted by name."""
+             max_images: int = 0, generated_dir: str = "", gray: str = "gray") -> list[Sample]:
+    """All (HR, LR) pairs of one benchmark set, sorted by name; `gray`: how a grayscale
+    ground truth is kept (module docstring)."""
+    check_gray(gray)
     if name == "skimage_val":
         from jaxsr.data import pipeline
-        paths = pipeline.skimage_paths("val")
         samples = [Sample(os.path.splitext(os.path.basename(p))[0],
-                          images.modcrop(images.read_rgb(p), scale), None, {}) for p in paths]
+                          images.modcrop(images.read_rgb(p), scale), None, {})
+                   for p in pipeline.skimage_paths("val")]
         samples = [s._replace(lr=bicubic_lr(s.hr, scale)) for s in samples]
         return samples[:max_images] if max_images else samples
-    if not os.path.isdir(root):
+    if not paths.isdir(root):
         raise FileNotFoundError(
             f"config.eval.benchmarks_dir={root!r} does not exist: get the standard sets with "
             "`python -m jaxsr.tools.data get benchmarks --out data` (then "
             "--config.eval.benchmarks_dir=data/benchmarks, or JAXSR_DATA=data)")
-    set_dir = os.path.join(root, name)
+    set_dir = paths.join(root, name)
     hr_dir = _hr_dir(set_dir)
     if hr_dir is None:
         return _load_derived_set(root, name, scale, max_images, generated_dir)
-    paths = images.list_images(hr_dir)
-    if not paths:
+    files = images.list_images(hr_dir)
+    if not files:
         raise FileNotFoundError(f"benchmark set {name}: no images in {hr_dir}")
     if max_images:
-        paths = paths[:max_images]
-    return [_pair(p, set_dir, scale, use_lr_files) for p in paths]
+        files = files[:max_images]
+    lr_files = _lr_files(set_dir, scale) if use_lr_files else {}
+    return [_pair(p, lr_files, scale, gray) for p in files]
 
 
 def _load_derived_set(root: str, name: str, scale: int, max_images: int,
@@ -103,7 +128,7 @@ def _load_derived_set(root: str, name: str, scale: int, max_images: int,
     except (ImportError, KeyError):
         sets = available_sets(root)
         raise FileNotFoundError(
-            f"benchmark set {name!r} not found: no folder {os.path.join(root, name)}/HR "
+            f"benchmark set {name!r} not found: no folder {paths.join(root, name)}/HR "
             f"(config.eval.benchmarks_dir={root!r} has: {', '.join(sets) or 'nothing'}; "
             "blind sets are named e.g. Set5_gaussian8, Set14_BD, Set5_DN15, DIV2KRK)") from None
     return [Sample(*s) for s in samples]

@@ -23,6 +23,7 @@ kernels/*.npy and manifest.json (kernel file, sigma, noise level, seed per image
 import collections.abc
 import dataclasses
 import functools
+import io
 import json
 import os
 import re
@@ -31,7 +32,7 @@ import zlib
 import numpy as np
 
 from jaxsr.data import degradations as D
-from jaxsr import fileio
+from jaxsr import fileio, paths
 from jaxsr.data import div2krk, images
 
 GAUSSIAN8 = {2: (0.80, 1.60), 3: (1.35, 2.40), 4: (1.80, 3.20)}
@@ -98,14 +99,15 @@ def _read_hr(path: str, scale: int) -> np.ndarray:
 
 
 def _hr_paths(benchmarks_dir: str, base: str) -> list[str]:
-    root = os.path.join(benchmarks_dir, base)
-    hr_dir = os.path.join(root, "HR")
-    if not os.path.isdir(root):
+    root = paths.join(benchmarks_dir, base)
+    hr_dir = paths.join(root, "HR")
+    if not paths.isdir(root):
         raise FileNotFoundError(f"benchmark set {base!r} not found: {root}")
-    paths = images.list_images(hr_dir if os.path.isdir(hr_dir) else root)
-    if not paths:
-        raise FileNotFoundError(f"no HR images in {hr_dir if os.path.isdir(hr_dir) else root}")
-    return paths
+    folder = hr_dir if paths.isdir(hr_dir) else root
+    found = images.list_images(folder)
+    if not found:
+        raise FileNotFoundError(f"no HR images in {folder}")
+    return found
 
 
 class BlindSet(collections.abc.Sequence):
@@ -124,14 +126,14 @@ class BlindSet(collections.abc.Sequence):
 
 
 def _stem(path: str) -> str:
-    return os.path.splitext(os.path.basename(path))[0]
+    return os.path.splitext(paths.basename(path))[0]
 
 
 def _generated(benchmarks_dir, name, base, kind, scale, max_images, seed) -> BlindSet:
-    paths = _hr_paths(benchmarks_dir, base)
-    paths = paths[:max_images] if max_images > 0 else paths
+    hr_files = _hr_paths(benchmarks_dir, base)
+    hr_files = hr_files[:max_images] if max_images > 0 else hr_files
     items = []
-    for p in paths:
+    for p in hr_files:
         if kind == "gaussian8":
             items += [{"name": f"{_stem(p)}_k{i}", "hr": p, "sigma": float(s), "kernel_index": i}
                       for i, s in enumerate(gaussian8_sigmas(scale))]
@@ -150,8 +152,7 @@ def _generated(benchmarks_dir, name, base, kind, scale, max_images, seed) -> Bli
 
 
 def _from_folder(folder: str, name: str, scale: int, max_images: int) -> BlindSet:
-    with open(os.path.join(folder, MANIFEST)) as f:
-        man = json.load(f)
+    man = json.loads(paths.read_text(paths.join(folder, MANIFEST)))
     if int(man.get("scale", -1)) != scale or man.get("name", "").lower() != name.lower():
         raise ValueError(f"{folder}/{MANIFEST} describes {man.get('name')} x{man.get('scale')}, "
                          f"not {name} x{scale}")
@@ -161,10 +162,11 @@ def _from_folder(folder: str, name: str, scale: int, max_images: int) -> BlindSe
         items = [it for it in items if it["hr"] in set(stems)]
 
     def load(it):
-        hr = _read_hr(os.path.join(folder, it["hr"]), scale)
-        lr = images.read_rgb(os.path.join(folder, it["lr"]))
+        hr = _read_hr(paths.join(folder, it["hr"]), scale)
+        lr = images.read_rgb(paths.join(folder, it["lr"]))
         extra = {k: v for k, v in it.items() if k not in ("name", "hr", "lr", "kernel")}
-        extra["kernel"] = np.load(os.path.join(folder, it["kernel"])) if it.get("kernel") else None
+        extra["kernel"] = (np.load(io.BytesIO(paths.read_bytes(paths.join(folder, it["kernel"]))))
+                           if it.get("kernel") else None)
         if extra["kernel"] is not None:       # manifests written before these were stored
             for key in ("downsample", "blur_mode"):
                 extra.setdefault(key, man.get("spec", {}).get(key))
@@ -174,7 +176,7 @@ def _from_folder(folder: str, name: str, scale: int, max_images: int) -> BlindSe
 
 
 def set_folder(out_dir: str, name: str, scale: int) -> str:
-    return os.path.join(out_dir, name, f"X{scale}")
+    return paths.join(out_dir, name, f"X{scale}")
 
 
 def load_set(benchmarks_dir: str, name: str, scale: int, generated_dir: str = "",
@@ -196,7 +198,7 @@ def load_set(benchmarks_dir: str, name: str, scale: int, generated_dir: str = ""
         es = es[:max_images] if max_images > 0 else es
         return BlindSet(name, scale, es, lambda e: div2krk.load_entry(e, scale))
     folder = set_folder(generated_dir, name, scale) if generated_dir else ""
-    if folder and os.path.isfile(os.path.join(folder, MANIFEST)):
+    if folder and paths.isfile(paths.join(folder, MANIFEST)):
         return _from_folder(folder, name, scale, max_images)
     return _generated(benchmarks_dir, name, base, kind, scale, max_images, seed)
 
@@ -211,7 +213,7 @@ def write_set(benchmarks_dir: str, name: str, scale: int, out_dir: str, max_imag
         raise ValueError(f"{name!r} is not a set that can be generated (DIV2KRK ships its own "
                          "LR; plain sets are bicubic: use make_lr --hr)")
     folder = set_folder(out_dir, name, scale)
-    if not overwrite and os.path.isdir(folder) and os.listdir(folder):
+    if not overwrite and paths.isdir(folder) and paths.listdir(folder):
         raise fileio.OverwriteError(f"{folder} already holds a set; not overwriting it "
                                     "(pass --overwrite to replace its files)")
     ds = _generated(benchmarks_dir, name, *parsed, scale, max_images, seed)
@@ -220,14 +222,14 @@ def write_set(benchmarks_dir: str, name: str, scale: int, out_dir: str, max_imag
         img_name, hr, lr, extra = ds._loader(it)
         hr_rel, lr_rel = f"HR/{_stem(it['hr'])}.png", f"LR/{img_name}.png"
         if hr_rel not in written:
-            fileio.write_png(os.path.join(folder, hr_rel), hr, overwrite=overwrite)
+            fileio.write_png(paths.join(folder, hr_rel), hr, overwrite=overwrite)
             written.add(hr_rel)
-        fileio.write_png(os.path.join(folder, lr_rel), lr, overwrite=overwrite)
+        fileio.write_png(paths.join(folder, lr_rel), lr, overwrite=overwrite)
         entry = {"name": img_name, "hr": hr_rel, "lr": lr_rel, "kernel": None}
         if extra.get("kernel") is not None:
             kname = f"k{it['kernel_index']}" if "kernel_index" in it else img_name
             entry["kernel"] = f"kernels/{kname}.npy"
-            kpath = os.path.join(folder, entry["kernel"])
+            kpath = paths.join(folder, entry["kernel"])
             if kpath not in written:          # Gaussian8: one file per kernel, shared
                 fileio.write_npy(kpath, extra["kernel"], overwrite=overwrite)
                 written.add(kpath)
@@ -235,12 +237,12 @@ def write_set(benchmarks_dir: str, name: str, scale: int, out_dir: str, max_imag
         entries.append(entry)
     spec = kind_spec(parsed[1], scale, gaussian8_sigmas(scale)[0] if parsed[1] == "gaussian8"
                      else None)
-    man = {"name": name, "scale": scale, "source": os.path.join(benchmarks_dir, parsed[0]),
+    man = {"name": name, "scale": scale, "source": paths.join(benchmarks_dir, parsed[0]),
            "kind": parsed[1], "seed": seed, "spec": dataclasses.asdict(spec), "images": entries}
     if parsed[1] == "gaussian8":
         man["sigmas"] = [float(s) for s in gaussian8_sigmas(scale)]
         man["spec"]["sigma_min"] = man["spec"]["sigma_max"] = None   # per image: 'sigma'
-    fileio.write_json(os.path.join(folder, MANIFEST), man, overwrite=overwrite, indent=1)
+    fileio.write_json(paths.join(folder, MANIFEST), man, overwrite=overwrite, indent=1)
     return folder
 
 
