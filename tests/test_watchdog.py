@@ -1,0 +1,103 @@
+"""A run that stops making progress ends with one message within a bound:
+
+  stall   a tiny training whose input pipeline stalls for real (an image folder whose
+          reads block forever from sample 40 on: tests/blocking_images.py) is ended by
+          the step watchdog (jaxsr.faults.StepWatchdog): exit status 75, one message
+          naming the process, where its main thread waits and the last checkpoint
+  killed  2 processes evaluating (`--mode evaluate`, loopback), SIGKILL to process 1:
+          process 0, which waits for process 1's scores, stops within the heartbeat
+          bound with exit status 75 and one message (jaxsr.faults.PeerWatch)
+"""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from jaxsr import checkpoint, faults, models
+from test_distributed import Processes, free_port
+from test_exit_bound import REPO, TINY, command, run_until, tiny_config
+from test_inference import random_params
+from test_pod_eval import start, tiny_config as tiny_eval_config
+from tests import blocking_images
+
+# The watchdog's limit here: 20 x the step time, at least MIN_S (the first step: FLOOR_S).
+MIN_S, FLOOR_S = 2, 120
+STALL_BOUND_S = MIN_S + 25      # + the step time x 20 and a loaded machine's slack
+HEARTBEAT_S = 5
+KILL_BOUND_S = HEARTBEAT_S + 15     # as tests/test_pod_faults.py
+
+
+def test_a_stalled_input_pipeline_ends_the_run_with_one_message(tmp_path, xla_cache_env):
+    folder = blocking_images.make_folder(tmp_path / "hr")
+    settings = {**TINY, "train.num_steps": 1000, "train.watchdog_min_s": MIN_S,
+                "train.watchdog_floor_s": FLOOR_S}
+    # Step k pulls batch k + 1 (one ahead): sample 40 (batch 6) holds step 5 back.
+    fifo = blocking_images.block_at(folder, tiny_config(folder, settings),
+                                    5 * TINY["train.batch_size"])
+    log = tmp_path / "train.log"
+    try:
+        code, seconds = run_until(command(tmp_path / "run", folder, settings), xla_cache_env,
+                                  log, "step 4:", fifo)
+    finally:
+        fifo.stop()
+    text = log.read_text()
+    messages = [m for m in text.splitlines() if m.startswith("jaxsr: training stalled")]
+    assert code == faults.PEER_LOST_EXIT, text[-3000:]
+    assert len(messages) == 1, text[-3000:]
+    assert "process 0 of 1 stalled: no training step completed for" in messages[0]
+    assert "after step 4 (limit" in messages[0]
+    assert "its main thread waits in jaxsr/train.py:" in messages[0]
+    assert "(device_batches)" in messages[0]            # the input pipeline
+    assert f"The last complete checkpoint is step 3 in {tmp_path / 'run'}" in messages[0]
+    assert checkpoint.latest_step(str(tmp_path / "run")) == 3
+    assert "Traceback" not in text
+    assert seconds < STALL_BOUND_S, f"{seconds:.1f} s after step 4: {text[-3000:]}"
+    print(f"stalled run exited {code} {seconds:.1f} s after its last step:\n{messages[0]}")
+
+
+def wait_for(text, log, proc, deadline_s=180):
+    deadline = time.monotonic() + deadline_s
+    while text not in log.read_text():
+        assert time.monotonic() < deadline and proc.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.05)
+
+
+def test_a_killed_evaluation_process_stops_the_other_within_the_bound(tmp_path,
+                                                                      xla_cache_env):
+    config = tiny_eval_config()
+    checkpoint.save_params(str(tmp_path / "wd"), random_params(models.build_model(config)),
+                           config)
+    env = dict(xla_cache_env, PYTHONUNBUFFERED="1",
+               XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    args = ["jaxsr.main", "--mode=evaluate", "--config=configs/edsr.py:small",
+            f"--workdir={tmp_path / 'wd'}", "--config.model.n_resblocks=2",
+            "--config.model.n_feats=8", "--config.eval.datasets=('skimage_val',)",
+            f"--heartbeat_timeout={HEARTBEAT_S}"]
+    port, logs = free_port(), [tmp_path / f"eval_{i}.log" for i in range(2)]
+    with Processes() as procs:
+        started = [start(procs, args, logs[i], env, (port, 2, i)) for i in range(2)]
+        wait_for("process 1 of 2, 1 local / 2 global devices", logs[1], started[1])
+        os.kill(started[1].pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        try:
+            code = started[0].wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            pytest.fail("process 0 still running 120 s after process 1 was killed: "
+                        + logs[0].read_text()[-3000:])
+        seconds = time.monotonic() - killed_at
+    text = logs[0].read_text()
+    messages = [m for m in text.splitlines()
+                if m.startswith("jaxsr: multi-process evaluation stopped")]
+    assert code == faults.PEER_LOST_EXIT, text[-3000:]
+    assert len(messages) == 1, text[-3000:]
+    assert "process 1 of 2 was lost" in messages[0]
+    assert f"{tmp_path / 'wd'}/eval/results.json" in messages[0]
+    assert re.search(r"\n  \S*python\S* -m jaxsr\.main .*--process_id=0", text)
+    assert "core dumped" not in text.lower() and "Traceback" not in text
+    assert seconds < KILL_BOUND_S, f"{seconds:.1f} s: {text[-3000:]}"
+    print(f"survivor exited {code} {seconds:.1f} s after SIGKILL (heartbeat {HEARTBEAT_S} s):"
+          f"\n{messages[0]}")
