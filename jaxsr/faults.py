@@ -1,4 +1,5 @@
-"""A lost process in a multi-process run: every survivor stops within a bound, with one message.
+"""A lost or stalled process in a multi-process run (training, `--mode evaluate`, a
+multi-process `jaxsr.upscale`): every survivor stops within a bound, with one message.
 
 Without this, JAX's coordination service reacts to a dead task by aborting every other
 task from one of its own threads (LOG(FATAL): exit 134, a core dump) after a screen of
@@ -7,19 +8,23 @@ Here:
 
 1. The service runs in recoverable mode (`jax_enable_recoverability`), so it only marks a
    task dead (no heartbeat for `heartbeat_timeout_s`) instead of aborting everyone.
-2. `PeerWatch`, a thread in every process during training, asks the service which
+2. `PeerWatch`, a thread in every process during the work, asks the service which
    processes are alive every `poll_s` seconds; when one is missing it reports it and ends
    its process (os._exit: the main thread may sit in a collective that never returns).
-3. `guard()` around the training loop: an error of a collective in the main thread (gloo:
-   "connection reset by peer") waits for the watch's verdict before it counts as a training
-   error.
-4. `supervise()` forks before JAX starts; the parent waits for the training child and turns
-   its end into the message (which process was lost, the last complete checkpoint, the
-   command that resumes) and exit status PEER_LOST_EXIT. A child ended by a signal is
+3. `guard()` around the work (training loop, evaluation, upscaling): an error of a
+   collective in the main thread (gloo: "connection reset by peer") waits for the watch's
+   verdict before it counts as an error of the work.
+4. `supervise()` (through `start`) forks before JAX starts; the parent waits for the child
+   and turns its end into the message (which process was lost, what is kept: the last
+   complete checkpoint or the results so far, the command to run again) and exit status
+   PEER_LOST_EXIT. A child ended by a signal is
    reported the same way: when the coordinator (process 0) itself vanishes, XLA's client
    aborts the process from its own thread, which no Python code can intercept. Core dumps
    are switched off in the child; SIGTERM/SIGINT/SIGHUP are forwarded to it, and on Linux
    it dies with the supervisor (killing the supervisor's pid kills the run).
+5. `StepWatchdog` in the training loop: a process that still heartbeats but completes no
+   step (a deadlocked input thread, a hung collective) within its limit notes 'stalled'
+   with the service (the others' PeerWatch stops them at once) and ends the same way.
 
 What a save left half-written is never picked up: Orbax commits a step by renaming its
 temporary folder (gs://: a commit_success.txt), and resume reads the latest committed one.
@@ -152,7 +157,8 @@ _MODES = {
                  "score the rest, start every process again with the same command:",
                  "an evaluation error"),
     "upscale": ("upscaling", "The images written before are complete (each is written "
-                "atomically). To finish, start every process again with the same command:",
+                "atomically). To finish, start every process again with the same command "
+                "plus --overwrite (else the outputs already there are refused):",
                 "an upscaling error"),
 }
 

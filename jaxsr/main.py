@@ -13,9 +13,11 @@ Any config field can be overridden: `--config.train.num_steps=100`.
 Multi-process (one process per host; see README "Multi-host"): on Cloud TPU, SLURM or Open
 MPI the processes find each other; elsewhere pass `--coordinator_address=HOST:PORT
 --num_processes=N --process_id=I` (or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
-JAX_PROCESS_ID) to every process. When one process is lost (no heartbeat for
---heartbeat_timeout s) the others stop with one message and exit status 75 (a training
-error exits 1); rerun the same command (docs/distributed.md).
+JAX_PROCESS_ID) to every process (train and evaluate alike). When one process is lost (no
+heartbeat for --heartbeat_timeout s) or stalls (no training step within
+config.train.watchdog_*), the others stop with one message and exit status 75 (an error
+of the work exits 1); rerun the same command (docs/distributed.md). A command whose work
+is done ends within --exit_timeout s whatever its data reader threads do.
 """
 import logging
 

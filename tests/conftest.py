@@ -105,9 +105,22 @@ def pytest_runtest_logreport(report):
         _recorded[report.nodeid] = _recorded.get(report.nodeid, 0.0) + report.duration
 
 
+_exit_status = [0]
+
+
 def pytest_sessionfinish(session, exitstatus):
+    _exit_status[0] = int(exitstatus)
     out = os.environ.get("JAXSR_RECORD_DURATIONS")
     is_xdist_worker = hasattr(session.config, "workerinput")   # the controller writes
     if out and _recorded and not is_xdist_worker:
         pathlib.Path(out).write_text(json.dumps(
             {k: round(v, 3) for k, v in sorted(_recorded.items())}, indent=0) + "\n")
+
+
+def pytest_unconfigure(config):
+    """pytest exits within a bound, with its status, even when a test left a data reader
+    blocked forever (Grain prefetch threads in an ArrayRecord read from a stopped storage
+    emulator), which interpreter shutdown would join forever (jaxsr.exit_bound)."""
+    if not hasattr(config, "workerinput"):         # an xdist worker: execnet ends it
+        from jaxsr import exit_bound
+        exit_bound.end_within(_exit_status[0])
