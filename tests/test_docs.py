@@ -49,7 +49,7 @@ def command_tokens(rest: str) -> list[str]:
         for tok in lexer:
             if tok and set(tok) <= set(";&|<>"):
                 break
-            tokens.append(tok)
+            tokens.append(re.sub(r"\$\{?\w+\}?", "0", tok))   # a shell variable: some value
     except ValueError:               # an unclosed quote: the outer quote of e.g. ssh --command
         return command_tokens(rest.rsplit('"', 1)[0])
     return tokens
