@@ -122,7 +122,7 @@ def test_absl_commands_parse():
             out, err = p.communicate(payload, timeout=120)
         except subprocess.TimeoutExpired:
             p.kill()
-            p.communicate()
+            p.communicate(timeout=10)
             raise
         assert p.returncode == 0, (module, err[-2000:])
         errors += json.loads(out.strip().splitlines()[-1])
