@@ -7,7 +7,8 @@ into contiguous runs of about equal pixel count, one run per global slot (local 
 of process p is slot p * L + l). Every process computes the same deal from the shapes
 alone. A device so meets only a few of a set's shapes, and compiles only those, in
 parallel with the other devices (Urban100 x2 has 37 LR shapes: 37 compiles on one device,
-at most 3 per chip on 32 chips; docs/protocol.md lists the counts).
+at most 10 per device on 8, 4 on 32; docs/protocol.md lists the counts). A process takes
+one CPU device, all its accelerators (`eval_devices`), one thread each.
 
 Exactness: every image runs alone, at its own shape (padded as on one device: the model's
 input multiple and config.eval.pad_to), through the same compiled program, so its SR

@@ -17,13 +17,13 @@ import subprocess
 import sys
 import time
 
-import jax
 import numpy as np
 import pytest
 
+from tests.test_cloud_storage import emulator  # noqa: F401,I001 (fixture; sets up gcsfs first)
 from test_distributed import REPO, Processes, free_port
 from test_inference import random_params
-from jaxsr import checkpoint, config_util, eval_engine, evaluate, models
+from jaxsr import checkpoint, config_util, eval_engine, evaluate, models, paths, upscale
 from jaxsr.data import benchmarks
 
 DEADLINE_S = 300        # all launches together, on a loaded 2-core machine
@@ -265,3 +265,29 @@ def test_pad_to_changes_the_padded_shape_and_the_result_key():
     assert evaluate.result_key(c, None) == "x2 pad_to=16"
     c.eval.pad_to, c.eval.gray = 0, "y"
     assert evaluate.result_key(c, None) == "x2 gray=y"
+
+
+def test_benchmarks_and_upscale_folders_may_be_gs(emulator, shared_data, tmp_path):  # noqa: F811
+    """benchmarks_dir and upscale's --input/--output in a bucket (the emulator) give what
+    the local folders give."""
+    set5 = shared_data / "benchmarks" / "Set5"
+    lr_dir = set5 / "LR_bicubic" / "X2"
+    paths._fs().put(str(set5 / "HR") + "/", "bucket/bench/Set5/HR", recursive=True)
+    paths._fs().put(str(lr_dir) + "/", "bucket/bench/Set5/LR_bicubic/X2", recursive=True)
+    local = benchmarks.load_set(str(shared_data / "benchmarks"), "Set5", 2)
+    remote = benchmarks.load_set("gs://bucket/bench", "Set5", 2)
+    assert [s.name for s in remote] == [s.name for s in local] and len(local) == 5
+    for a, b in zip(local, remote):
+        np.testing.assert_array_equal(a.hr, b.hr)
+        np.testing.assert_array_equal(a.lr, b.lr)
+    up = upscale.Upscaler.from_workdir("bicubic", ["scale=2"])
+    pairs = upscale.output_pairs("gs://bucket/bench/Set5/LR_bicubic/X2", "gs://bucket/out")
+    upscale.check_pairs(pairs)
+    assert upscale.upscale_files(up, pairs, progress=False) == []
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        upscale.check_pairs(pairs)
+    mine = upscale.output_pairs(str(lr_dir), str(tmp_path / "out"))
+    assert upscale.upscale_files(up, mine, progress=False) == []
+    assert [paths.basename(d) for _, d in pairs] == [os.path.basename(d) for _, d in mine]
+    for (_, remote_out), (_, local_out) in zip(pairs, mine):
+        assert paths.read_bytes(remote_out) == open(local_out, "rb").read()
