@@ -20,7 +20,7 @@ from typing import Callable, Dict
 
 import numpy as np
 
-from jaxsr import fileio
+from jaxsr import config_base, fileio
 from jaxsr.data.images import is_grayscale_file, list_images, modcrop, read_rgb
 from jaxsr.ops.imresize import imresize_np
 
@@ -99,8 +99,8 @@ def main(argv=None) -> int:
                     help="blind test set, e.g. Set5_gaussian8, Set14_BD, B100_DN15 (see "
                          "jaxsr.data.blind_sets), made from --benchmarks/<Set>/HR into "
                          "<out>/<name>/X<s>/ with a manifest.json; repeat for several")
-    ap.add_argument("--benchmarks", default="../shared/data/benchmarks",
-                    help="benchmarks folder for --blind_set")
+    ap.add_argument("--benchmarks", default=os.path.join(config_base.data_root(), "benchmarks"),
+                    help="benchmarks folder for --blind_set (default: config.eval.benchmarks_dir's)")
     ap.add_argument("--overwrite", action="store_true",
                     help="replace existing output files (refused by default)")
     args = ap.parse_args(argv)
