@@ -44,10 +44,15 @@ def gather_sorted(x, positions, undo, pad: int):
 
     positions [N, R, P] (P = L + pad): each round's sorted order followed by a copy of
     its last `pad` entries (`lsh.chunk_indices`); undo [N, R, L] the inverse of the
-    first L (undo[n, r, positions[n, r, i]] = i for i < L)."""
-    n, length = x.shape[:2]
-    flat = positions + (jnp.arange(n, dtype=positions.dtype) * length)[:, None, None]
-    return _rows(x).at[flat].get(mode="promise_in_bounds")
+    first L (undo[n, r, positions[n, r, i]] = i for i < L). The gathers are per item
+    (vmap: a batch dimension), so that a batch sharded over chips stays sharded: one
+    gather of rows of the flattened [N*L, D] table makes the SPMD partitioner all-gather
+    the table over the chips first."""
+    return jax.vmap(_take_rows)(x, positions)
+
+
+def _take_rows(x, idx):
+    return x.at[idx].get(mode="promise_in_bounds")
 
 
 def _gather_sorted_fwd(x, positions, undo, pad):
@@ -58,17 +63,21 @@ def _gather_sorted_bwd(pad, res, g):
     """dx[n, l] = sum_r g[n, r, undo[n, r, l]] (+ g at undo + pad for the entries whose
     copy is in the padding): gathers, where autodiff would scatter-add."""
     positions, undo = res
-    n, n_rounds, padded = g.shape[:3]
+    return jax.vmap(functools.partial(_unsort_cotangent, pad=pad))(g, undo), None, None
+
+
+def _unsort_cotangent(g, undo, pad: int):
+    """One item: g [R, P, D], undo [R, L] -> [L, D] summed over the rounds."""
+    n_rounds, padded = g.shape[:2]
     length = undo.shape[-1]
-    base = (jnp.arange(n * n_rounds, dtype=undo.dtype) * padded).reshape(n, n_rounds, 1)
-    g_rows = g.reshape((-1,) + g.shape[3:])
-    d = g_rows.at[undo + base].get(mode="promise_in_bounds")          # [N, R, L, D]
+    flat = undo + (jnp.arange(n_rounds, dtype=undo.dtype) * padded)[:, None]
+    g_rows = g.reshape((-1,) + g.shape[2:])
+    d = _take_rows(g_rows, flat)                                       # [R, L, D]
     if pad:
         copied = undo >= length - pad                 # sorted slots L-pad.. reappear at +pad
-        dup = g_rows.at[jnp.where(copied, undo + pad, undo) + base].get(
-            mode="promise_in_bounds")
+        dup = _take_rows(g_rows, jnp.where(copied, flat + pad, flat))
         d = d + jnp.where(copied[..., None], dup, jnp.zeros_like(dup))
-    return jnp.sum(d.astype(F32), axis=1).astype(g.dtype), None, None
+    return jnp.sum(d.astype(F32), axis=0).astype(g.dtype)
 
 
 gather_sorted.defvjp(_gather_sorted_fwd, _gather_sorted_bwd)
