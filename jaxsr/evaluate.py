@@ -16,6 +16,11 @@ config.eval.use_ema (default), else the raw params; every entry's settings say w
 checkpoint get their own key ("x2 use_ema=False"), beside the EMA ones. `step='best'`
 scores DIR/best (jaxsr.validation). Training's validation (jaxsr.validation) scores with
 the same functions (load_samples, score_samples).
+
+Started on every host of a pod (one process each), the images of each set are spread over
+every device of every process (jaxsr.eval_engine; the scores are bit-identical to one
+device's) and gathered to all; process 0 alone writes results.json and prints the table.
+The benchmarks must be the same for every process: one gs:// folder, or identical copies.
 """
 import functools
 import json

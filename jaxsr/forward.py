@@ -139,9 +139,17 @@ def forward_memory_bytes(apply_fn: ApplyFn, shape) -> int:
     return int(max(total, getattr(stats, "peak_memory_in_bytes", 0) or 0))
 
 
+def device_of(apply_fn):
+    """The device a `bind`/`BoundApply.on` function (or a partial of one) runs on, else
+    None."""
+    fn = apply_fn.func if isinstance(apply_fn, functools.partial) else apply_fn
+    return getattr(fn, "device", None)
+
+
 def available_memory_bytes(device=None) -> Optional[int]:
-    """Free memory of `device` (accelerators: memory_stats; CPU: MemAvailable)."""
-    device = device or jax.devices()[0]
+    """Free memory of `device` (default: this process's first; accelerators:
+    memory_stats; CPU: MemAvailable)."""
+    device = device or jax.local_devices()[0]
     try:
         stats = device.memory_stats()
     except Exception:  # backends without memory stats

@@ -31,8 +31,8 @@ import numpy as np
 from absl import logging
 
 from jaxsr.forward import (  # noqa: F401 (bind, BoundApply, ...: entry points used via inference)
-    ApplyFn, BoundApply, available_memory_bytes, bind, compiled_forward, forward_memory_bytes,
-    num_compiled, pad_image, padded_size, run_batch)
+    ApplyFn, BoundApply, available_memory_bytes, bind, compiled_forward, device_of,
+    forward_memory_bytes, num_compiled, pad_image, padded_size, run_batch)
 
 
 # ---------------------------------------------------------------------------------------
@@ -289,7 +289,7 @@ def _auto_tile(apply_fn, shape_hwc, *, multiple, min_size, tile_overlap, max_mem
     """0 (whole image) when the compiled whole-image forward fits, else a tile size."""
     ph, pw = (padded_size(s, multiple, min_size) for s in shape_hwc[:2])
     est = forward_memory_bytes(apply_fn, (1, ph, pw, shape_hwc[2]))
-    budget = max_memory if max_memory else available_memory_bytes()
+    budget = max_memory if max_memory else available_memory_bytes(device_of(apply_fn))
     info.update(mode="whole", estimated_bytes=est, budget_bytes=budget)
     if not budget or est <= budget:
         return 0
