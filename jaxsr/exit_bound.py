@@ -17,10 +17,10 @@ import threading
 EXIT_GRACE_S = 10.0   # default of jaxsr.main's --exit_timeout
 
 
-def _other_threads() -> list[threading.Thread]:
-    """The threads interpreter shutdown waits for (non-daemon, alive, not this one)."""
-    me = threading.current_thread()
-    return [t for t in threading.enumerate() if t is not me and not t.daemon and t.is_alive()]
+def _awaited_threads() -> list[threading.Thread]:
+    """The threads the exiting main thread waits for (non-daemon, alive)."""
+    return [t for t in threading.enumerate()
+            if t is not threading.main_thread() and not t.daemon and t.is_alive()]
 
 
 def end_within(status: int, grace_s: float = EXIT_GRACE_S) -> None:
@@ -44,7 +44,7 @@ def end_within(status: int, grace_s: float = EXIT_GRACE_S) -> None:
         logging.warning("jaxsr: the work is done, but %s still running %g s later (e.g. "
                         "a data reader blocked on storage that stopped answering); ending "
                         "the process with exit status %d without them",
-                        ", ".join(sorted({t.name for t in _other_threads()})) or "a thread",
+                        ", ".join(sorted({t.name for t in _awaited_threads()})) or "a thread",
                         grace_s, status)
         distributed.leave()
         handlers = threading.Thread(target=atexit._run_exitfuncs, daemon=True,
