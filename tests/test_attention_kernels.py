@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxsr.attention import chunked, lsh
+from jaxsr.attention import chunked, lsh, sorted_chunks
 from jaxsr.attention.kernels import sorted_chunk_attention
 
 
@@ -61,10 +61,15 @@ def assert_close(got, want, rtol, what):
     assert err <= rtol * scale, f"{what}: max error {err:.3g} > {rtol} x max {scale:.3g}"
 
 
-def assert_matches(shape, channels, gla, dtype=jnp.float32, rtol=2e-6):
+def sorted_reference(q, k, v, key_bias):
+    """The scatter-free XLA path on the same sorted tables (same interface)."""
+    return sorted_chunks.sorted_chunk_attention(q, k, v, key_bias, self_keys=key_bias is None)
+
+
+def assert_matches(shape, channels, gla, dtype=jnp.float32, rtol=2e-6, ref=xla_reference):
     args = tables(shape, channels, gla, dtype)
     (o, lse), grads = outputs_and_grads(kernels, *args)
-    (o_ref, lse_ref), grads_ref = outputs_and_grads(xla_reference, *args)
+    (o_ref, lse_ref), grads_ref = outputs_and_grads(ref, *args)
     assert o.shape == o_ref.shape and o.dtype == jnp.float32 and lse.dtype == jnp.float32
     assert_close(o, o_ref, rtol, "o")
     assert_close(lse, lse_ref, rtol, "lse")
@@ -73,21 +78,53 @@ def assert_matches(shape, channels, gla, dtype=jnp.float32, rtol=2e-6):
         assert_close(g, g_ref, rtol * 2, name)
 
 
-@pytest.mark.parametrize("shape,channels", [
-    ((2, 3, 8, 4), 6),       # M = 3: every chunk's look-around wraps at one end or both
-    ((1, 2, 8, 4), 5),       # M = 2: the neighbour twice
-    ((3, 1, 5, 3), 7),       # M = 1: the chunk three times; odd sizes
-])
-@pytest.mark.parametrize("gla", [False, True], ids=["nlsa", "gla"])
+# (tables, channels, GLA?): the look-around cases once each (NLSA and GLA share it).
+@pytest.mark.parametrize("shape,channels,gla", [
+    ((2, 3, 8, 4), 6, False),    # M = 3: every chunk's look-around wraps at one end or both
+    ((2, 3, 8, 4), 6, True),
+    ((1, 2, 8, 4), 5, True),     # M = 2: the neighbour twice
+    ((3, 1, 5, 3), 7, False),    # M = 1: the chunk three times; odd sizes
+], ids=["nlsa-M3", "gla-M3", "gla-M2", "nlsa-M1-odd"])
 def test_kernels_match_xla_path(shape, channels, gla):
     assert_matches(shape, channels, gla)
 
 
+def test_kernels_match_sorted_xla_path():
+    """The sorted-table XLA path (rolls for the look-around) gives the same results."""
+    assert_matches((2, 4, 8, 4), 6, True, ref=sorted_reference)
+
+
 @pytest.mark.parametrize("gla", [False, True], ids=["nlsa", "gla"])
-def test_unaligned_chunk_size_144(gla):
+def test_whole_lsh_attention_with_kernels(gla):
+    """batched_lsh_attention with attention_impl='pallas' (hash, sort, gather into sorted
+    chunk order, kernels, unsort, merge) equals today's looped path, with gradients: the
+    tables reach the kernels in the layout the interface promises. 2 items, L = 100
+    (padded to 4 chunks of 32 by tail copies), 2 rounds."""
+    rng = np.random.default_rng(3)
+    n, length, size = 2, 100, 32
+    q = jnp.asarray(rng.standard_normal((n, length, 4)), jnp.float32)
+    v = jnp.asarray(rng.standard_normal((n, length, 6)), jnp.float32)
+    bias = jnp.asarray(rng.standard_normal((n, length, size)), jnp.float32) if gla else None
+    kind = lsh.SUPERBIT if gla else lsh.CROSS_POLYTOPE
+    rot = lsh.fixed_rotations(0, "t", kind, 4, 2, lsh.num_buckets(length, size))
+    w = jnp.asarray(rng.standard_normal((n, length, 6)), jnp.float32)
+
+    def run(impl):
+        def loss(q, v, b):
+            out = lsh.batched_lsh_attention(q, v, rot, size, kind, b, impl=impl)
+            return jnp.sum(out * w), out
+        return jax.jit(jax.grad(loss, (0, 1, 2) if gla else (0, 1), has_aux=True))(q, v, bias)
+    grads, out = run("pallas")
+    grads_ref, out_ref = run("xla")
+    assert_close(out, out_ref, 2e-6, "output")
+    for name, g, g_ref in zip(("dq", "dv", "dkey_bias"), grads, grads_ref):
+        assert_close(g, g_ref, 4e-6, name)
+
+
+def test_unaligned_chunk_size_144():
     """NLSN's K = 144 is not a multiple of the 128-lane tile: the kernels take whole
     chunks as blocks (Mosaic accepts a block equal to the array dimension), unpadded."""
-    assert_matches((1, 4, 144, 4), 8, gla)
+    assert_matches((1, 4, 144, 4), 8, gla=False)
 
 
 @pytest.mark.parametrize("gla", [False, True], ids=["nlsa", "gla"])
