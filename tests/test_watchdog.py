@@ -101,3 +101,42 @@ def test_a_killed_evaluation_process_stops_the_other_within_the_bound(tmp_path,
     assert seconds < KILL_BOUND_S, f"{seconds:.1f} s: {text[-3000:]}"
     print(f"survivor exited {code} {seconds:.1f} s after SIGKILL (heartbeat {HEARTBEAT_S} s):"
           f"\n{messages[0]}")
+
+
+# ----------------------------------------------------------------------------------------
+# In-process: the limits the watchdog computes (no launches, a fake clock).
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_limits_follow_the_measured_step_time_and_the_host_waits(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(faults.time, "monotonic", clock)
+    dog = faults.StepWatchdog(factor=10, floor_s=300, min_s=1, workdir="unused")
+    assert dog.limit()[0] == 300                    # the first step: compiles
+    for step, seconds in ((1, 50.0), (2, 0.5), (3, 0.5)):
+        clock.now += seconds
+        dog.step_done(step)
+    assert dog.limit()[0] == 5.0                    # 10 x (1.0 s / 2 steps measured)
+    clock.now += 0.5
+    dog.step_done(4, waits=True)                    # the host then waits for steps 1-4
+    assert dog.limit()[0] == 10 * 0.5 * 4
+    clock.now += 2.0                                # steps 1-4 finished in the wait
+    dog.step_done(5, waits=True, slow=True)         # + a checkpoint save
+    assert dog.limit()[0] == 300
+    clock.now += 250.0                              # the save: not a step time
+    dog.step_done(6)
+    assert dog.limit() == (10 * 3.5 / 7, dog.limit()[1])   # (0.5 x 3 + 2.0) s / 7 steps
+    assert "watchdog_min_s=1" in dog.limit()[1]
+
+
+@pytest.mark.parametrize("key,value", [("factor", -1), ("floor_s", 0), ("min_s", "9")])
+def test_bad_watchdog_settings_name_the_config_key(key, value):
+    settings = {"factor": 20, "floor_s": 900, "min_s": 60, key: value}
+    with pytest.raises(ValueError, match=f"config.train.watchdog_{key}="):
+        faults.StepWatchdog(workdir="unused", **settings)
