@@ -23,6 +23,17 @@ def _awaited_threads() -> list[threading.Thread]:
             if t is not threading.main_thread() and not t.daemon and t.is_alive()]
 
 
+def flush_and_exit(status: int) -> None:
+    """Ends the process now (from any thread: no joins, no exit handlers) after flushing
+    stdout and stderr."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
+
+
 def end_within(status: int, grace_s: float = EXIT_GRACE_S) -> None:
     """Called when the work is done (checkpoints committed, results written):
     the process ends within `grace_s` of the interpreter's own exit, with `status`.
@@ -51,12 +62,7 @@ def end_within(status: int, grace_s: float = EXIT_GRACE_S) -> None:
                                     name="jaxsr-atexit")
         handlers.start()
         handlers.join(grace_s)
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
-        os._exit(status)
+        flush_and_exit(status)
 
     atexit.register(done.set)       # the last registered runs first, after the joins
     threading.Thread(target=bound, name="jaxsr-exit-bound", daemon=True).start()

@@ -207,12 +207,8 @@ def report_and_exit(text: str) -> None:
             os.write(_REPORT_FD, text.encode())
         except OSError:
             pass
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(PEER_LOST_EXIT)
+    from jaxsr import exit_bound
+    exit_bound.flush_and_exit(PEER_LOST_EXIT)
 
 
 class PeerWatch(threading.Thread):
