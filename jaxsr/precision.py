@@ -113,17 +113,22 @@ def primitive_dtypes(fn, *args) -> collections.Counter:
     """Counts (primitive name, operand dtypes) over the jaxpr of `fn(*args)`, nested
     jaxprs (jit, custom_vjp, scan, ...) included: how tests and docs check which
     convolutions and matmuls really run in bf16."""
-    counts = collections.Counter()
-    _count_eqns(jax.make_jaxpr(fn)(*args).jaxpr, counts)
-    return counts
+    return collections.Counter(
+        (eqn.primitive.name, tuple(str(v.aval.dtype) for v in eqn.invars
+                                   if hasattr(v.aval, "dtype")))
+        for eqn in traced_eqns(fn, *args))
 
 
-def _count_eqns(jaxpr, counts):
+def traced_eqns(fn, *args):
+    """Every equation of the jaxpr of `fn(*args)`, nested jaxprs included."""
+    yield from _eqns(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+def _eqns(jaxpr):
     for eqn in jaxpr.eqns:
         for value in eqn.params.values():
             for sub in value if isinstance(value, (tuple, list)) else (value,):
                 inner = getattr(sub, "jaxpr", None)          # ClosedJaxpr or Jaxpr
                 if inner is not None:
-                    _count_eqns(getattr(inner, "jaxpr", inner), counts)
-        dtypes = tuple(str(v.aval.dtype) for v in eqn.invars if hasattr(v.aval, "dtype"))
-        counts[(eqn.primitive.name, dtypes)] += 1
+                    yield from _eqns(getattr(inner, "jaxpr", inner))
+        yield eqn

@@ -217,3 +217,36 @@ def test_chunk_attention_backward_bf16_at_fixed_buckets():
     for a, b in zip(g16, g32):
         assert np.isfinite(np.asarray(a)).all() and np.isfinite(np.asarray(b)).all()
         assert _cosine(a, b) > 0.999
+
+
+def _dot_precisions(fn, *args):
+    """The `precision` parameter of every dot_general / conv in the jaxpr of fn(*args)."""
+    return [eqn.params["precision"] for eqn in precision.traced_eqns(fn, *args)
+            if eqn.primitive.name in ("dot_general", "conv_general_dilated")]
+
+
+def test_matmul_precision_key_sets_the_precision_of_traced_convs_and_matmuls():
+    import flax.linen as nn
+
+    class ConvDense(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(4)(nn.Conv(4, (3, 3))(x))
+    model, x = ConvDense(), jnp.ones((1, 6, 6, 3))
+    params = model.init(jax.random.PRNGKey(0), x)["params"]
+    config = ml_collections.ConfigDict({"train": {"matmul_precision": "highest"}})
+    name = precision.matmul_precision(config)
+    highest = (jax.lax.Precision.HIGHEST,) * 2
+    got = _dot_precisions(lambda p, x: precision.apply(model, p, x, jnp.float32, name),
+                          params, x)
+    assert len(got) == 2 and all(p == highest for p in got)
+    got = _dot_precisions(lambda p, x: precision.apply(model, p, x, jnp.float32, "default"),
+                          params, x)
+    assert all(p != highest for p in got)
+    config.train.matmul_precision = "tf32"
+    with pytest.raises(ValueError, match="config.train.matmul_precision"):
+        precision.matmul_precision(config)
+    # the hash projection asks for HIGHEST whatever the default
+    rot = jnp.ones((4, 2, 3))
+    assert _dot_precisions(lambda q: lsh.hash_codes(q, rot, 6, lsh.CROSS_POLYTOPE, block=99),
+                           jnp.ones((20, 4))) == [highest]
