@@ -403,6 +403,15 @@ class StepWatchdog(threading.Thread):
         text = (f"process {jax.process_index()} of {jax.process_count()} stalled: no "
                 f"training step completed for {waited:.0f} s after {after} (limit "
                 f"{limit:.3g} s: {why}); its main thread waits in {main_thread_at()}")
+        client = distributed.coordination_client()
+        if client is not None:      # a peer that stalled or was lost first is the cause
+            try:
+                earlier = PeerWatch(client, jax.process_count(), jax.process_index(),
+                                    distributed.settings()["heartbeat_timeout_s"]).check()
+            except Exception:  # noqa: BLE001 - the service is away: this stall is the news
+                earlier = None
+            if earlier:
+                report_and_exit(earlier)
         distributed.note_exit("stalled")
         if _REPORT_FD is None:          # no supervisor: the message is this process's
             print(stop_message(f"training stalled: {text}", self.workdir, "train",

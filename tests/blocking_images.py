@@ -30,15 +30,15 @@ def make_folder(folder) -> str:
     return str(folder)
 
 
-def image_at(config, position: int) -> int:
-    """The image the training stream of `config` (one process) reads at sample
-    `position`, from the real pipeline's batches."""
+def image_at(config, position: int, process_index: int = 0, process_count: int = 1) -> int:
+    """The image the training stream of `config` reads at sample `position` in process
+    `process_index` of `process_count`, from the real pipeline's batches."""
     from jaxsr.data import pipeline
     config = config.copy_and_resolve_references()
     # No reader threads here (the same stream): none may open the FIFO that replaces a file.
     config.data.num_threads = 0
-    batch = config.train.batch_size
-    it = iter(pipeline.train_dataset(config, 0, 1))
+    batch = config.train.batch_size // process_count      # this process's share
+    it = iter(pipeline.train_dataset(config, process_index, process_count))
     try:
         for _ in range(position // batch):
             next(it)
@@ -87,7 +87,8 @@ class FifoImage:
         self._feeder.join(timeout=5)
 
 
-def block_at(folder: str, config, position: int) -> FifoImage:
+def block_at(folder: str, config, position: int, process_index: int = 0,
+             process_count: int = 1) -> FifoImage:
     """From sample `position` on, the training stream of `config` over `folder` blocks
-    (once `stop()` was called on the result)."""
-    return FifoImage(folder, image_at(config, position))
+    in that process (once `stop()` was called on the result)."""
+    return FifoImage(folder, image_at(config, position, process_index, process_count))

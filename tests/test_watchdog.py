@@ -59,6 +59,51 @@ def test_a_stalled_input_pipeline_ends_the_run_with_one_message(tmp_path, xla_ca
     print(f"stalled run exited {code} {seconds:.1f} s after its last step:\n{messages[0]}")
 
 
+def test_a_stall_in_one_process_ends_both_with_one_message_each(tmp_path, xla_cache_env):
+    """2 training processes, each reading its own data shard: process 1's input stalls
+    (sample 20 of its stream, step 5); its watchdog ends it and process 0, which waits
+    for it in the gradient all-reduce, stops as soon as it reads the stall note."""
+    folder = blocking_images.make_folder(tmp_path / "hr")
+    settings = {**TINY, "data.num_shards": 2, "train.num_steps": 1000,
+                "train.watchdog_min_s": MIN_S, "train.watchdog_floor_s": FLOOR_S}
+    per_process = TINY["train.batch_size"] // 2
+    fifo = blocking_images.block_at(folder, tiny_config(folder, settings), 5 * per_process,
+                                    process_index=1, process_count=2)
+    env = dict(xla_cache_env, PYTHONUNBUFFERED="1")
+    port, logs = free_port(), [tmp_path / f"train_{i}.log" for i in range(2)]
+    with Processes() as procs:
+        started = [procs.add(subprocess.Popen(
+            command(tmp_path / "run", folder, settings, [
+                f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                f"--process_id={i}", f"--heartbeat_timeout={HEARTBEAT_S}"]),
+            cwd=REPO, env=env, stdout=open(logs[i], "w"), stderr=subprocess.STDOUT,
+            start_new_session=True)) for i in range(2)]
+        try:
+            for i in range(2):
+                wait_for("training images: ", logs[i], started[i])
+            fifo.stop()                             # both start-up checks are done
+            wait_for("step 4:", logs[0], started[0])
+            last_step = time.monotonic()
+            codes = [p.wait(timeout=120) for p in started]
+        except subprocess.TimeoutExpired:
+            pytest.fail("still running: " + "".join(f.read_text()[-2000:] for f in logs))
+        finally:
+            fifo.stop()
+        seconds = time.monotonic() - last_step
+    texts = [f.read_text() for f in logs]
+    messages = [[m for m in t.splitlines() if m.startswith("jaxsr: multi-process training")]
+                for t in texts]
+    assert codes == [faults.PEER_LOST_EXIT] * 2, texts[0][-2000:] + texts[1][-2000:]
+    assert [len(m) for m in messages] == [1, 1], texts[0][-2000:] + texts[1][-2000:]
+    assert "process 1 of 2 stalled: no training step completed for" in messages[1][0]
+    assert "(device_batches)" in messages[1][0]
+    assert "process 1 of 2 stalled (its step watchdog fired" in messages[0][0]
+    assert "The last complete checkpoint is step 3 in" in messages[0][0]
+    assert seconds < STALL_BOUND_S + HEARTBEAT_S, f"{seconds:.1f} s: {texts[0][-2000:]}"
+    print(f"both exited {codes} {seconds:.1f} s after step 4:\n{messages[1][0]}\n"
+          f"{messages[0][0]}")
+
+
 def wait_for(text, log, proc, deadline_s=180):
     deadline = time.monotonic() + deadline_s
     while text not in log.read_text():
