@@ -77,6 +77,44 @@ def block_rows(kind: str, size: int, repeats: int) -> list[dict]:
     return rows
 
 
+def formulation_rows(repeats: int, sizes=BLOCK_SIZES,
+                     formulations=("looped", "sorted")) -> list[dict]:
+    """One NLSA / GLA block (official sizes, as `block_rows`) forward and forward +
+    backward per formulation of the chunk attention (lsh.FORMULATIONS), alternating:
+    which one 'auto'/'xla' should run on this CPU."""
+    from jaxsr.attention import lsh
+    rows = []
+    for kind in ("nlsa", "gla"):
+        fmod, _ = _block_pair(kind)
+        for size in sizes:
+            x = jnp.asarray(np.random.default_rng(3).random((1, size, size, 64), np.float32))
+            rng = np.random.default_rng(0)
+            params = jax.tree.map(lambda s: rng.normal(0, 0.05, s.shape).astype(s.dtype),
+                                  jax.eval_shape(fmod.init, jax.random.PRNGKey(0), x)["params"])
+            key = jax.random.PRNGKey(1)
+            apply = lambda p, x, k: fmod.apply({"params": p}, x, rngs={"lsh": k})  # noqa: E731
+            for what, fn in (("block_fwd", apply), ("block_fwd_bwd", jax.grad(
+                    lambda p, x, k: jnp.sum(apply(p, x, k)), argnums=(0, 1)))):
+                runs = {}
+                for form in formulations:
+                    with lsh.use_formulation(form):
+                        compiled = jax.jit(fn).lower(params, x, key).compile()
+                    runs[form] = (lambda c=compiled: jax.block_until_ready(c(params, x, key)))
+                t = alternating_medians(runs, repeats)
+                rows.append({"network": kind, "what": what, "size": size,
+                             **{f"{f}_s": t[f] for f in formulations}})
+    return rows
+
+
+def formulation_table(rows: list[dict]) -> str:
+    forms = [k[:-2] for k in rows[0] if k.endswith("_s")]
+    return common.markdown_table(
+        ["block", "what", "map", *[f"{f} ms" for f in forms], f"{forms[-1]}/{forms[0]}"],
+        [[r["network"], r["what"], f"{r['size']}x{r['size']}",
+          *[f"{r[f + '_s'] * 1e3:.1f}" for f in forms],
+          f"{r[forms[-1] + '_s'] / r[forms[0] + '_s']:.2f}"] for r in rows])
+
+
 def official_config(network: str):
     c = common.load_config(f"configs/{network}.py")
     for k, v in OFFICIAL[network].items():
@@ -166,8 +204,19 @@ def main(argv=None):
                     help="torch.set_num_threads (default: torch's, = the cores)")
     ap.add_argument("--out", default=os.path.join(common.REPO, "experiments", "results",
                                                   f"roofline-{socket.gethostname()}.csv"))
+    ap.add_argument("--formulations", action="store_true",
+                    help="only the looped vs sorted chunk-attention rows (CPU choice)")
     args = ap.parse_args(argv)
     common.setup_logging()
+    if args.formulations:
+        rows = formulation_rows(args.repeats)
+        out = os.path.join(os.path.dirname(args.out),
+                           f"attention_formulations-{socket.gethostname()}.md")
+        text = "\n\n".join([f"Machine: {common.machine_info()}", formulation_table(rows),
+                             f"load average at the end: {os.getloadavg()[0]:.2f}"])
+        common.write_text(out, text + "\n")
+        print(text)
+        return
     import torch
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)

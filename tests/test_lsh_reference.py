@@ -61,6 +61,21 @@ def test_gla_matches_numpy_reference(h, w, c, k, r):
     np.testing.assert_allclose(y, expected, atol=2e-4, rtol=2e-4)
 
 
+@pytest.mark.parametrize("kind", ["nlsa", "gla"])
+def test_sorted_path_matches_numpy_reference(kind):
+    """The scatter-free sorted-table path (what attention_impl='xla' runs on TPU/GPU),
+    through the modules (GLA's fc included), on a padded odd-sized map."""
+    h, w, c, k, r = 10, 13, 16, 16, 3
+    x = np.random.default_rng(7).normal(size=(2, h, w, c)).astype(np.float32)
+    module = (NonLocalSparseAttention(chunk_size=k, n_hashes=r, res_scale=0.5) if kind == "nlsa"
+              else GlobalLearnableAttention(chunk_size=k, n_hashes=r))
+    with lsh.use_formulation("sorted"):
+        params, y, rot = _run(module, jnp.asarray(x))
+    expected = (ref.nlsa(x, params, rot, k, 0.5) if kind == "nlsa"
+                else ref.gla(x, params, rot, k, 1.0))
+    np.testing.assert_allclose(y, expected, atol=2e-4, rtol=2e-4)
+
+
 def test_parity_check_detects_a_wrong_padding_rule(monkeypatch):
     """Mutation check: padding with the round's *first* sorted entries (wrap-around)
     instead of a copy of its tail must break the parity, so the padded cases above do
