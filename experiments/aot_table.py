@@ -29,6 +29,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from experiments import hlo_bytes  # noqa: E402
 from jaxsr import aot, config_util  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
@@ -151,14 +152,11 @@ def module_costs(module, shapes: dict, target: str, dtype: str,
             fn = jax.jit(jax.grad(fwd, argnums=(0, 1)) if name == "train_step" else fwd)
             compiled = fn.lower(params, x, rng).compile()
             out[name] = aot.cost_report(compiled)
-            if with_scatters:
-                out[name]["scatters"] = scatter_count(compiled)
+            if with_scatters:      # and where the bytes go (an estimate, hlo_bytes)
+                text = compiled.as_text()
+                out[name]["scatters"] = len(re.findall(r"\bscatter\(", text))
+                out[name]["bytes_by_category"] = hlo_bytes.by_category(text)
     return out
-
-
-def scatter_count(compiled) -> int:
-    """Scatter ops in the optimized HLO (a TPU serialises them: openxla/xla#12982)."""
-    return len(re.findall(r"\bscatter\(", compiled.as_text()))
 
 
 # --modules: one attention module of each paper network alone, 256 channels, at the paper
