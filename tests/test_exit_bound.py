@@ -41,7 +41,7 @@ def command(workdir, folder, settings, extra=()):
     flags = [f"--config.{k}={v}" for k, v in settings.items()]
     return [sys.executable, "-m", "jaxsr.main", "--config", "configs/edsr.py:small",
             "--workdir", str(workdir), f"--config.data.train_dirs=('{folder}',)",
-            "--compile_cache=none", *flags, *extra]
+            *flags, *extra]
 
 
 STARTED = "training images: "      # logged after the start-up checks read every image
