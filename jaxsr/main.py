@@ -80,6 +80,9 @@ def main(argv):
                 compile_options={"target": _TARGET.value, "eval_lr_size": _EVAL_LR.value,
                                  "fit": _FIT_BATCH.value})
         return
+    # Before anything compiles (a multi-process start-up may): JAX decides at its first
+    # compile whether this process uses the cache.
+    compile_cache.setup(_COMPILE_CACHE.value, _CONFIG.value, _WORKDIR.value, _MODE.value)
     try:
         step = checkpoint.parse_step(_STEP.value)
         where = (_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
@@ -92,7 +95,6 @@ def main(argv):
     except ValueError as e:
         raise app.UsageError(str(e))
     with bound:             # ends within --exit_timeout of the work, whatever readers do
-        compile_cache.setup(_COMPILE_CACHE.value, _CONFIG.value, _WORKDIR.value, _MODE.value)
         run.run(_MODE.value, _CONFIG.value, _WORKDIR.value, step=step)
         distributed.mark_finished()
 
