@@ -60,7 +60,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.keep_checkpoints = 3
     c.train.log_every = 50
     c.train.async_checkpoints = True
-    # Step watchdog (jaxsr.faults.StepWatchdog): no step within watchdog_factor x the measured
+    # Step watchdog (jaxsr.watchdog.StepWatchdog): no step within watchdog_factor x the measured
     # step time (at least watchdog_min_s; watchdog_floor_s for compiles, validation, saves)
     # ends the run with a message and exit status 75. 0: off.
     c.train.watchdog_factor = 20.0

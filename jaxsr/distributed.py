@@ -221,16 +221,25 @@ def leave() -> None:
     client = jax_distributed.global_state.client
     if client is None:
         return
-    me, n = jax.process_index(), jax.process_count()
     note_exit("finished" if _finished else "failed")
+    # Finished: the others finish too, keep the service until they are gone. Failed: only
+    # long enough for their watch to read the note (faults.PeerWatch).
+    outlive_others(_SETTINGS["shutdown_timeout_s"] if _finished else 5)
+    jax.distributed.shutdown()
+
+
+def outlive_others(seconds: float) -> None:
+    """In process 0, which hosts the coordination service: waits up to `seconds` while
+    other processes are still connected (their PeerWatch reads this one's exit note
+    first; without the service they would abort)."""
+    from jax._src import distributed as jax_distributed
+    client = jax_distributed.global_state.client
+    if client is None or jax.process_index() != 0:
+        return
+    everyone = list(range(jax.process_count()))
+    deadline = time.monotonic() + seconds
     try:
-        if me == 0:
-            # Finished: the others finish too, keep the service until they are gone.
-            # Failed: only long enough for their watch to read the note (faults.PeerWatch).
-            wait = _SETTINGS["shutdown_timeout_s"] if _finished else 5
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline and len(client.get_live_nodes(list(range(n)))) > 1:
-                time.sleep(0.1)
+        while time.monotonic() < deadline and len(client.get_live_nodes(everyone)) > 1:
+            time.sleep(0.1)
     except Exception as e:  # noqa: BLE001 - the service is gone: nothing left to order
         logging.warning("coordination service at exit: %s", str(e)[:300])
-    jax.distributed.shutdown()

@@ -22,14 +22,14 @@ Here:
    aborts the process from its own thread, which no Python code can intercept. Core dumps
    are switched off in the child; SIGTERM/SIGINT/SIGHUP are forwarded to it, and on Linux
    it dies with the supervisor (killing the supervisor's pid kills the run).
-5. `StepWatchdog` in the training loop: a process that still heartbeats but completes no
-   step (a deadlocked input thread, a hung collective) within its limit notes 'stalled'
-   with the service (the others' PeerWatch stops them at once) and ends the same way.
+5. `jaxsr.watchdog.StepWatchdog` in the training loop: a process that still heartbeats
+   but completes no step (a deadlocked input thread, a hung collective) within its limit
+   notes 'stalled' with the service (the others' PeerWatch stops them at once) and ends
+   the same way.
 
 What a save left half-written is never picked up: Orbax commits a step by renaming its
 temporary folder (gs://: a commit_success.txt), and resume reads the latest committed one.
 """
-import collections
 import logging
 import os
 import resource
@@ -39,7 +39,6 @@ import socket
 import sys
 import threading
 import time
-import traceback
 
 # EX_TEMPFAIL (sysexits.h): "temporary failure; the user is invited to retry". Training
 # errors exit 1, bad usage 1 (absl) or 2; a lost peer exits 75 on every survivor.
@@ -199,6 +198,11 @@ def last_checkpoint(workdir: str) -> str:
     return f"The last complete checkpoint is step {step} in {checkpoint.checkpoint_dir(workdir)}."
 
 
+def supervised() -> bool:
+    """Whether a supervising parent (`supervise`) prints this process's message."""
+    return _REPORT_FD is not None
+
+
 def report_and_exit(text: str) -> None:
     """Ends this process (any thread) with PEER_LOST_EXIT, telling the supervisor why."""
     logging.error("jaxsr: %s", text)
@@ -305,125 +309,4 @@ class guard:
                 time.sleep(self.watch.poll_s)   # the watch ends the process when it is so
         self.watch.stop()
         return False
-
-
-# ----------------------------------------------------------------------------------------
-# Step watchdog: a process that still heartbeats but completes no step.
-
-def main_thread_at() -> str:
-    """Where the main thread waits: its innermost jaxsr frame, and the innermost frame."""
-    frame = sys._current_frames().get(threading.main_thread().ident)
-    if frame is None:
-        return "an unknown place"
-    stack = traceback.extract_stack(frame)
-    ours = [f for f in stack if f"{os.sep}jaxsr{os.sep}" in f.filename]
-    at = [f"{'jaxsr' + f.filename.rsplit(os.sep + 'jaxsr', 1)[1]}:{f.lineno} ({f.name})"
-          for f in ours[-1:]]
-    if not ours or stack[-1] is not ours[-1]:
-        at.append(f"{os.path.basename(stack[-1].filename)}:{stack[-1].lineno} "
-                  f"({stack[-1].name})")
-    return " -> ".join(at)
-
-
-class StepWatchdog(threading.Thread):
-    """Ends the run when no training step completes within its limit.
-
-    Fed by the training loop after each step is dispatched (`step_done`); a deadlocked
-    input thread or a hung collective stops the feed. The limit of a step is `factor` x
-    the measured step time (seconds per step over the run so far), at least `min_s`; a
-    step after which the host waits for the devices (`waits`: log, save, validation) may
-    take that for every step dispatched since the last wait (they finish in it: dispatch
-    is asynchronous). The first step (compiles) and a `slow` one (validation, a
-    checkpoint save) get `floor_s`. On a stall it names this process, where its main
-    thread waits and the last complete checkpoint, notes the stall with the coordination
-    service (the others' PeerWatch stops them at once) and exits with PEER_LOST_EXIT.
-    factor 0: off.
-    """
-
-    def __init__(self, factor: float, floor_s: float, min_s: float, workdir: str):
-        super().__init__(name="jaxsr-step-watchdog", daemon=True)
-        for key, value in (("watchdog_factor", factor), ("watchdog_floor_s", floor_s),
-                           ("watchdog_min_s", min_s)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-                    value >= 0 if key == "watchdog_factor" else value > 0):
-                raise ValueError(f"config.train.{key}={value!r}: give a number > 0 "
-                                 "(watchdog_factor: a multiple of the step time, 0 "
-                                 "switches the watchdog off)")
-        self.factor, self.floor_s, self.min_s = float(factor), float(floor_s), float(min_s)
-        self.workdir = workdir
-        self.poll_s = max(0.1, min(2.0, self.min_s / 4))
-        self._seconds, self._steps = 0.0, 0         # measured, slow steps left out
-        self._last, self._step, self._waited_at = time.monotonic(), None, 0
-        self._pending = None                        # steps the current interval finishes
-        self._halt = threading.Event()
-
-    @classmethod
-    def from_config(cls, train_config, workdir: str) -> "StepWatchdog":
-        get = train_config.get
-        return cls(get("watchdog_factor", 0.0), get("watchdog_floor_s", 900.0),
-                   get("watchdog_min_s", 60.0), workdir)
-
-    def step_done(self, step: int, waits: bool = False, slow: bool = False) -> None:
-        """Step `step` was dispatched; then the host waits for the devices (`waits`),
-        and validates or saves (`slow`)."""
-        now = time.monotonic()
-        if self._step is None:                      # a resumed run starts at its step
-            self._waited_at = step - 1
-        if self._pending is not None:
-            self._seconds += now - self._last
-            self._steps += self._pending
-        self._last, self._step, self._pending = now, step, None if slow else 1
-        if waits:
-            if not slow:
-                self._pending = step - self._waited_at
-            self._waited_at = step
-
-    def limit(self) -> tuple[float, str]:
-        """(seconds, why) the current step may take."""
-        if self._pending is None or not self._steps:
-            return self.floor_s, (f"config.train.watchdog_floor_s={self.floor_s:g}, for "
-                                  "compiles, validation and checkpoint saves")
-        typical = self._seconds / self._steps
-        return max(self.min_s, self.factor * typical * self._pending), (
-            f"config.train.watchdog_factor={self.factor:g} x the measured step time "
-            f"{typical:.3g} s x {self._pending} step(s) in flight, at least "
-            f"config.train.watchdog_min_s={self.min_s:g}")
-
-    def run(self):
-        while not self._halt.wait(self.poll_s):
-            waited = time.monotonic() - self._last
-            limit, why = self.limit()
-            if waited > limit and not self._halt.is_set():
-                self._stalled(waited, limit, why)
-
-    def _stalled(self, waited: float, limit: float, why: str) -> None:
-        import jax
-        from jaxsr import distributed
-        after = f"step {self._step}" if self._step is not None else "the start"
-        text = (f"process {jax.process_index()} of {jax.process_count()} stalled: no "
-                f"training step completed for {waited:.0f} s after {after} (limit "
-                f"{limit:.3g} s: {why}); its main thread waits in {main_thread_at()}")
-        client = distributed.coordination_client()
-        if client is not None:      # a peer that stalled or was lost first is the cause
-            try:
-                earlier = PeerWatch(client, jax.process_count(), jax.process_index(),
-                                    distributed.settings()["heartbeat_timeout_s"]).check()
-            except Exception:  # noqa: BLE001 - the service is away: this stall is the news
-                earlier = None
-            if earlier:
-                report_and_exit(earlier)
-        distributed.note_exit("stalled")
-        if _REPORT_FD is None:          # no supervisor: the message is this process's
-            print(stop_message(f"training stalled: {text}", self.workdir, "train",
-                               "a stalled run"), file=sys.stderr, flush=True)
-        report_and_exit(text)
-
-    def __enter__(self):
-        if self.factor:
-            self._last = time.monotonic()
-            self.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._halt.set()
 

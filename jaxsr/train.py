@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxsr import checkpoint, distributed, faults, objectives, paths, validation
+from jaxsr import checkpoint, distributed, faults, objectives, paths, validation, watchdog
 from jaxsr.data import pipeline, shard_state
 from jaxsr.models import build_model
 
@@ -390,9 +390,9 @@ def _loop(state, objective, config, mngr, data_iter, writer, repl, data_sharding
     nonfinite_step = jax.device_put(np.zeros((), np.int32), repl)
     bar = progress_bar(step, tc.num_steps)
     t0, steps_since = time.perf_counter(), 0
-    # A stall (input deadlock, hung collective) ends the run with a message (jaxsr.faults).
-    watchdog = faults.StepWatchdog.from_config(tc, str(mngr.directory.parent))
-    with distributed.Preemption() as preemption, watchdog:
+    # A stall (input deadlock, hung collective) ends the run with a message.
+    steps_watch = watchdog.StepWatchdog.from_config(tc, str(mngr.directory.parent))
+    with distributed.Preemption() as preemption, steps_watch:
         while step < tc.num_steps:
             hr, data_state = next(batches)
             state, metrics, nonfinite_step = step_fn(state, hr, nonfinite_step)
@@ -403,7 +403,7 @@ def _loop(state, objective, config, mngr, data_iter, writer, repl, data_sharding
             log = step % tc.log_every == 0 or step == tc.num_steps
             save = step % tc.checkpoint_every == 0 or step == tc.num_steps or stop
             validate = validator is not None and not stop and validator.due(step)
-            watchdog.step_done(step, waits=log or save or validate, slow=save or validate)
+            steps_watch.step_done(step, waits=log or save or validate, slow=save or validate)
             if log or save or validate:
                 check_finite(nonfinite_step, mngr)      # the one host sync
             if log:

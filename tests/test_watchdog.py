@@ -2,7 +2,7 @@
 
   stall   a tiny training whose input pipeline stalls for real (an image folder whose
           reads block forever from sample 40 on: tests/blocking_images.py) is ended by
-          the step watchdog (jaxsr.faults.StepWatchdog): exit status 75, one message
+          the step watchdog (jaxsr.watchdog.StepWatchdog): exit status 75, one message
           naming the process, where its main thread waits and the last checkpoint
   killed  2 processes evaluating (`--mode evaluate`, loopback), SIGKILL to process 1:
           process 0, which waits for process 1's scores, stops within the heartbeat
@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from jaxsr import checkpoint, faults, models
+from jaxsr import checkpoint, faults, models, watchdog
 from test_distributed import Processes, free_port
 from test_exit_bound import REPO, TINY, command, run_until, tiny_config
 from test_inference import random_params
@@ -161,22 +161,25 @@ class FakeClock:
 
 def test_limits_follow_the_measured_step_time_and_the_host_waits(monkeypatch):
     clock = FakeClock()
-    monkeypatch.setattr(faults.time, "monotonic", clock)
-    dog = faults.StepWatchdog(factor=10, floor_s=300, min_s=1, workdir="unused")
-    assert dog.limit()[0] == 300                    # the first step: compiles
-    for step, seconds in ((1, 50.0), (2, 0.5), (3, 0.5)):
+    monkeypatch.setattr(watchdog.time, "monotonic", clock)
+    dog = watchdog.StepWatchdog(factor=10, floor_s=300, min_s=1, workdir="unused")
+
+    def step(n, seconds, **kind):
         clock.now += seconds
-        dog.step_done(step)
-    assert dog.limit()[0] == 5.0                    # 10 x (1.0 s / 2 steps measured)
-    clock.now += 0.5
-    dog.step_done(4, waits=True)                    # the host then waits for steps 1-4
-    assert dog.limit()[0] == 10 * 0.5 * 4
-    clock.now += 2.0                                # steps 1-4 finished in the wait
-    dog.step_done(5, waits=True, slow=True)         # + a checkpoint save
-    assert dog.limit()[0] == 300
-    clock.now += 250.0                              # the save: not a step time
-    dog.step_done(6)
-    assert dog.limit() == (10 * 3.5 / 7, dog.limit()[1])   # (0.5 x 3 + 2.0) s / 7 steps
+        dog.step_done(n, **kind)
+        return dog.limit()[0]
+
+    assert dog.limit()[0] == 300                    # the first step: compiles
+    assert step(1, 50.0, waits=True) == 300         # no step time measured yet
+    assert step(2, 1.0) == 300                      # devices caught up with step 1 here
+    assert step(3, 0.01) == 300
+    assert step(4, 0.01, waits=True) == 300         # the host waits for steps 2-4
+    # From "caught up with step 1" (at step 2) to "caught up with step 4" (at step 5).
+    typical = (0.01 + 0.01 + 1.5) / 3
+    assert step(5, 1.5) == pytest.approx(10 * typical)
+    assert step(6, 0.01, waits=True, slow=True) == 300     # + a checkpoint save
+    assert step(7, 100.0) == pytest.approx(10 * typical)   # the save is no step time
+    assert step(8, 0.01, waits=True) == pytest.approx(10 * typical * 2)  # steps 7, 8
     assert "watchdog_min_s=1" in dog.limit()[1]
 
 
@@ -184,4 +187,4 @@ def test_limits_follow_the_measured_step_time_and_the_host_waits(monkeypatch):
 def test_bad_watchdog_settings_name_the_config_key(key, value):
     settings = {"factor": 20, "floor_s": 900, "min_s": 60, key: value}
     with pytest.raises(ValueError, match=f"config.train.watchdog_{key}="):
-        faults.StepWatchdog(workdir="unused", **settings)
+        watchdog.StepWatchdog(workdir="unused", **settings)
