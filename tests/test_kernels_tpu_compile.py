@@ -71,7 +71,9 @@ def tiny(name: str):
         c.model.n_resgroups, c.model.n_resblocks = 1, 1
     c.model.n_feats, c.model.attention_impl = 16, "pallas"
     c.train.batch_size, c.train.patch_size = 4, 32    # 1 per chip, 16x16 LR
-    if "scan_blocks" in c.model:   # TEMP: D1 work in progress
+    # The per-block layout: the scanned one (config.model.scan_blocks) was still being
+    # written when this test was; compiling it with the kernels is left to its tests.
+    if "scan_blocks" in c.model:
         c.model.scan_blocks = "false"
     return c
 
