@@ -2,6 +2,7 @@
 path (chunked.attend_chunks + unsort_and_merge) and the NumPy transcription of the
 official code; the formulation each attention_impl picks; no scatter in what a TPU
 compiles for it."""
+import functools
 import re
 
 import jax
@@ -13,10 +14,9 @@ import lsh_numpy_reference as ref
 from jaxsr.attention import lsh
 
 # (kind, items, L, K, rounds): padding L % K != 0 with M = 3 (odd map 5x7), M = 1 (L < K),
-# M = 2 with padding (the neighbour twice), no padding M = 6.
+# M = 2 with padding (the neighbour twice).
 CASES = [(lsh.CROSS_POLYTOPE, 2, 35, 16, 3), (lsh.CROSS_POLYTOPE, 1, 10, 16, 2),
-         (lsh.SUPERBIT, 2, 24, 16, 2), (lsh.SUPERBIT, 2, 35, 16, 3),
-         (lsh.SUPERBIT, 1, 96, 16, 2)]
+         (lsh.SUPERBIT, 2, 24, 16, 2), (lsh.SUPERBIT, 2, 35, 16, 3)]
 
 
 def _inputs(kind, n, length, k, r, dtype=jnp.float32, seed=0):
@@ -44,22 +44,29 @@ def _run(formulation, kind, k, q, v, bias, rot, weights, chunks_per_step=None):
     return [np.asarray(x, np.float32) for x in (out,) + grads]
 
 
+@functools.lru_cache(maxsize=None)
+def _looped(case: int, dtype=jnp.float32):
+    """Today's path on CASES[case] (shared by the tests that compare against it)."""
+    kind, n, length, k, r = CASES[case]
+    return _run("looped", kind, k, *_inputs(kind, n, length, k, r, dtype))
+
+
 def _assert_close(got, want, rel):
     for g, w, name in zip(got, want, ("output", "dq", "dv", "dbias")):
         np.testing.assert_allclose(g, w, rtol=rel, atol=rel * np.abs(w).max(), err_msg=name)
 
 
-@pytest.mark.parametrize("kind,n,length,k,r", CASES)
-def test_sorted_path_matches_looped_path(kind, n, length, k, r):
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_sorted_path_matches_looped_path(case):
+    kind, n, length, k, r = CASES[case]
     args = _inputs(kind, n, length, k, r)
-    _assert_close(_run("sorted", kind, k, *args), _run("looped", kind, k, *args), 1e-6)
+    _assert_close(_run("sorted", kind, k, *args), _looped(case), 1e-6)
 
 
 def test_sorted_path_chunks_per_step_caps_without_changing_results():
     kind, n, length, k, r = CASES[3]
     args = _inputs(kind, n, length, k, r)
-    _assert_close(_run("sorted", kind, k, *args, chunks_per_step=2),
-                  _run("looped", kind, k, *args), 1e-6)
+    _assert_close(_run("sorted", kind, k, *args, chunks_per_step=2), _looped(3), 1e-6)
 
 
 @pytest.mark.parametrize("kind,n,length,k,r", [CASES[0], CASES[3]])
@@ -78,7 +85,7 @@ def test_sorted_path_matches_numpy_reference(kind, n, length, k, r):
 def test_sorted_path_bf16_stays_within_bf16_rounding_of_looped():
     kind, n, length, k, r = CASES[3]
     args = _inputs(kind, n, length, k, r, dtype=jnp.bfloat16)
-    got, want = _run("sorted", kind, k, *args), _run("looped", kind, k, *args)
+    got, want = _run("sorted", kind, k, *args), _looped(3, jnp.bfloat16)
     for g, w in zip(got, want):
         assert np.abs(g - w).max() <= 2e-2 * np.abs(w).max()
 
