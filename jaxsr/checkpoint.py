@@ -22,6 +22,12 @@ already there and never replaces a config.json that says something else.
 
 A checkpoint that cannot be read (truncated, partly copied) raises DamagedCheckpointError
 naming it, the earlier steps and how to fall back to one (`--step`).
+
+Layouts (config.model.scan_blocks, jaxsr.models.scan): a checkpoint holds the params,
+EMA and optimizer state in the layout of the run that wrote it, unrolled (per-layer
+subtrees) or scanned (stacked). `restore(..., stacks=)` and `merge_params(..., stacks=)`
+convert the other layout on the way in (logged), so older unrolled workdirs resume in a
+scanned model and the reverse; models apply params of either layout.
 """
 import json
 import logging
@@ -31,7 +37,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxsr import config_util, fileio, paths
+from jaxsr import checkpoint_layout, config_util, fileio, paths
+from jaxsr.models import scan
 
 CHECKPOINT_DIR = "checkpoints"
 BEST_DIR = "best"            # the best validation checkpoint (jaxsr.validation)
@@ -172,8 +179,21 @@ def check_meta(meta: dict, config, where: str) -> None:
             "config.init_from to fine-tune from it.")
 
 
-def restore(mngr, step: int, abstract_state, *, data_iter=None):
-    """Restores the state into the structure/shardings of `abstract_state` (and the iterator)."""
+def restore(mngr, step: int, abstract_state, *, data_iter=None, stacks=()):
+    """Restores the state into the structure/shardings of `abstract_state` (and the iterator).
+
+    `stacks` (the model's `param_stacks()`): a checkpoint written in the other parameter
+    layout is read in its own and converted (jaxsr.models.scan)."""
+    saved = checkpoint_layout.saved_layout(mngr, step, stacks)
+    want = checkpoint_layout.tree_layout(abstract_state, stacks)
+    if saved is not None and want is not None and saved != want:
+        return checkpoint_layout.restore_converted(
+            lambda target: _restore_as(mngr, step, target, data_iter), abstract_state, stacks,
+            saved, want, where=f"checkpoint step {step} in {mngr.directory}")
+    return _restore_as(mngr, step, abstract_state, data_iter)
+
+
+def _restore_as(mngr, step: int, abstract_state, data_iter):
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iter is not None:
         import grain
@@ -204,12 +224,9 @@ def _local_target(mngr, step: int):
     """The saved state's structure placed on this process's first device: a checkpoint
     written on several devices or hosts reads back in one process (a restore without a
     target refuses the other topology)."""
-    from etils import epath
-    tree = ocp.StandardCheckpointHandler().metadata(
-        epath.Path(str(mngr.directory)) / str(step) / "state")
+    tree = checkpoint_layout.saved_tree(mngr.directory, step)
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                        dict(tree))
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), tree)
 
 
 def best_dir(workdir: str) -> str:
@@ -378,8 +395,17 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 # ---------------------------------------------------------------------------------------
 # init_from: partial initialisation (e.g. x3/x4 from x2), logged like big_vision's merge.
 
-def merge_params(init_params, loaded_params):
-    """Takes every loaded leaf whose path and shape match; returns (params, report dict)."""
+def merge_params(init_params, loaded_params, stacks=()):
+    """Takes every loaded leaf whose path and shape match; returns (params, report dict).
+
+    `stacks` (the model's `param_stacks()`): loaded params of the other layout are
+    converted to that of `init_params` first (logged)."""
+    want = scan.layout_of(init_params, stacks) if stacks else None
+    have = scan.layout_of(loaded_params, stacks) if stacks else None
+    if want is not None and have is not None and have != want:
+        logging.info("init_from: params in the %s layout, converted to the %s one of this "
+                     "run (config.model.scan_blocks)", have, want)
+        loaded_params = scan.convert(loaded_params, stacks, want)
     flat_init = {jax.tree_util.keystr(k): v for k, v in
                  jax.tree_util.tree_flatten_with_path(init_params)[0]}
     flat_loaded = {jax.tree_util.keystr(k): v for k, v in

@@ -32,7 +32,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxsr import checkpoint, distributed, faults, objectives, paths, validation, watchdog
 from jaxsr.data import pipeline, shard_state
-from jaxsr.models import build_model
+from jaxsr.models import build_model, param_stacks
 
 
 class NonFiniteLossError(ArithmeticError):
@@ -166,7 +166,8 @@ def restore_or_init(mngr, objective, config, repl, data_iter):
 def resume(mngr, step, meta, state, config, repl, data_iter):
     logging.info("resuming from step %d in %s", step, mngr.directory)
     try:
-        return checkpoint.restore(mngr, step, abstract_like(state, repl), data_iter=data_iter)
+        return checkpoint.restore(mngr, step, abstract_like(state, repl), data_iter=data_iter,
+                                  stacks=param_stacks(config))
     except checkpoint.CheckpointMismatchError as e:
         if (checkpoint.EMA_KEY in state) == ("ema_decay" in meta):
             raise
@@ -180,7 +181,8 @@ def resume(mngr, step, meta, state, config, repl, data_iter):
 def start_from_params(state, source, config, repl, strict: bool):
     weights, meta = checkpoint.load_weights(str(source))
     init = jax.device_get(state["params"])
-    params, report = checkpoint.merge_params(init, weights["params"])
+    stacks = param_stacks(config)   # a checkpoint of the other layout is converted
+    params, report = checkpoint.merge_params(init, weights["params"], stacks)
     checkpoint.log_merge_report(report, str(source))
     fresh = ["/".join(re.findall(r"\['([^']*)'\]", k.split(":")[0]))
              for k in report["skipped_shape"] + report["missing"]]
@@ -197,7 +199,7 @@ def start_from_params(state, source, config, repl, strict: bool):
     ema = None
     if checkpoint.EMA_KEY in state and checkpoint.EMA_KEY in weights:
         # As BasicSR: the EMA restarts from the source's EMA weights when it has them.
-        ema, _ = checkpoint.merge_params(params, weights[checkpoint.EMA_KEY])
+        ema, _ = checkpoint.merge_params(params, weights[checkpoint.EMA_KEY], stacks)
         logging.info("the EMA starts from the EMA weights of %s", source)
     return replace_params(state, params, repl, ema)
 

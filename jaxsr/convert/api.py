@@ -10,6 +10,10 @@ EMA weights travel in BasicSR's layout: a checkpoint with 'params_ema' becomes a
 {'params': state_dict, 'params_ema': state_dict} (a .safetensors holds one flat state_dict:
 the EMA weights unless config.eval.use_ema is False), and such a .pth becomes a params
 checkpoint with both. Without EMA the .pth is the flat state_dict, as always.
+
+Layouts (config.model.scan_blocks): the tables speak the unrolled, per-layer layout. Params
+of a scanned model are unstacked before `to_torch` and stacked after `from_torch`, so
+both layouts give and take the same PyTorch keys.
 """
 import functools
 import logging
@@ -54,8 +58,28 @@ def _init_side(config) -> int:
 
 
 def abstract_params(config) -> dict:
-    """{flax path: ShapeDtypeStruct} of the model the config describes (no compute)."""
+    """{flax path: ShapeDtypeStruct} of the model the config describes, in the unrolled
+    layout the tables use (no compute)."""
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.model.scan_blocks = "false"
     return dict(_abstract_params(config.to_json(sort_keys=True)))
+
+
+def unrolled_params(params, config):
+    """The params in the per-layer layout of the tables (unstacked if scanned)."""
+    from jaxsr import models
+    from jaxsr.models import scan
+    stacks = models.param_stacks(config)
+    return scan.convert(params, stacks, "unrolled") if stacks else params
+
+
+def model_layout_params(params, config):
+    """Per-layer params in the layout of the config's model (stacked if it scans)."""
+    from jaxsr import models
+    from jaxsr.models import scan
+    stacks = models.param_stacks(config)
+    return scan.convert(params, stacks, "scanned") if stacks else params
 
 
 @functools.lru_cache(maxsize=16)
@@ -76,7 +100,7 @@ def _abstract_params(config_json: str) -> tuple:
 def check_params(params, config, source: str = "params") -> None:
     """The Flax params have exactly the config's tree and shapes (else lists all problems)."""
     want = abstract_params(config)
-    got = core.flatten(params)
+    got = core.flatten(unrolled_params(params, config))
     missing = [p for p in want if p not in got]
     unexpected = [p for p in got if p not in want]
     wrong = [f"{p}: {tuple(np.shape(got[p]))}, expected {want[p].shape}"
@@ -110,6 +134,7 @@ def params_to_state_dict(params, config, rgb_range: float | None = None) -> dict
     scripts) instead of the config's; exact for the tables that define `range_scaling`.
     """
     table = table_for(config)
+    params = unrolled_params(params, config)
     if rgb_range is None or float(rgb_range) == _model_range(config):
         return core.to_torch(table, params, config)
     sd = core.to_torch(table, params, _with_range(config, rgb_range))
@@ -134,7 +159,8 @@ def state_dict_to_params(state_dict, config, source: str = "checkpoint",
         state_dict = core.rescale_range(table, state_dict, float(rgb_range) / _model_range(config))
         config = _with_range(config, rgb_range)     # MeanShift constants of the file's range
     try:
-        return core.from_torch(table, state_dict, config, expected, source)
+        params, warnings = core.from_torch(table, state_dict, config, expected, source)
+        return model_layout_params(params, config), warnings
     except core.ConversionError:
         fits = guess_architectures(state_dict)
         if table.name in fits:

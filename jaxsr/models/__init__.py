@@ -46,6 +46,16 @@ def build_model(config):
     return model_module(config.model.name).build(config)
 
 
+def param_stacks(config) -> tuple:
+    """The stacked blocks of the model's scanned layout (`jaxsr.models.scan.Stack`s; ()
+    when it has none), whichever layout config.model.scan_blocks picks: what checkpoints
+    and init_from convert between the unrolled and scanned layouts."""
+    if not has_params(config):
+        return ()
+    fn = getattr(build_model(config), "param_stacks", None)
+    return tuple(fn()) if fn else ()
+
+
 def input_multiple(config) -> int:
     fn = getattr(model_module(config.model.name), "input_multiple", None)
     return int(fn(config)) if fn else 1

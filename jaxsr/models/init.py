@@ -141,7 +141,16 @@ def initialize(params, rng, style: str = "torch", rules=()):
 
 def init_params(config, params, rng):
     """The freshly initialised `params` of the model `config.model` describes, in the
-    style of `config.model.init` with that model module's INIT_RULES."""
-    from jaxsr.models import model_module
+    style of `config.model.init` with that model module's INIT_RULES (a scanned model's
+    values are those of the unrolled one)."""
+    from jaxsr.models import model_module, param_stacks, scan
     rules = getattr(model_module(config.model.name), "INIT_RULES", ())
-    return initialize(params, rng, config.model.get("init", "flax") or "flax", rules)
+    style = config.model.get("init", "flax") or "flax"
+    stacks = param_stacks(config) if style != "flax" else ()
+    layout = scan.layout_of(params, stacks) if stacks else None
+    if layout != "scanned":
+        return initialize(params, rng, style, rules)
+    # Scanned (config.model.scan_blocks): drawn per layer as unrolled, so both layouts
+    # start from the same values and the rules see per-layer paths and shapes.
+    unrolled = initialize(scan.to_unrolled(params, stacks), rng, style, rules)
+    return scan.to_scanned(unrolled, stacks)

@@ -31,6 +31,10 @@ borders = torchvision's antialiased upsampling), and inputs of any size run: the
 body sees the LR reflect-padded to a multiple of 4 and to at least `min_input_size` per
 side (the latent NLSA needs (H/4)(W/4) >= chunk size), and its output is cropped back;
 the bicubic skip always uses the unpadded LR.
+
+scan_blocks (`jaxsr.models.scan`): each stage of two or more NLC blocks runs as one scan
+`scan_<stage>` (e.g. `scan_latent_block/block/nla/...`); the evaluation rotations of
+block i are those of its unrolled NLSA `<stage>_<i>/nla`, passed into the scan.
 """
 import math
 
@@ -38,8 +42,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxsr.attention import NonLocalSparseAttention
-from jaxsr.models import common
+from jaxsr.attention import NonLocalSparseAttention, lsh
+from jaxsr.models import common, scan
 from jaxsr.models import init as init_lib
 from jaxsr.ops import torch_bicubic
 
@@ -111,13 +115,13 @@ class NLCBlock(nn.Module):
     attention_impl: str = "auto"   # lsh.ATTENTION_IMPLS
 
     @nn.compact
-    def __call__(self, x, train: bool = False):
+    def __call__(self, x, train: bool = False, rotations=None):
         c = self.channels
         t = layer_norm2d("norm1")(x)
         a = NonLocalSparseAttention(chunk_size=self.chunk_size, n_hashes=self.n_hashes,
                                     reduction=self.reduction, res_scale=1.0,
                                     attention_impl=self.attention_impl, name="nla")(
-                                        t, train=train)
+                                        t, train=train, rotations=rotations)
         b = conv(t, c, 3, groups=c, name="conv_local_0")
         b = conv(gelu(b), c, 3, groups=c, name="conv_local_2")
         u = conv(jnp.concatenate([a, b], axis=-1), c, 1, name="conv1_last")
@@ -125,7 +129,7 @@ class NLCBlock(nn.Module):
         return GDFN(c, name="gdfn")(layer_norm2d("norm2")(m)) + m
 
 
-class NLCUnet(nn.Module):
+class NLCUnet(scan.LayoutMixin, nn.Module):
     """The Restorer: LR NHWC in [0, 1] -> SR (not clamped); see the module docstring.
 
     `blocks` gives the NLC block count of each stage in `BLOCKS` order.
@@ -139,14 +143,46 @@ class NLCUnet(nn.Module):
     bicubic_a: float = torch_bicubic.TORCH_A
     bicubic_border: str = "clamp"
     attention_impl: str = "auto"   # lsh.ATTENTION_IMPLS
+    scan_blocks: bool = False
+    remat: str = "none"            # config.train.remat (scan.REMAT_CHOICES)
+
+    def _scanned_stage(self, idx) -> bool:
+        return self.scan_blocks and self._scannable(idx)
+
+    def _scannable(self, idx) -> bool:
+        return self.blocks[idx] >= 2
 
     def _stage(self, idx, x, channels, train):
-        """Stage `idx` of BLOCKS: blocks named `<stage>_<i>` (torch `<stage>.<i>`)."""
-        name = STAGES[idx]
-        for i in range(self.blocks[idx]):
-            x = NLCBlock(channels, self.chunk_size, self.n_hashes, self.reduction,
-                         self.attention_impl, name=f"{name}_{i}")(x, train=train)
+        """Stage `idx` of BLOCKS: blocks named `<stage>_<i>` (torch `<stage>.<i>`), or the
+        scan `scan_<stage>`."""
+        name, n = STAGES[idx], self.blocks[idx]
+        kwargs = dict(channels=channels, chunk_size=self.chunk_size, n_hashes=self.n_hashes,
+                      reduction=self.reduction, attention_impl=self.attention_impl)
+        if self._scanned_stage(idx):
+            return scan.scan_blocks(NLCBlock, n, x, name=f"scan_{name}", kwargs=kwargs,
+                                    call_kwargs=dict(train=train), remat=self.remat,
+                                    rotations=self._stage_rotations(name, n, x),
+                                    pass_rotations=True)
+        block = scan.maybe_remat(NLCBlock, self.remat, static_argnums=(2,))
+        for i in range(n):
+            x = block(**kwargs, name=f"{name}_{i}")(x, train)
         return x
+
+    def _stage_rotations(self, name, n, x):
+        """The unrolled NLSAs' evaluation rotations (None: the scan draws or reads them)."""
+        if not scan.wants_fixed_rotations(self):
+            return None
+        _, h, w, c = x.shape
+        return scan.fixed_rotation_stack([f"{name}_{i}/nla" for i in range(n)],
+                                         lsh.CROSS_POLYTOPE, c // self.reduction,
+                                         self.n_hashes, lsh.num_buckets(h * w, self.chunk_size))
+
+    def param_stacks(self) -> tuple:
+        """The stacks of the scanned layout (whichever layout this model uses)."""
+        return tuple(scan.Stack((f"scan_{name}", "block"),
+                                tuple((f"{name}_{i}",) for i in range(self.blocks[idx])),
+                                (self.blocks[idx],))
+                     for idx, name in enumerate(STAGES) if self._scannable(idx))
 
     @nn.compact
     def __call__(self, lr, train: bool = False):
@@ -248,7 +284,8 @@ def build(config):
                    reduction=m.get("reduction", 4),
                    bicubic_a=m.get("bicubic_a", torch_bicubic.TORCH_A),
                    bicubic_border=m.get("bicubic_border", "clamp"),
-                   attention_impl=m.get("attention_impl", "auto"))
+                   attention_impl=m.get("attention_impl", "auto"),
+                   scan_blocks=scan.scan_enabled(m), remat=scan.remat_from_config(config))
 
 
 def input_multiple(config) -> int:

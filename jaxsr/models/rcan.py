@@ -17,13 +17,17 @@ the mean shift. Parameters: 15,444,643 at x2 and 15,592,355 at x4, i.e. the offi
 
 GLA plug-in (`config.model.attention='gla'`, `jaxsr.models.plugin`): position p puts a GLA
 (block `gla_<p>`) after the first p residual groups (0..G; default G // 2).
+
+scan_blocks (`jaxsr.models.scan`): the residual groups run as one scan `scan_body`, the
+RCABs of each as a nested scan `scan_body/block/scan_body` (plain RCAN; with GLA plug-ins
+the groups stay unrolled, their RCABs scanned).
 """
 from typing import Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxsr.models import common, plugin
+from jaxsr.models import common, plugin, scan
 
 
 class CALayer(nn.Module):
@@ -54,41 +58,68 @@ class ResidualGroup(nn.Module):
     n_feats: int
     n_resblocks: int = 20
     reduction: int = 16
+    scan_blocks: bool = False      # the RCABs as a scan `scan_body`
 
     @nn.compact
     def __call__(self, x):
         y = x
-        for j in range(self.n_resblocks):
+        if self.scan_blocks:
+            y = scan.scan_blocks(RCAB, self.n_resblocks, y, name="scan_body",
+                                 kwargs=dict(n_feats=self.n_feats, reduction=self.reduction))
+        for j in range(0 if self.scan_blocks else self.n_resblocks):
             y = RCAB(self.n_feats, self.reduction, name=f"body_{j}")(y)
         return common.conv(self.n_feats, name=f"body_{self.n_resblocks}")(y) + x
 
 
-class RCAN(nn.Module):
+class RCAN(scan.LayoutMixin, nn.Module):
     scale: int
     n_resgroups: int = 10
     n_resblocks: int = 20
     n_feats: int = 64
     reduction: int = 16
     gla: Optional[plugin.GLASpec] = None
+    scan_blocks: bool = False
+    remat: str = "none"            # config.train.remat (scan.REMAT_CHOICES)
+
+    def _group_kwargs(self) -> dict:
+        return dict(n_feats=self.n_feats, n_resblocks=self.n_resblocks,
+                    reduction=self.reduction, scan_blocks=self.scan_blocks)
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         plugin.check_positions(self.gla, self.n_resgroups, "RCAN (0..n_resgroups)")
 
         def body(res):
+            if self.scan_blocks and self.gla is None:
+                return scan.scan_blocks(ResidualGroup, self.n_resgroups, res, name="scan_body",
+                                        kwargs=self._group_kwargs(), remat=self.remat)
+            group = scan.maybe_remat(ResidualGroup, self.remat)
             res = plugin.maybe_gla(self.gla, 0, res, train)
             for g in range(self.n_resgroups):
-                res = ResidualGroup(self.n_feats, self.n_resblocks, self.reduction,
-                                    name=f"body_{g}")(res)
+                res = group(**self._group_kwargs(), name=f"body_{g}")(res)
                 res = plugin.maybe_gla(self.gla, g + 1, res, train)
             return res
 
         return common.edsr_frame(x, body, scale=self.scale, n_feats=self.n_feats,
                                  n_body=self.n_resgroups)
 
+    def param_stacks(self) -> tuple:
+        """The stacks of the scanned layout (whichever layout this model uses)."""
+        g, b = self.n_resgroups, self.n_resblocks
+        if self.gla is not None:        # unrolled groups, RCABs scanned inside each
+            return tuple(scan.Stack((f"body_{i}", "scan_body", "block"),
+                                    tuple((f"body_{i}", f"body_{j}") for j in range(b)), (b,))
+                         for i in range(g))
+        inner = ("scan_body", "block", "scan_body", "block")
+        return (scan.Stack(inner, tuple((f"body_{i}", f"body_{j}") for i in range(g)
+                                        for j in range(b)), (g, b)),
+                scan.Stack(("scan_body", "block", f"body_{b}"),
+                           tuple((f"body_{i}", f"body_{b}") for i in range(g)), (g,)))
+
 
 def build(config):
     m = config.model
     return RCAN(scale=config.scale, n_resgroups=m.n_resgroups, n_resblocks=m.n_resblocks,
                 n_feats=m.n_feats, reduction=m.get("reduction", 16),
-                gla=plugin.spec_from_config(m, default_positions=(m.n_resgroups // 2,)))
+                gla=plugin.spec_from_config(m, default_positions=(m.n_resgroups // 2,)),
+                scan_blocks=scan.scan_enabled(m), remat=scan.remat_from_config(config))
