@@ -122,10 +122,10 @@ def zero_padding(order, chunk_size):
     return jnp.pad(order, ((0, 0), (0, pad))).reshape(order.shape[0], -1, chunk_size)
 
 
-def unstable_sort(codes, n_buckets):
+def unstable_sort(codes, n_buckets, scatter_free=False):
     """A valid sort by bucket whose ties come out in another order (what an unstable
     sort such as torch.sort's default may return): descending positions within a bucket."""
-    del n_buckets
+    del n_buckets, scatter_free
     length = codes.shape[1]
     iota = jax.lax.broadcasted_iota(jnp.int32, codes.shape, 1)
     order = length - 1 - jnp.sort(codes * length + (length - 1 - iota), axis=-1) % length

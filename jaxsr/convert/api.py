@@ -79,7 +79,7 @@ def model_layout_params(params, config):
     from jaxsr import models
     from jaxsr.models import scan
     stacks = models.param_stacks(config)
-    return scan.convert(params, stacks, "scanned") if stacks else params
+    return scan.convert(params, stacks, models.param_layout(config)) if stacks else params
 
 
 @functools.lru_cache(maxsize=16)

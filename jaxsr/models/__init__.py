@@ -56,6 +56,13 @@ def param_stacks(config) -> tuple:
     return tuple(fn()) if fn else ()
 
 
+def param_layout(config) -> str:
+    """'scanned' or 'unrolled': the params layout of the model config.model.scan_blocks
+    builds (on the platform being traced for)."""
+    fn = getattr(build_model(config), "layout", None) if has_params(config) else None
+    return fn() if fn else "unrolled"
+
+
 def input_multiple(config) -> int:
     fn = getattr(model_module(config.model.name), "input_multiple", None)
     return int(fn(config)) if fn else 1
