@@ -85,26 +85,11 @@ def config_check(spec: str, target: str, dtype: str) -> dict:
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
-def fits(spec, target, dtype, per_chip, chips) -> bool:
-    res = aot.run_compile(load(spec, dtype, per_chip, chips), target,
-                          programs=("train_step",), check=False)
-    return "does_not_fit" not in res["train_step"]
-
-
 def largest_batch(spec: str, target: str, dtype: str, limit: int = 512) -> dict:
-    """Largest per-chip batch whose train step fits: doubling from 1, then bisection."""
-    from jaxsr import accelerators
-    chips = accelerators.parse_target(target).num_chips
-    lo, hi = 0, None
-    b = 1
-    while b <= limit and fits(spec, target, dtype, b, chips):
-        lo, b = b, b * 2
-    hi = min(b, limit + 1)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if fits(spec, target, dtype, mid, chips) else (lo, mid)
-    return {"config": spec, "target": target, "dtype": dtype, "max_per_chip_batch": lo,
-            "probe_limit": limit}
+    """Largest per-chip batch whose train step fits (`aot.fit_batch`: one compile per probe)."""
+    found = aot.fit_batch(load(spec, dtype), target, limit=limit)
+    return {"config": spec, "target": target, "dtype": dtype,
+            "max_per_chip_batch": found["largest_per_chip_batch"], "probe_limit": limit}
 
 
 # Attention modules of the networks whose attention runs at the LR feature map

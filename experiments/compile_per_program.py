@@ -9,13 +9,12 @@ reports: compile wall / CPU seconds, code size, memory, cost). config.model.init
 and the scan measurements of docs/performance.md ran on a tree whose torch init rules did
 not take stacked kernels yet.
 """
-import json
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
+from experiments import common  # noqa: E402
 from jaxsr import aot, config_util  # noqa: E402
 
 
@@ -26,8 +25,7 @@ def main(spec: str, target: str, out_prefix: str) -> None:
         config.model.init = "flax"
         report = aot.run_compile(config, target, programs=(program,), check=False)
         report["process_cpu_seconds_so_far"] = time.process_time()
-        with open(f"{out_prefix}_{program}.json", "w") as f:
-            json.dump(report, f, indent=2)
+        common.write_json(f"{out_prefix}_{program}.json", report)
         print(program, aot.compile_time_line(report[program]), flush=True)
 
 

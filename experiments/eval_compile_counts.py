@@ -7,7 +7,6 @@ multiple 1 (EDSR, NLSN, DLSN, RCAN).
   python experiments/eval_compile_counts.py --out experiments/results/eval_compile_counts.json
 """
 import argparse
-import json
 import os
 import sys
 
@@ -15,6 +14,7 @@ from PIL import Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+from experiments import common  # noqa: E402
 
 SETS = ("Set5", "Set14", "B100", "Urban100")
 DEVICES = (1, 2, 8, 16, 32)
@@ -50,8 +50,7 @@ def main():
     table = {f"{name} x{scale} pad_to={pad}": counts(lr_sizes(args.benchmarks_dir, name, scale),
                                                      pad)
              for name in SETS for scale in (2, 3, 4) for pad in (0, 16, 32)}
-    with open(args.out, "w") as f:
-        json.dump({"command": " ".join(["python"] + sys.argv), "table": table}, f, indent=1)
+    common.write_json(args.out, {"command": " ".join(["python"] + sys.argv), "table": table})
     for k, v in table.items():
         print(f"{k:<28} images {v['images']:>4} shapes {v['shapes']:>3}  max per device "
               + " ".join(f"{n}:{m}" for n, m in v["max_per_device"].items()))

@@ -14,6 +14,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments import common  # noqa: E402
 
 
 def largest_lr_shape(benchmarks_dir: str, set_name: str, scale: int) -> tuple:
@@ -65,8 +66,7 @@ def main():
               "model": config.model.name, "target": aot.target_describe(target, devices),
               "eval_forward": report}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
+    common.write_json(args.out, result)
     print(json.dumps({k: result[k] for k in ("image", "lr_hw", "padded_shape")}),
           json.dumps(report.get("roofline", {})), report.get("compile_seconds"))
 

@@ -22,6 +22,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "tests"))
+from experiments import common  # noqa: E402
 
 
 def make_workdir(config_spec: str, workdir: str) -> None:
@@ -88,8 +89,7 @@ def main():
               "set": args.set, "runs": runs, "best_wall_s": best,
               "speedup_best": round(best[1] / best[2], 3)}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
+    common.write_json(args.out, result)
     print(json.dumps(result, indent=2))
 
 
