@@ -199,10 +199,14 @@ class Progress:
 
     def wait_for_all(self) -> None:
         """Process 0's bar goes on counting the others' items after its own are done."""
-        while self.bar is not None and self.client is not None and self._count() < self.total:
+        if self.bar is None:
+            return
+        while self.client is not None and self._count() < self.total:
             self.bar.n = self._count()
             self.bar.refresh()
             time.sleep(0.2)
+        self.bar.n = self.total     # every process's items are done: the bar ends full
+        self.bar.refresh()
 
     def close(self) -> None:
         if self.bar is not None:

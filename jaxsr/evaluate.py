@@ -83,10 +83,11 @@ def pad_multiple(config) -> int:
     return math.lcm(models.input_multiple(config), pad_to or 1)
 
 
-def padded_lr_shape(config, lr: np.ndarray) -> tuple[int, int]:
-    """The (H, W) an LR image runs at: the engine deals images by it (jaxsr.eval_engine)."""
+def padded_lr_shape(config, lr_shape) -> tuple[int, int]:
+    """The (H, W) an LR image of (H, W) `lr_shape` runs at: the engine deals images by it
+    (jaxsr.eval_engine)."""
     m, low = pad_multiple(config), models.min_input_size(config)
-    return tuple(inference.padded_size(int(n), m, low) for n in lr.shape[:2])
+    return tuple(inference.padded_size(int(n), m, low) for n in lr_shape[:2])
 
 
 def super_resolve(config, apply_fn, lr_uint8: np.ndarray, extras=None) -> np.ndarray:
@@ -114,16 +115,23 @@ def bicubic_upscale(lr_uint8: np.ndarray, scale: int) -> np.ndarray:
     return imresize_np(lr_uint8, float(scale))
 
 
-def load_samples(config, name: str) -> list:
-    """The (HR, LR) pairs of set `name` as config.eval says (LR files, max_images, ...)."""
+def list_samples(config, name: str) -> list:
+    """The images of set `name` as config.eval says (LR files, max_images, ...), not read
+    yet where they are files (jaxsr.data.benchmarks.list_set: `.load()` reads one)."""
     ev = config.eval
-    return benchmarks.load_set(ev.benchmarks_dir, name, config.scale,
+    return benchmarks.list_set(ev.benchmarks_dir, name, config.scale,
                                use_lr_files=ev.use_lr_files, max_images=ev.max_images,
                                generated_dir=ev.blind_sets_dir, gray=ev.get("gray", "gray"))
 
 
+def load_samples(config, name: str) -> list:
+    """The (HR, LR) pairs of set `name`, all read (validation keeps them for the run)."""
+    return [s.load() for s in list_samples(config, name)]
+
+
 def evaluate_set(config, apply_fn, name: str) -> dict:
-    return score_samples(config, apply_fn, name, load_samples(config, name))
+    """Scores set `name`; each process reads only the images dealt to it."""
+    return score_samples(config, apply_fn, name, list_samples(config, name))
 
 
 def score_sample(config, apply_fn, sample) -> dict:
@@ -146,15 +154,15 @@ def score_sample(config, apply_fn, sample) -> dict:
 
 
 def score_samples(config, apply_fn, name: str, samples, devices=None) -> dict:
-    """{'psnr_y', 'ssim_y', ... (means), 'images': {name: row}} of the samples of one set,
-    spread over every device of every process (jaxsr.eval_engine; `devices`: this
-    process's, default all it evaluates on); the same on every process, and bit-identical
-    to a one-device run."""
+    """{'psnr_y', 'ssim_y', ... (means), 'images': {name: row}} of the samples of one set
+    (Samples, or benchmarks.SampleFile: read where they are dealt), spread over every
+    device of every process (jaxsr.eval_engine; `devices`: this process's, default all it
+    evaluates on); the same on every process, and bit-identical to a one-device run."""
     fns = eval_engine.per_device(apply_fn, devices)
-    shapes = [padded_lr_shape(config, s.lr) for s in samples]
+    shapes = [padded_lr_shape(config, s.lr_shape) for s in samples]
 
     def work(device, i):
-        row = score_sample(config, fns[device], samples[i])
+        row = score_sample(config, fns[device], samples[i].load())
         logging.info("%s/%s: %s", name, samples[i].name, row)
         return row
 

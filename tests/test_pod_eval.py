@@ -9,12 +9,17 @@ The criterion is exact: every image runs alone at its own shape through the same
 on any number of processes, so the per-image scores and the upscaled files must be
 bit-identical to the one-process ones, and process 0 alone writes.
 """
+import fcntl
 import json
 import os
+import pty
 import re
 import shutil
+import struct
 import subprocess
 import sys
+import termios
+import threading
 import time
 
 import numpy as np
@@ -53,13 +58,50 @@ def start(procs, args, log, env, dist=None):
                                       stderr=subprocess.STDOUT, start_new_session=True))
 
 
-def start_group(procs, tmp, tag, args, env, n):
-    """`n` processes of one run (n == 1: no jax.distributed); -> [(proc, log)]."""
+def start_on_terminal(procs, args, log, env, dist, readers):
+    """`start`, with stdout and stderr on a pseudo-terminal (a user's shell: process 0
+    shows its progress bar there), copied to `log` by a thread added to `readers`."""
+    master, terminal = pty.openpty()
+    # A terminal's size (a new pseudo-terminal has 0 columns, where tqdm draws nothing).
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    cmd = [sys.executable, "-m", *args]
+    port, n, i = dist
+    cmd += [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={n}",
+            f"--process_id={i}"]
+    proc = procs.add(subprocess.Popen(cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+                                      stdout=terminal, stderr=terminal,
+                                      start_new_session=True))
+    os.close(terminal)          # the child's copies stay open until it ends
+    readers.append(threading.Thread(target=copy_terminal, args=(master, log), daemon=True))
+    readers[-1].start()
+    return proc
+
+
+def copy_terminal(master, log):
+    with open(log, "wb") as out:
+        while True:
+            try:
+                data = os.read(master, 1 << 16)
+            except OSError:     # EIO: every process holding the terminal has ended
+                break
+            if not data:
+                break
+            out.write(data)
+    os.close(master)
+
+
+def start_group(procs, tmp, tag, args, env, n, readers=None):
+    """`n` processes of one run (n == 1: no jax.distributed); -> [(proc, log)]. With
+    `readers`, process 0 runs on a pseudo-terminal (`start_on_terminal`)."""
     port = free_port()
     out = []
     for i in range(n):
         log = tmp / f"{tag}_{i}.log"
-        out.append((start(procs, args, log, env, (port, n, i) if n > 1 else None), log))
+        dist = (port, n, i) if n > 1 else None
+        if readers is not None and i == 0 and dist is not None:
+            out.append((start_on_terminal(procs, args, log, env, dist, readers), log))
+        else:
+            out.append((start(procs, args, log, env, dist), log))
     return out
 
 
@@ -101,14 +143,14 @@ def runs(tmp_path_factory, shared_data, xla_cache_env):
     for name in ("one", "two"):
         checkpoint.save_params(str(tmp / name), params, config)
     upscale_inputs(tmp / "in", shared_data)
-    groups = {}
+    groups, readers = {}, []
     with Processes() as procs:
         for name, n in (("one", 1), ("two", 2)):
             groups[f"eval_{name}"] = start_group(
                 procs, tmp, f"eval_{name}", ["jaxsr.main", "--mode=evaluate",
                                              "--config=configs/edsr.py:small",
                                              f"--workdir={tmp / name}", *TINY_MODEL, SETS,
-                                             NO_BICUBIC, bench], env, n)
+                                             NO_BICUBIC, bench], env, n, readers)
             groups[f"upscale_{name}"] = start_group(
                 procs, tmp, f"upscale_{name}", ["jaxsr.upscale", f"--workdir={tmp / name}",
                                                 f"--input={tmp / 'in'}",
@@ -118,7 +160,10 @@ def runs(tmp_path_factory, shared_data, xla_cache_env):
                                       f"--workdir={tmp / 'train'}", *TINY_MODEL, *TRAIN,
                                       bench], env, 2)
         wait_all([pl for g in groups.values() for pl in g])
-    return (tmp, {k: [log.read_text() for _, log in g] for k, g in groups.items()}, bench,
+    for reader in readers:
+        reader.join(timeout=30)
+    return (tmp, {k: [log.read_text(errors="replace") for _, log in g]
+                  for k, g in groups.items()}, bench,
             {k: [p.returncode for p, _ in g] for k, g in groups.items()})
 
 
@@ -150,6 +195,19 @@ def test_two_processes_score_exactly_as_one_and_process_0_alone_writes(runs):
     assert "model: edsr" in logs["eval_two"][0] and "model: edsr" not in logs["eval_two"][1]
     assert [f for f in os.listdir(tmp / "two" / "eval") if f.endswith(".json")] == \
         ["results.json"]
+
+
+def test_process_0_on_a_terminal_shows_a_bar_over_the_images_of_both_processes(runs):
+    """Process 0 ran on a pseudo-terminal: its bar of each set counts the other process's
+    images too (it ends at 14/14 though process 0 scored fewer)."""
+    logs = runs[1]
+    check_exits(runs, "eval_two")
+    for set_name, n in (("Set5", 5), ("Set14", 14)):
+        own = len(images_logged(logs["eval_two"][0], set_name))
+        assert 0 < own < n
+        counts = [int(k) for k in re.findall(rf"{set_name}:.*?\| *(\d+)/{n} ",
+                                             logs["eval_two"][0])]
+        assert counts and max(counts) == n, logs["eval_two"][0][-3000:]
 
 
 def test_a_folder_upscaled_by_two_processes_equals_one_process_file_by_file(runs):
@@ -259,10 +317,9 @@ def test_gray_y_scores_bridge_replicated_to_rgb_on_y(shared_data):
 
 def test_pad_to_changes_the_padded_shape_and_the_result_key():
     c = tiny_config()
-    lr = np.zeros((37, 50, 3), np.uint8)
-    assert evaluate.padded_lr_shape(c, lr) == (37, 50)
+    assert evaluate.padded_lr_shape(c, (37, 50)) == (37, 50)
     c.eval.pad_to = 16
-    assert evaluate.padded_lr_shape(c, lr) == (48, 64)
+    assert evaluate.padded_lr_shape(c, (37, 50)) == (48, 64)
     assert evaluate.result_key(c, None) == "x2 pad_to=16"
     c.eval.pad_to, c.eval.gray = 0, "y"
     assert evaluate.result_key(c, None) == "x2 gray=y"

@@ -5,7 +5,8 @@ files exist they are made on the fly with the MATLAB-exact bicubic from the modc
 which is how the shipped LR files were made. `skimage_val` is the held-out part of the
 embedded demo photos. Other names (blurred/noisy sets, DIV2KRK) resolve through
 `jaxsr.data.blind_sets`. The root may be a gs:// folder (jaxsr.paths; one listing per
-folder, one read per image).
+folder; `list_set` reads each image's header, a local file's without decoding it, a gs://
+object whole; `load` reads the image).
 
 Grayscale ground truths (Set14 bridge.png), `gray` (config.eval.gray): 'gray' keeps their
 one channel, scored against the luma of the SR output (the MATLAB scripts behind the
@@ -29,6 +30,28 @@ class Sample(NamedTuple):
     hr: np.ndarray          # uint8 HxWx3 (HxWx1 for a grayscale file), modcropped
     lr: np.ndarray          # uint8 (H/s)x(W/s)x3
     extras: dict            # e.g. {'kernel': ...} for blind sets
+
+    @property
+    def lr_shape(self) -> tuple[int, int]:
+        return tuple(self.lr.shape[:2])
+
+    def load(self) -> "Sample":
+        return self
+
+
+class SampleFile(NamedTuple):
+    """An image of a folder set not read yet (`list_set`): its LR (H, W) comes from the HR
+    file's header, so a spread evaluation deals the images by shape and each process reads
+    (and makes the LR of) only the images dealt to it."""
+    name: str
+    lr_shape: tuple[int, int]
+    hr_path: str
+    lr_files: dict          # {name: LR file} when the set has one for this image
+    scale: int
+    gray: str
+
+    def load(self) -> Sample:
+        return _pair(self.hr_path, self.lr_files, self.scale, self.gray)
 
 
 def bicubic_lr(hr: np.ndarray, scale: int) -> np.ndarray:
@@ -91,6 +114,16 @@ def load_set(root: str, name: str, scale: int, *, use_lr_files: bool = True,
              max_images: int = 0, generated_dir: str = "", gray: str = "gray") -> list[Sample]:
     """All (HR, LR) pairs of one benchmark set, sorted by name; `gray`: how a grayscale
     ground truth is kept (module docstring)."""
+    return [s.load() for s in list_set(root, name, scale, use_lr_files=use_lr_files,
+                                       max_images=max_images, generated_dir=generated_dir,
+                                       gray=gray)]
+
+
+def list_set(root: str, name: str, scale: int, *, use_lr_files: bool = True,
+             max_images: int = 0, generated_dir: str = "",
+             gray: str = "gray") -> list[Sample | SampleFile]:
+    """`load_set`'s images, a folder set's as SampleFile (read by `.load()`), the others
+    (skimage_val, blind sets) already loaded; every item has `.name`, `.lr_shape`, `.load()`."""
     check_gray(gray)
     if name == "skimage_val":
         from jaxsr.data import pipeline
@@ -114,7 +147,14 @@ def load_set(root: str, name: str, scale: int, *, use_lr_files: bool = True,
     if max_images:
         files = files[:max_images]
     lr_files = _lr_files(set_dir, scale) if use_lr_files else {}
-    return [_pair(p, lr_files, scale, gray) for p in files]
+    return [_sample_file(p, lr_files, scale, gray) for p in files]
+
+
+def _sample_file(hr_path: str, lr_files: dict, scale: int, gray: str) -> SampleFile:
+    stem = os.path.splitext(paths.basename(hr_path))[0]
+    width, height = images.image_size(hr_path)
+    mine = {stem: lr_files[stem]} if stem in lr_files else {}
+    return SampleFile(stem, (height // scale, width // scale), hr_path, mine, scale, gray)
 
 
 def _load_derived_set(root: str, name: str, scale: int, max_images: int,

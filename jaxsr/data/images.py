@@ -6,6 +6,7 @@ Evaluation, training and inference all read through `read_rgb`, so every path tr
 modes the same way. Folders and files may be gs:// (jaxsr.paths): listed and read through
 the bucket's client, one object per image.
 """
+import contextlib
 import io
 import os
 from typing import Sequence
@@ -45,22 +46,35 @@ def to_rgb_uint8(img: np.ndarray) -> np.ndarray:
 
 def read_rgb(path: str) -> np.ndarray:
     """Reads an image file as HxWx3 uint8 RGB; raises ImageReadError naming the file."""
-    try:
-        with Image.open(image_file(path)) as im:
-            im.load()
-            if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
-                im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(im).astype(np.uint16)
-            else:
-                arr = np.asarray(im)
-    except FileNotFoundError:
-        raise ImageReadError(f"image file not found: {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ImageReadError(f"cannot read image {path}: {e}") from None
+    with _opened(path) as im:
+        im.load()
+        if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
+            im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            arr = np.asarray(im).astype(np.uint16)
+        else:
+            arr = np.asarray(im)
     try:
         return to_rgb_uint8(arr)
     except ImageReadError as e:
+        raise ImageReadError(f"cannot read image {path}: {e}") from None
+
+
+def image_size(path: str) -> tuple[int, int]:
+    """(width, height) from the file's header (a local file is not decoded)."""
+    with _opened(path) as im:
+        return im.size
+
+
+@contextlib.contextmanager
+def _opened(path: str):
+    """The PIL image of `path`; what fails while it is open raises ImageReadError."""
+    try:
+        with Image.open(image_file(path)) as im:
+            yield im
+    except FileNotFoundError:
+        raise ImageReadError(f"image file not found: {path}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageReadError(f"cannot read image {path}: {e}") from None
 
 
