@@ -1,6 +1,10 @@
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# No test asks a GCE metadata server for credentials. google.auth reads this once, when
+# first imported: set later (gcs_emulator.client_env), the test process's own lookups
+# still ping the server, 3 tries with back-off (5.5 s each in test_cloud_storage.py).
+os.environ.setdefault("NO_GCE_CHECK", "true")
 
 import json
 import pathlib
