@@ -2,14 +2,15 @@
 the CPU against the XLA path they replace: `chunked.attend_chunks` on the flattened tables
 with identity chunk ids computes the same look-around attention. Forward (o, lse) and
 gradients (of a random projection of o and lse) for NLSA (self_keys) and GLA (key_bias),
-M = 1, 2 and 3+ chunks (wrap-around), NLSN's unaligned K = 144, bf16 operands."""
+M = 1, 2 and 3+ chunks (wrap-around), NLSN's unaligned K = 144, bf16 operands; and the
+row / scalar gather kernels of the sort, unsort and merge against NumPy indexing."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jaxsr.attention import chunked, lsh, sorted_chunks
-from jaxsr.attention.kernels import sorted_chunk_attention
+from jaxsr.attention.kernels import gather, gather_rows, gather_scalars, sorted_chunk_attention
 
 
 def tables(shape, channels, gla: bool, dtype=jnp.float32, seed=0):
@@ -150,3 +151,50 @@ def test_compiled_mode_is_refused_off_tpu():
     q, k, v, _ = tables((1, 2, 8, 4), 6, gla=False)
     with pytest.raises(ValueError, match="attention_impl='xla'"):
         sorted_chunk_attention(q, k, v, self_keys=True, interpret=False)
+
+
+# (rounds, weighted, table in VMEM?): a plain copy, a weighted sum over rounds (the merge),
+# an unweighted sum (the gradient's), each from a VMEM-resident table and by row DMAs.
+@pytest.mark.parametrize("rounds,weighted", [(1, False), (3, True), (2, False)],
+                         ids=["copy", "weighted-sum", "sum"])
+@pytest.mark.parametrize("in_vmem", [True, False], ids=["vmem", "dma"])
+def test_gather_rows_matches_numpy(rounds, weighted, in_vmem, monkeypatch):
+    """out[n, t] = sum_r w[n, r, t] x[n, idx[n, r, t]]; T = 70 is not a multiple of the
+    row block (its padding rows are cut off)."""
+    if not in_vmem:
+        monkeypatch.setattr(gather, "VMEM_TABLE_BYTES", 0)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 50, 24)).astype(np.float32)
+    idx = rng.integers(0, 50, (2, rounds, 70)).astype(np.int32)
+    w = rng.random((2, rounds, 70)).astype(np.float32) if weighted else None
+    want = np.stack([x[n][idx[n]] for n in range(2)])                  # [N, R, T, D]
+    want = want[:, 0] if rounds == 1 and not weighted else \
+        np.sum(want * (w[..., None] if weighted else 1.0), axis=1)
+    got = gather_rows(jnp.asarray(x), jnp.asarray(idx),
+                      None if w is None else jnp.asarray(w), interpret=True)
+    assert got.shape == want.shape and got.dtype == jnp.float32
+    if rounds == 1 and not weighted:
+        np.testing.assert_array_equal(np.asarray(got), want)           # rows copied exactly
+    else:
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6, atol=1e-6)
+
+
+def test_gather_scalars_matches_numpy():
+    """x[n, idx[n, t]] from a lane-dense table of 300 entries (padded to 384), 2500
+    outputs (3 grid steps of 1024, the last padded)."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 300)).astype(np.float32)
+    idx = rng.integers(0, 300, (2, 2500)).astype(np.int32)
+    got = gather_scalars(jnp.asarray(x), jnp.asarray(idx), interpret=True)
+    np.testing.assert_array_equal(np.asarray(got), np.take_along_axis(x, idx, axis=1))
+
+
+def test_gather_kernels_refuse_what_they_cannot_load():
+    """16-bit tables (Mosaic loads single rows of 32-bit types only) and scalar tables
+    beyond VMEM are named; the attention path then uses XLA's gathers instead."""
+    x = jnp.zeros((1, 8, 4), jnp.bfloat16)
+    with pytest.raises(ValueError, match="32-bit tables"):
+        gather_rows(x, jnp.zeros((1, 1, 4), jnp.int32), interpret=True)
+    big = jnp.zeros((1, gather.VMEM_TABLE_BYTES // 4 + 1), jnp.float32)
+    with pytest.raises(ValueError, match="float32 \\[N, S\\] tables"):
+        gather_scalars(big, jnp.zeros((1, 4), jnp.int32), interpret=True)

@@ -10,7 +10,8 @@ torch's `.view(N, C, H*W)`), with R hashing rounds, chunk size K and nb buckets:
   attend_chunks       q, keys, v, ids (+ bias) -> sorted outputs [R,M*K,C], lse [R,M*K]
                       (`jaxsr.attention.chunked`: a few chunks per loop step, with an
                       explicit FlashAttention-style backward)
-  unsort_and_merge    outputs, lse, undo       -> [L, C] (backward: gathers by `order`)
+  unsort_and_merge    outputs, lse, undo       -> [L, C] (backward: gathers by `order`;
+                      the sorted/pallas paths use `sorted_chunks.merge_rounds`)
   lsh_attention       all of the above; `batched_lsh_attention` for N items with one
                       rotation tensor shared by the batch (as the official code): hash,
                       sort and unsort per item, the chunk attention on all items' rows,
@@ -304,14 +305,34 @@ def lsh_attention(q, v, rotations, chunk_size: int, kind: str, key_bias=None,
                                  max_buckets, chunks_per_step)[0]
 
 
-def _pallas_attention():
+def _pallas_kernels():
     try:
         from jaxsr.attention import kernels
     except ImportError as e:
         raise ValueError("attention_impl='pallas' needs the Pallas kernels "
                          f"(jaxsr.attention.kernels), which failed to import: {e}; use "
                          "config.model.attention_impl='xla'") from e
-    return kernels.sorted_chunk_attention
+    return kernels
+
+
+def _pallas_gather_rows(x, idx, weights=None):
+    """The row-gather kernel for 32-bit tables; XLA's gather for 16-bit ones (the kernel
+    loads single rows of 32-bit types only: `kernels.gather`)."""
+    kernels = _pallas_kernels()
+    if not kernels.gather.supports(x):
+        return sorted_chunks.xla_gather_rows(x, idx, weights)
+    return kernels.gather_rows(x, idx, weights)
+
+
+def _pallas_gather_scalars(x, idx):
+    """The scalar-gather kernel for float32 tables that fit VMEM, else XLA's gather."""
+    kernels = _pallas_kernels()
+    if not kernels.gather.scalars_supported(x):
+        return sorted_chunks.xla_gather_scalars(x, idx)
+    return kernels.gather_scalars(x, idx)
+
+
+PALLAS_GATHERS = sorted_chunks.Gathers(_pallas_gather_rows, _pallas_gather_scalars)
 
 
 def batched_lsh_attention(q, v, rotations, chunk_size: int, kind: str, key_bias=None,
@@ -331,11 +352,15 @@ def batched_lsh_attention(q, v, rotations, chunk_size: int, kind: str, key_bias=
         q1, rotations, chunk_size, kind, max_buckets, scatter_free))(q)  # [N,R,M,K], [N,R,L]
     if formulation == "looped":
         o, lse = _looped(q, v, key_bias, ids, chunks_per_step)
+        return jax.vmap(unsort_and_merge)(o, lse, undo, order).astype(v.dtype)
+    if formulation == "pallas":
+        attend, gathers = _pallas_kernels().sorted_chunk_attention, PALLAS_GATHERS
     else:
-        attend = (_pallas_attention() if formulation == "pallas" else functools.partial(
-            sorted_chunks.sorted_chunk_attention, chunks_per_step=chunks_per_step))
-        o, lse = _sorted(q, v, key_bias, ids, undo, attend)
-    return jax.vmap(unsort_and_merge)(o, lse, undo, order).astype(v.dtype)
+        attend = functools.partial(sorted_chunks.sorted_chunk_attention,
+                                   chunks_per_step=chunks_per_step)
+        gathers = sorted_chunks.XLA_GATHERS
+    o, lse, positions = _sorted(q, v, key_bias, ids, undo, attend, gathers)
+    return sorted_chunks.merge_rounds(o, lse, positions, undo, gathers).astype(v.dtype)
 
 
 def _looped(q, v, key_bias, ids, chunks_per_step):
@@ -352,19 +377,20 @@ def _looped(q, v, key_bias, ids, chunks_per_step):
     return o.reshape((n, -1) + o.shape[1:]), lse.reshape((n, -1) + lse.shape[1:])
 
 
-def _sorted(q, v, key_bias, ids, undo, attend):
+def _sorted(q, v, key_bias, ids, undo, attend, gathers):
     """o, lse as `_looped` from `attend` (the `sorted_chunk_attention` interface) on the
-    tables gathered into sorted chunk order (one gather per table for all rounds)."""
+    tables gathered into sorted chunk order (one row gather per table for all rounds),
+    and the sorted positions [N, R, M*K]."""
     n, length = q.shape[:2]
     n_rounds, n_chunks, size = ids.shape[1:]
     positions = ids.reshape(n, n_rounds, n_chunks * size)
     pad = n_chunks * size - length
 
     def sort(x):          # [N, L, D] -> [N*R, M, K, D]
-        x = sorted_chunks.gather_sorted(x, positions, undo, pad)
+        x = sorted_chunks.gather_sorted(x, positions, undo, pad, gathers)
         return x.reshape((n * n_rounds, n_chunks, size) + x.shape[3:])
     q_s = sort(q)
     bias = None if key_bias is None else sort(key_bias[..., :size])
     o, lse = attend(q_s, normalize_keys(q_s), sort(v), bias, self_keys=key_bias is None)
     return (o.reshape(n, n_rounds, n_chunks * size, -1),
-            lse.reshape(n, n_rounds, n_chunks * size))
+            lse.reshape(n, n_rounds, n_chunks * size), positions)

@@ -8,8 +8,10 @@ scatter-adds. A TPU runs a scatter with data-dependent indices as a serialised l
 
   gather_sorted        [N, L, D] -> [N, R, M*K, D]: one gather per table and all rounds,
                        positions from `lsh.chunk_indices` (the tail-copy padding included);
-                       backward: gathers by the inverse permutation `undo` (plus a second,
-                       masked gather for the padded copies), summed over the rounds
+                       backward: one gather by the inverse permutation `undo` (plus the
+                       padded copies' rows), summed over the rounds
+  merge_rounds         sorted o, lse -> [N, L, C]: unsort and the softmax merge of the
+                       rounds as one summing gather; backward: gathers in sorted order
   sorted_chunk_attention
                        [G, M, K, .] sorted tables -> o [G, M, K, C], lse [G, M, K]: chunk m
                        attends to chunks m, m-1, m+1 (mod M) of its group, the look-around
@@ -18,11 +20,13 @@ scatter-adds. A TPU runs a scatter with data-dependent indices as a serialised l
                        back with rolls (its transpose)
 
 `sorted_chunk_attention` is the interface the Pallas kernels implement too
-(`jaxsr.attention.kernels.sorted_chunk_attention`): same arguments, same results.
+(`jaxsr.attention.kernels.sorted_chunk_attention`): same arguments, same results; likewise
+`xla_gather_rows` and `kernels.gather_rows`, the row gather the permutations use.
 Scores, softmax and lse are float32; matmuls take the operands' dtype (bf16 under mixed
 precision) and accumulate in float32, as in `chunked`.
 """
 import functools
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -38,49 +42,125 @@ def _rows(x):
     return x.reshape((-1,) + x.shape[2:])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def gather_sorted(x, positions, undo, pad: int):
-    """x [N, L, D] -> [N, R, P, D] with out[n, r, p] = x[n, positions[n, r, p]].
-
-    positions [N, R, P] (P = L + pad): each round's sorted order followed by a copy of
-    its last `pad` entries (`lsh.chunk_indices`); undo [N, R, L] the inverse of the
-    first L (undo[n, r, positions[n, r, i]] = i for i < L). The gathers are per item
-    (vmap: a batch dimension), so that a batch sharded over chips stays sharded: one
-    gather of rows of the flattened [N*L, D] table makes the SPMD partitioner all-gather
-    the table over the chips first."""
-    return jax.vmap(_take_rows)(x, positions)
+def xla_gather_rows(x, idx, weights=None):
+    """out[n, t] = sum_r weights[n, r, t] * x[n, idx[n, r, t]] (x [N, S, D], idx and
+    weights [N, R, T]; weights None: 1; R == 1 without weights: the rows unchanged), the
+    sum in float32. The XLA form of `jaxsr.attention.kernels.gather_rows`: per-item
+    gathers (vmap, a batch dimension), so that a batch sharded over chips stays sharded
+    (a gather of rows of the flattened [N*S, D] table makes the SPMD partitioner
+    all-gather the table over the chips first)."""
+    g = jax.vmap(_take_rows)(x, idx)                                   # [N, R, T, D]
+    if weights is None and idx.shape[1] == 1:
+        return g[:, 0]
+    g = g.astype(F32)
+    if weights is not None:
+        g = g * weights[..., None].astype(F32)
+    return jnp.sum(g, axis=1).astype(x.dtype)
 
 
 def _take_rows(x, idx):
     return x.at[idx].get(mode="promise_in_bounds")
 
 
-def _gather_sorted_fwd(x, positions, undo, pad):
-    return gather_sorted(x, positions, undo, pad), (positions, undo)
+def xla_gather_scalars(x, idx):
+    """x [N, S], idx [N, ...] -> x[n, idx[n, ...]] (XLA; `kernels.gather_scalars`)."""
+    return jax.vmap(_take_rows)(x, idx)
 
 
-def _gather_sorted_bwd(pad, res, g):
+class Gathers(NamedTuple):
+    """The two gathers the permutations use: `rows` as `xla_gather_rows`, `scalars` as
+    `xla_gather_scalars` (the Pallas path passes its kernels')."""
+    rows: Callable
+    scalars: Callable
+
+
+XLA_GATHERS = Gathers(xla_gather_rows, xla_gather_scalars)
+
+
+def _round_offsets(idx, size: int):
+    """idx [N, R, T] into one round's [size] rows -> into the [R * size] rows of all."""
+    return idx + (jnp.arange(idx.shape[1], dtype=idx.dtype) * size)[:, None]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def gather_sorted(x, positions, undo, pad: int, gathers=XLA_GATHERS):
+    """x [N, L, D] -> [N, R, P, D] with out[n, r, p] = x[n, positions[n, r, p]].
+
+    positions [N, R, P] (P = L + pad): each round's sorted order followed by a copy of
+    its last `pad` entries (`lsh.chunk_indices`); undo [N, R, L] the inverse of the
+    first L (undo[n, r, positions[n, r, i]] = i for i < L). gathers: `XLA_GATHERS` or
+    the Pallas kernels' (`Gathers`)."""
+    n, n_rounds, padded = positions.shape
+    rows = gathers.rows(x, positions.reshape(n, 1, n_rounds * padded))
+    return rows.reshape((n, n_rounds, padded) + x.shape[2:])
+
+
+def _gather_sorted_fwd(x, positions, undo, pad, gathers):
+    return gather_sorted(x, positions, undo, pad, gathers), (positions, undo)
+
+
+def _gather_sorted_bwd(pad, gathers, res, g):
     """dx[n, l] = sum_r g[n, r, undo[n, r, l]] (+ g at undo + pad for the entries whose
-    copy is in the padding): gathers, where autodiff would scatter-add."""
+    copy is in the padding): one summing gather, where autodiff would scatter-add."""
     positions, undo = res
-    return jax.vmap(functools.partial(_unsort_cotangent, pad=pad))(g, undo), None, None
-
-
-def _unsort_cotangent(g, undo, pad: int):
-    """One item: g [R, P, D], undo [R, L] -> [L, D] summed over the rounds."""
-    n_rounds, padded = g.shape[:2]
+    n, n_rounds, padded = g.shape[:3]
     length = undo.shape[-1]
-    flat = undo + (jnp.arange(n_rounds, dtype=undo.dtype) * padded)[:, None]
-    g_rows = g.reshape((-1,) + g.shape[2:])
-    d = _take_rows(g_rows, flat)                                       # [R, L, D]
+    idx, weights = _round_offsets(undo, padded), None
     if pad:
         copied = undo >= length - pad                 # sorted slots L-pad.. reappear at +pad
-        dup = _take_rows(g_rows, jnp.where(copied, flat + pad, flat))
-        d = d + jnp.where(copied[..., None], dup, jnp.zeros_like(dup))
-    return jnp.sum(d.astype(F32), axis=0).astype(g.dtype)
+        idx = jnp.concatenate([idx, jnp.where(copied, idx + pad, idx)], axis=1)
+        weights = jnp.concatenate([jnp.ones(copied.shape, F32), copied.astype(F32)], axis=1)
+    dx = gathers.rows(g.reshape((n, n_rounds * padded) + g.shape[3:]), idx, weights)
+    return dx, None, None
 
 
 gather_sorted.defvjp(_gather_sorted_fwd, _gather_sorted_bwd)
+
+
+# --------------------------------------------------------------------------- round merge
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def merge_rounds(o, lse, positions, undo, gathers=XLA_GATHERS):
+    """The attention output [N, L, C] from the rounds' sorted outputs o [N, R, P, C] and
+    lse [N, R, P]: out[l] = sum_r softmax_r(lse_r(l)) o_r(l), where o_r(l) = o[r,
+    undo[r, l]] (the padded copies are dropped), as `lsh.unsort_and_merge`, in one
+    summing gather. Backward, in sorted order, by gathers: do[r, p] = w_r(l) dout[l] and
+    dlse[r, p] = w_r(l) (<o[r, p], dout[l]> - <out[l], dout[l]>) at l = positions[r, p]
+    (zero in the padding), the softmax's derivative."""
+    return _merge(o, lse, undo, gathers)[0]
+
+
+def _merge(o, lse, undo, gathers):
+    n, n_rounds, padded = lse.shape
+    idx = _round_offsets(undo, padded)                                 # [N, R, L]
+    lse_u = gathers.scalars(lse.reshape(n, -1), idx.reshape(n, -1)).reshape(idx.shape)
+    weights = jax.nn.softmax(lse_u.astype(F32), axis=1)
+    return gathers.rows(o.reshape((n, n_rounds * padded) + o.shape[3:]), idx, weights), \
+        weights
+
+
+def _merge_fwd(o, lse, positions, undo, gathers):
+    out, weights = _merge(o, lse, undo, gathers)
+    return out, (o, positions, weights, out)
+
+
+def _merge_bwd(gathers, res, dout):
+    o, positions, weights, out = res
+    n, n_rounds, padded = positions.shape
+    length = weights.shape[-1]
+    valid = jnp.arange(padded) < length
+    w_s = gathers.scalars(weights.reshape(n, -1),
+                          _round_offsets(positions, length).reshape(n, -1))
+    w_s = jnp.where(valid, w_s.reshape(positions.shape), 0.0)          # [N, R, P]
+    do = gathers.rows(dout.astype(o.dtype), positions.reshape(n, 1, -1),
+                      w_s.reshape(n, 1, -1)).reshape(o.shape)
+    mean = jnp.sum(out.astype(F32) * dout.astype(F32), axis=-1)       # [N, L]
+    mean_s = gathers.scalars(mean, positions.reshape(n, -1)).reshape(positions.shape)
+    dlse = jnp.sum(do.astype(F32) * o.astype(F32), axis=-1) - w_s * mean_s
+    return do, dlse, None, None
+
+
+merge_rounds.defvjp(_merge_fwd, _merge_bwd)
 
 
 # --------------------------------------------------------------------------- look-around

@@ -1,5 +1,5 @@
-"""`sorted_chunk_attention`: checks the tables, picks interpret or compiled mode for the
-platform being traced for, and partitions the kernels over the data axis.
+"""`sorted_chunk_attention`, `gather_rows` and `gather_scalars`: check the tables, pick interpret or compiled
+mode for the platform being traced for, and partition the kernels over the data axis.
 
 Mosaic kernels are custom calls that XLA's SPMD partitioner does not split: in a jit whose
 inputs are sharded over the ('data',) mesh, an unwrapped kernel call would gather the whole
@@ -15,7 +15,7 @@ import jax
 from jax.sharding import PartitionSpec as P
 
 from jaxsr import target_platform
-from jaxsr.attention.kernels import chunk_attention
+from jaxsr.attention.kernels import chunk_attention, gather
 
 DATA_AXIS = "data"
 
@@ -65,16 +65,47 @@ def sorted_chunk_attention(q, k, v, key_bias=None, *, self_keys: bool,
     def local(q, k, v, key_bias):
         o, lse = chunk_attention.attention(q, k, v, key_bias, self_keys, interpret)
         return o, lse.reshape(lse.shape[:2] + lse.shape[3:])
+    return _partitioned(local, (q, k, v, key_bias), 2)(q, k, v, key_bias)
 
-    shards = _data_axis_size()
-    if shards > 1 and q.shape[0] % shards == 0:
+
+def gather_rows(x, idx, weights=None, *, interpret: bool | None = None):
+    """`gather.gather_rows` (out[n, t] = sum_r w[n, r, t] x[n, idx[n, r, t]]) on each
+    chip's items. 32-bit tables only (`gather.supports`)."""
+    if not gather.supports(x):
+        raise ValueError(f"gather_rows: table dtype {x.dtype}: the row-gather kernel takes "
+                         "32-bit tables (use sorted_chunks.xla_gather_rows)")
+    interpret = _use_interpret(interpret)
+
+    def local(x, idx, weights):
+        return gather.gather_rows(x, idx, weights, interpret=interpret)
+    return _partitioned(local, (x, idx, weights), 1)(x, idx, weights)
+
+
+def gather_scalars(x, idx, *, interpret: bool | None = None):
+    """`gather.gather_scalars` (x[n, idx[n, t]], float32 tables fitting VMEM) per chip."""
+    if not gather.scalars_supported(x):
+        raise ValueError(f"gather_scalars: table {x.dtype}{list(x.shape)}: the kernel takes "
+                         "float32 [N, S] tables of at most "
+                         f"{gather.VMEM_TABLE_BYTES // 4} entries per item")
+    interpret = _use_interpret(interpret)
+
+    def local(x, idx):
+        return gather.gather_scalars(x, idx, interpret=interpret)
+    return _partitioned(local, (x, idx), 1)(x, idx)
+
+
+def _partitioned(local, args, n_out: int):
+    """`local` wrapped in shard_map over the leading (group or item) axis of `args` (None
+    entries: unsharded) when tracing under a mesh with a data axis that divides it."""
+    shards, lead = _data_axis_size(), args[0].shape[0]
+    if shards > 1 and lead % shards == 0:
         spec = P(DATA_AXIS)
-        local = jax.shard_map(local, in_specs=(spec, spec, spec, None if key_bias is None
-                                               else spec),
-                              out_specs=(spec, spec), check_vma=False)
-    elif shards > 1:
+        out_specs = (spec,) * n_out if n_out > 1 else spec
+        return jax.shard_map(local, in_specs=tuple(None if a is None else spec for a in args),
+                             out_specs=out_specs, check_vma=False)
+    if shards > 1:
         # Correct but slow: XLA runs the unsplit kernels on every chip.
-        logging.warning("sorted_chunk_attention: %d groups do not split over the %d-way "
-                        "data axis; the kernels run unpartitioned (whole batch per chip)",
-                        q.shape[0], shards)
-    return local(q, k, v, key_bias)
+        logging.warning("%s: %d groups do not split over the %d-way data axis; the kernels "
+                        "run unpartitioned (whole batch per chip)", local.__qualname__,
+                        lead, shards)
+    return local
