@@ -14,7 +14,8 @@ inputs.
 
 Several processes (one per host of a pod, or loopback; the jax.distributed flags below, as
 `jaxsr.main` takes them) split a folder: each image runs on one device of one process
-(jaxsr.eval_engine) and is written by that process, so --output must be a folder every
+(jaxsr.eval_engine: local inputs dealt by shape, as evaluation's) and is written by that
+process, so --output must be a folder every
 host sees (gs:// or a shared file system); process 0 checks at the end that it sees every
 output. Inputs and outputs may be gs:// folders.
 
@@ -338,6 +339,21 @@ def upscale_one(up: Upscaler, src: str, dst: str, overwrite: bool, progress: boo
         raise OSError(e.errno, f"could not write {dst}: {e.strerror or e}") from e
 
 
+def run_shape(up: Upscaler, src: str) -> tuple[int, int]:
+    """The padded (H, W) a local input runs at, from its header: the engine deals the
+    images by it, as evaluation does, so a device compiles few shapes. (0, 0) for a gs://
+    input (its header is a read of the whole object: those are dealt in file order) and
+    for a file that cannot be read (its work reports it)."""
+    if paths.is_remote(src):
+        return (0, 0)
+    try:
+        width, height = images.image_size(src)
+    except images.ImageReadError:
+        return (0, 0)
+    o = up.options
+    return tuple(inference.padded_size(n, o["multiple"], o["min_size"]) for n in (height, width))
+
+
 def upscale_files(up: Upscaler, pairs, progress: bool = True, overwrite: bool = False,
                   devices=None) -> list[tuple[str, str]]:
     """Upscales each (input, output) pair, spread over `devices` (default: all that
@@ -357,7 +373,8 @@ def upscale_files(up: Upscaler, pairs, progress: bool = True, overwrite: bool = 
             return {"failed": str(e)}
         return {}
 
-    rows = eval_engine.run([1] * len(pairs), [0] * len(pairs), work, what="images",
+    shapes = [run_shape(up, src) for src, _ in pairs]
+    rows = eval_engine.run([max(1, h * w) for h, w in shapes], shapes, work, what="images",
                            names=[src for src, _ in pairs], bar=progress,
                            devices=list(ups))
     return [(src, r["failed"]) for (src, _), r in zip(pairs, rows) if "failed" in r]

@@ -270,24 +270,34 @@ out = []
 for d in (devices[:1], devices):
     out.append(evaluate.score_samples(config, apply_fn, "Set14", samples, devices=d)["images"])
     out.append(forward.num_compiled(apply_fn))     # device 1 compiled its own shapes too
+# Tiles (one tile shape): all the tiles of an image run on the device it is dealt to.
+config.eval.tile, config.eval.tile_overlap = 64, 8
+for d in (devices[:1], devices):
+    out.append(evaluate.score_samples(config, apply_fn, "Set14", samples[:2],
+                                      devices=d)["images"])
 print(json.dumps(out))
 """
 
 
 def test_two_devices_of_one_process_score_exactly_as_one(shared_data, xla_cache_env):
-    """The threads of an accelerator host (one per device), here on 2 CPU devices."""
+    """The threads of an accelerator host (one per device), here on 2 CPU devices: whole
+    images, then tiled ones (each image's tiles on its one device)."""
     env = dict(xla_cache_env, XLA_FLAGS="--xla_force_host_platform_device_count=2",
                PYTHONPATH=os.path.join(REPO, "tests"))
     res = subprocess.run([sys.executable, "-c", TWO_DEVICES_DRIVER,
                           str(shared_data / "benchmarks")], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]
-    one, compiled_one, two, compiled_two = json.loads(res.stdout.strip().splitlines()[-1])
-    assert sorted(one) == sorted(two) and len(one) == 4
+    one, compiled_one, two, compiled_two, tiled_one, tiled_two = json.loads(
+        res.stdout.strip().splitlines()[-1])
     assert compiled_two > compiled_one > 0
-    for name, row in one.items():
-        assert {k: v for k, v in two[name].items() if k != "seconds"} == \
-            {k: v for k, v in row.items() if k != "seconds"}
+    for a, b, n in ((one, two, 4), (tiled_one, tiled_two, 2)):
+        assert sorted(a) == sorted(b) and len(a) == n
+        for name, row in a.items():
+            assert {k: v for k, v in b[name].items() if k != "seconds"} == \
+                {k: v for k, v in row.items() if k != "seconds"}
+    # The tiled runs computed other SRs (the tiles took effect).
+    assert any(tiled_one[n]["psnr_y"] != one[n]["psnr_y"] for n in tiled_one)
 
 
 def test_gray_y_scores_bridge_replicated_to_rgb_on_y(shared_data):
@@ -349,3 +359,16 @@ def test_benchmarks_and_upscale_folders_may_be_gs(emulator, shared_data, tmp_pat
     assert [paths.basename(d) for _, d in pairs] == [os.path.basename(d) for _, d in mine]
     for (_, remote_out), (_, local_out) in zip(pairs, mine):
         assert paths.read_bytes(remote_out) == open(local_out, "rb").read()
+
+
+def test_upscale_deals_local_inputs_by_their_padded_shape(shared_data, tmp_path):
+    """A local input's header gives the shape it runs at (the engine's dealing key); a
+    gs:// input and an unreadable file get (0, 0)."""
+    up = upscale.Upscaler.from_workdir("bicubic", ["scale=2"])
+    baby = shared_data / "benchmarks" / "Set5" / "LR_bicubic" / "X2" / "babyx2.png"
+    assert upscale.run_shape(up, str(baby)) == (256, 256)
+    up.options.update(multiple=24, min_size=300)
+    assert upscale.run_shape(up, str(baby)) == (312, 312)      # padded as it will run
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    assert upscale.run_shape(up, str(tmp_path / "broken.png")) == (0, 0)
+    assert upscale.run_shape(up, "gs://bucket/in/a.png") == (0, 0)
