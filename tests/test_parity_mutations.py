@@ -26,6 +26,7 @@ torch = pytest.importorskip("torch")
 from jaxsr import convert, models  # noqa: E402
 from jaxsr.attention import chunked, lsh  # noqa: E402
 from jaxsr.convert import core  # noqa: E402
+from tests.fast_compile import FAST_COMPILE  # noqa: E402
 from test_torch_parity import (TOL, inject_rotations, make_config, peaked_params,  # noqa: E402
                                to_torch_sd)
 from torch_refs import lsh as torch_lsh  # noqa: E402
@@ -36,9 +37,7 @@ HW, K = (9, 8), 5                 # L = 72: M = 15 chunks, padding p = 3, nb = 1
 MIN_SPREAD = 3.0                  # median over queries of max - min chunk score
 MIN_TOP_P = 0.15                  # mean largest softmax weight (uniform: 1/15 = 0.067)
 MUTANT_MIN_ERR = 100 * TOL        # "a clear margin" above the tolerance
-# XLA:CPU without its backend optimisations compiles these tiny nets 2.5-4x faster (ten
-# compiles here); the unmutated parity below holds under the same options.
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
+# FAST_COMPILE (ten compiles here): the unmutated parity below holds under the same options.
 
 # Two attention layers each; NLSN with one ResBlock between its NLSAs (attn_every=1) and
 # DLSN with two one-LFFB groups keep the compile small.
