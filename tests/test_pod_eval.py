@@ -336,8 +336,8 @@ def test_pad_to_changes_the_padded_shape_and_the_result_key():
 
 
 def test_benchmarks_and_upscale_folders_may_be_gs(emulator, shared_data, tmp_path):  # noqa: F811
-    """benchmarks_dir and upscale's --input/--output in a bucket (the emulator) give what
-    the local folders give."""
+    """benchmarks_dir (a plain set and DIV2KRK) and upscale's --input/--output in a bucket
+    (the emulator) give what the local folders give."""
     set5 = shared_data / "benchmarks" / "Set5"
     lr_dir = set5 / "LR_bicubic" / "X2"
     paths._fs().put(str(set5 / "HR") + "/", "bucket/bench/Set5/HR", recursive=True)
@@ -348,6 +348,15 @@ def test_benchmarks_and_upscale_folders_may_be_gs(emulator, shared_data, tmp_pat
     for a, b in zip(local, remote):
         np.testing.assert_array_equal(a.hr, b.hr)
         np.testing.assert_array_equal(a.lr, b.lr)
+    krk = shared_data / "benchmarks" / "DIV2KRK"       # a blind set: its kernels too
+    for rel in ("gt/im_43.png", "lr_x4/im_43.png", "gt_k_x4/kernel_43.mat"):
+        paths._fs().put(str(krk / rel), f"bucket/bench/DIV2KRK/{rel}")
+    remote = benchmarks.load_set("gs://bucket/bench", "DIV2KRK", 4)
+    local = benchmarks.load_set(str(shared_data / "benchmarks"), "DIV2KRK", 4)[:1]
+    assert [s.name for s in remote] == [s.name for s in local] == ["im_43"]
+    for k in ("hr", "lr"):
+        np.testing.assert_array_equal(getattr(remote[0], k), getattr(local[0], k))
+    np.testing.assert_array_equal(remote[0].extras["kernel"], local[0].extras["kernel"])
     up = upscale.Upscaler.from_workdir("bicubic", ["scale=2"])
     pairs = upscale.output_pairs("gs://bucket/bench/Set5/LR_bicubic/X2", "gs://bucket/out")
     upscale.check_pairs(pairs)

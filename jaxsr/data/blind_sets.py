@@ -194,7 +194,7 @@ def load_set(benchmarks_dir: str, name: str, scale: int, generated_dir: str = ""
                        f"<Set>_DN<level>, <Set>_<{'|'.join(PRESET_KINDS)}> or DIV2KRK")
     base, kind = parsed
     if kind == "div2krk":
-        es = div2krk.entries(os.path.join(benchmarks_dir, "DIV2KRK"), scale)
+        es = div2krk.entries(paths.join(benchmarks_dir, "DIV2KRK"), scale)
         es = es[:max_images] if max_images > 0 else es
         return BlindSet(name, scale, es, lambda e: div2krk.load_entry(e, scale))
     folder = set_folder(generated_dir, name, scale) if generated_dir else ""

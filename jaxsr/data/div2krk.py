@@ -9,11 +9,12 @@ The stored LR files are the reference (x2 LR has a small per-image offset that a
 re-generation does not reproduce), so they are read, not synthesised. Only images with
 both an HR and an LR file are returned; the kernel is optional per image.
 """
-import os
+import io
 import re
 
 import numpy as np
 
+from jaxsr import paths
 from jaxsr.data import images
 
 SCALES = (2, 4)
@@ -25,10 +26,11 @@ def _index(fname: str):
 
 
 def read_kernel(path: str) -> np.ndarray:
-    """The `Kernel` variable of a DIV2KRK .mat file (float64, sums to 1)."""
+    """The `Kernel` variable of a DIV2KRK .mat file (float64, sums to 1); local or gs://."""
     from scipy import io as sio
     try:
-        mat = sio.loadmat(path)
+        source = io.BytesIO(paths.read_bytes(path)) if paths.is_remote(path) else path
+        mat = sio.loadmat(source)
     except FileNotFoundError:
         raise FileNotFoundError(f"DIV2KRK kernel file not found: {path}") from None
     except Exception as e:                      # noqa: BLE001 (scipy raises several types)
@@ -40,22 +42,27 @@ def read_kernel(path: str) -> np.ndarray:
 
 
 def entries(root: str, scale: int) -> list[dict]:
-    """[{name, hr, lr, kernel (path or None)}] for the images that have HR and LR files."""
+    """[{name, hr, lr, kernel (path or None)}] for the images that have HR and LR files
+    (`root` local or gs://: one listing per folder)."""
     if scale not in SCALES:
         raise ValueError(f"DIV2KRK exists for scales {SCALES}, not config.scale={scale}")
-    gt_dir, lr_dir = os.path.join(root, "gt"), os.path.join(root, f"lr_x{scale}")
+    gt_dir, lr_dir = paths.join(root, "gt"), paths.join(root, f"lr_x{scale}")
     for d in (gt_dir, lr_dir):
-        if not os.path.isdir(d):
+        if not paths.isdir(d):
             raise FileNotFoundError(f"DIV2KRK folder missing: {d}")
+    k_dir = paths.join(root, f"gt_k_x{scale}")
+    lr_files = set(paths.listdir(lr_dir))
+    kernels = set(paths.listdir(k_dir)) if paths.isdir(k_dir) else set()
     out = []
-    for f in sorted(os.listdir(gt_dir), key=lambda f: (_index(f) is None, _index(f) or 0, f)):
+    for f in sorted(paths.listdir(gt_dir),
+                    key=lambda f: (_index(f) is None, _index(f) or 0, f)):
         n = _index(f)
-        lr = os.path.join(lr_dir, f)
-        if n is None or not os.path.isfile(lr):
+        if n is None or f not in lr_files:
             continue
-        k = os.path.join(root, f"gt_k_x{scale}", f"kernel_{n}.mat")
-        out.append({"name": f"im_{n}", "hr": os.path.join(gt_dir, f), "lr": lr,
-                    "kernel": k if os.path.isfile(k) else None})
+        k = f"kernel_{n}.mat"
+        out.append({"name": f"im_{n}", "hr": paths.join(gt_dir, f),
+                    "lr": paths.join(lr_dir, f),
+                    "kernel": paths.join(k_dir, k) if k in kernels else None})
     if not out:
         raise FileNotFoundError(f"no DIV2KRK image in {gt_dir} has an LR file in {lr_dir}")
     return out
