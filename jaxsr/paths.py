@@ -115,6 +115,14 @@ def read_bytes(path) -> bytes:
         return f.read()
 
 
+def read_head(path, n: int) -> bytes:
+    """The first `n` bytes of a file (on a bucket, one ranged read)."""
+    if is_remote(path):
+        return _fs().cat_file(str(path), start=0, end=n)
+    with open(path, "rb") as f:
+        return f.read(n)
+
+
 def read_text(path) -> str:
     return read_bytes(path).decode()
 

@@ -14,7 +14,7 @@ inputs.
 
 Several processes (one per host of a pod, or loopback; the jax.distributed flags below, as
 `jaxsr.main` takes them) split a folder: each image runs on one device of one process
-(jaxsr.eval_engine: local inputs dealt by shape, as evaluation's) and is written by that
+(jaxsr.eval_engine: dealt by shape, as evaluation's) and is written by that
 process, so --output must be a folder every
 host sees (gs:// or a shared file system); process 0 checks at the end that it sees every
 output. Inputs and outputs may be gs:// folders.
@@ -340,12 +340,9 @@ def upscale_one(up: Upscaler, src: str, dst: str, overwrite: bool, progress: boo
 
 
 def run_shape(up: Upscaler, src: str) -> tuple[int, int]:
-    """The padded (H, W) a local input runs at, from its header: the engine deals the
-    images by it, as evaluation does, so a device compiles few shapes. (0, 0) for a gs://
-    input (its header is a read of the whole object: those are dealt in file order) and
-    for a file that cannot be read (its work reports it)."""
-    if paths.is_remote(src):
-        return (0, 0)
+    """The padded (H, W) an input runs at, from its header (jaxsr.data.images.image_size):
+    the engine deals the images by it, as evaluation does, so a device compiles few
+    shapes; (0, 0) for a file that cannot be read (its work reports it)."""
     try:
         width, height = images.image_size(src)
     except images.ImageReadError:

@@ -29,7 +29,7 @@ from tests.test_cloud_storage import emulator  # noqa: F401,I001 (fixture; sets 
 from test_distributed import REPO, Processes, free_port
 from test_inference import random_params
 from jaxsr import checkpoint, config_util, eval_engine, evaluate, models, paths, upscale
-from jaxsr.data import benchmarks
+from jaxsr.data import benchmarks, images
 
 DEADLINE_S = 300        # all launches together, on a loaded 2-core machine
 TINY_MODEL = ["--config.model.n_resblocks=2", "--config.model.n_feats=8"]
@@ -345,6 +345,7 @@ def test_benchmarks_and_upscale_folders_may_be_gs(emulator, shared_data, tmp_pat
     local = benchmarks.load_set(str(shared_data / "benchmarks"), "Set5", 2)
     remote = benchmarks.load_set("gs://bucket/bench", "Set5", 2)
     assert [s.name for s in remote] == [s.name for s in local] and len(local) == 5
+    names = [s.name for s in local]
     for a, b in zip(local, remote):
         np.testing.assert_array_equal(a.hr, b.hr)
         np.testing.assert_array_equal(a.lr, b.lr)
@@ -357,6 +358,11 @@ def test_benchmarks_and_upscale_folders_may_be_gs(emulator, shared_data, tmp_pat
     for k in ("hr", "lr"):
         np.testing.assert_array_equal(getattr(remote[0], k), getattr(local[0], k))
     np.testing.assert_array_equal(remote[0].extras["kernel"], local[0].extras["kernel"])
+    # Sizes from the objects' first bytes (ranged reads: no whole read), as locally.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(paths, "read_bytes", lambda p: pytest.fail(f"whole read of {p}"))
+        sizes = [images.image_size(f"gs://bucket/bench/Set5/HR/{n}.png") for n in names]
+    assert sizes == [images.image_size(str(set5 / "HR" / f"{n}.png")) for n in names]
     up = upscale.Upscaler.from_workdir("bicubic", ["scale=2"])
     pairs = upscale.output_pairs("gs://bucket/bench/Set5/LR_bicubic/X2", "gs://bucket/out")
     upscale.check_pairs(pairs)
@@ -371,8 +377,8 @@ def test_benchmarks_and_upscale_folders_may_be_gs(emulator, shared_data, tmp_pat
 
 
 def test_upscale_deals_local_inputs_by_their_padded_shape(shared_data, tmp_path):
-    """A local input's header gives the shape it runs at (the engine's dealing key); a
-    gs:// input and an unreadable file get (0, 0)."""
+    """An input's header gives the shape it runs at (the engine's dealing key); an
+    unreadable file gets (0, 0)."""
     up = upscale.Upscaler.from_workdir("bicubic", ["scale=2"])
     baby = shared_data / "benchmarks" / "Set5" / "LR_bicubic" / "X2" / "babyx2.png"
     assert upscale.run_shape(up, str(baby)) == (256, 256)
@@ -380,4 +386,3 @@ def test_upscale_deals_local_inputs_by_their_padded_shape(shared_data, tmp_path)
     assert upscale.run_shape(up, str(baby)) == (312, 312)      # padded as it will run
     (tmp_path / "broken.png").write_bytes(b"not an image")
     assert upscale.run_shape(up, str(tmp_path / "broken.png")) == (0, 0)
-    assert upscale.run_shape(up, "gs://bucket/in/a.png") == (0, 0)

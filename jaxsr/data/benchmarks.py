@@ -5,8 +5,7 @@ files exist they are made on the fly with the MATLAB-exact bicubic from the modc
 which is how the shipped LR files were made. `skimage_val` is the held-out part of the
 embedded demo photos. Other names (blurred/noisy sets, DIV2KRK) resolve through
 `jaxsr.data.blind_sets`. The root may be a gs:// folder (jaxsr.paths; one listing per
-folder; `list_set` reads each image's header, a local file's without decoding it, a gs://
-object whole; `load` reads the image).
+folder; `list_set` reads each image's header, `load` the image).
 
 Grayscale ground truths (Set14 bridge.png), `gray` (config.eval.gray): 'gray' keeps their
 one channel, scored against the luma of the SR output (the MATLAB scripts behind the

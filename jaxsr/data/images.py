@@ -60,8 +60,19 @@ def read_rgb(path: str) -> np.ndarray:
         raise ImageReadError(f"cannot read image {path}: {e}") from None
 
 
+HEADER_BYTES = 1 << 16      # holds the size of a PNG (IHDR) and of nearly every JPEG
+
+
 def image_size(path: str) -> tuple[int, int]:
-    """(width, height) from the file's header (a local file is not decoded)."""
+    """(width, height) from the file's header, not decoded: a local file is opened, a
+    gs:// object's first HEADER_BYTES are read (the whole object only when its size lies
+    beyond them, e.g. after a large EXIF block)."""
+    if path_layer.is_remote(path):
+        try:
+            with Image.open(io.BytesIO(path_layer.read_head(path, HEADER_BYTES))) as im:
+                return im.size
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+            pass                        # not in the head: the whole object below
     with _opened(path) as im:
         return im.size
 
