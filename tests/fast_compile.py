@@ -3,8 +3,9 @@
 The tiny nets of the tests spend most of their time in compilation; without the backend
 optimisations XLA:CPU compiles them 2.5-4x faster (e.g. tests/test_gan.py's GAN step).
 The XLA program (HLO, its fusions and buffers) is the same; only the machine code is less
-optimised, which these sizes do not notice. Not for tests that time programs, and every
-comparison in a test uses programs compiled the same way.
+optimised, which these sizes do not notice. Not for tests that time programs or measure
+their compiled memory; a function traced inside another jit or jaxpr takes plain jax.jit
+(compiler options are for top-level programs only).
 """
 import functools
 

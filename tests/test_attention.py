@@ -8,6 +8,7 @@ from jax.test_util import check_grads
 
 from jaxsr.attention import (GlobalLearnableAttention, NonLocalAttention,
                              NonLocalSparseAttention, dense, lsh)
+from tests.fast_compile import jit as fast_jit
 
 
 def _np_dense(q, v, bias=None):
@@ -31,7 +32,7 @@ def test_one_chunk_equals_dense_softmax_attention(length, kind):
     bias = rng.normal(size=(length, 32)) if kind == lsh.SUPERBIT and length < 32 else None
     nb = lsh.num_buckets(length, 32)
     rot = jnp.asarray(lsh.fixed_rotations(0, "t", kind, 6, 3, nb))
-    fn = jax.jit(lambda q, v, b: lsh.lsh_attention(q, v, rot, 32, kind, b))
+    fn = fast_jit(lambda q, v, b: lsh.lsh_attention(q, v, rot, 32, kind, b))
     got = fn(jnp.asarray(q, jnp.float32), jnp.asarray(v, jnp.float32),
              None if bias is None else jnp.asarray(bias, jnp.float32))
     np.testing.assert_allclose(np.asarray(got), _np_dense(q, v, bias), atol=2e-5)
@@ -42,7 +43,7 @@ def test_several_chunks_differ_from_dense():
     rng = np.random.default_rng(1)
     q, v = rng.normal(size=(128, 6)), rng.normal(size=(128, 5))
     rot = jnp.asarray(lsh.fixed_rotations(0, "t", lsh.CROSS_POLYTOPE, 6, 2, 8))
-    fn = jax.jit(lambda q, v: lsh.lsh_attention(q, v, rot, 16, lsh.CROSS_POLYTOPE))
+    fn = fast_jit(lambda q, v: lsh.lsh_attention(q, v, rot, 16, lsh.CROSS_POLYTOPE))
     got = fn(jnp.asarray(q, jnp.float32), jnp.asarray(v, jnp.float32))
     assert np.abs(np.asarray(got) - _np_dense(q, v)).max() > 1e-2
 
@@ -58,8 +59,8 @@ def test_num_buckets_follows_official_formula():
 def test_nonlocal_attention_matches_numpy():
     x = np.random.default_rng(0).normal(size=(2, 5, 6, 8)).astype(np.float32)
     module = NonLocalAttention(reduction=2, res_scale=0.7)
-    params = jax.jit(module.init)(jax.random.PRNGKey(0), x)["params"]
-    y = np.asarray(jax.jit(module.apply)({"params": params}, x))
+    params = fast_jit(module.init)(jax.random.PRNGKey(0), x)["params"]
+    y = np.asarray(fast_jit(module.apply)({"params": params}, x))
 
     def emb(name):
         kernel = np.asarray(params[f"{name}_0"]["kernel"], np.float64)[0, 0]
@@ -101,7 +102,7 @@ class _TwoNLSA(nn.Module):
 
 def test_eval_is_deterministic_and_independent_of_batch_and_order():
     module, params, x = _nlsa_setup()
-    apply = jax.jit(lambda x: module.apply({"params": params}, x))
+    apply = fast_jit(lambda x: module.apply({"params": params}, x))
     y = np.asarray(apply(x))
     np.testing.assert_array_equal(np.asarray(apply(x)), y)
     np.testing.assert_allclose(np.asarray(apply(x[::-1]))[::-1], y, atol=1e-6)
@@ -114,7 +115,7 @@ def test_rotations_come_from_lsh_rng_and_fixed_key_depends_on_layer():
 
     two = {"body_0": params, "body_9": params}
 
-    @jax.jit
+    @fast_jit
     def rotations(rngs):
         _, st = _TwoNLSA().apply({"params": two}, x, rngs=rngs, mutable=["intermediates"])
         return {k: v["rotations"][0] for k, v in st["intermediates"].items()}
@@ -130,7 +131,7 @@ def test_rotations_come_from_lsh_rng_and_fixed_key_depends_on_layer():
 
 def test_injected_rotations_reproduce_a_training_call():
     module, params, x = _nlsa_setup()
-    apply = jax.jit(module.apply, static_argnames="mutable")
+    apply = fast_jit(module.apply, static_argnames="mutable")
     y, st = apply({"params": params}, x, rngs={"lsh": jax.random.PRNGKey(5)},
                   mutable=("intermediates",))
     rot = st["intermediates"]["rotations"][0]
@@ -148,11 +149,11 @@ def test_gla_superbit_rotations_are_orthogonal_per_round(use_rng):
     module = GlobalLearnableAttention(chunk_size=16, n_hashes=2)
     rngs = {"lsh": jax.random.PRNGKey(0)} if use_rng else {}
     if use_rng:   # the training path, without the convolutions
-        sample = jax.jit(lambda k: lsh.sample_rotations(k, lsh.SUPERBIT, 4, 2, 10))
+        sample = fast_jit(lambda k: lsh.sample_rotations(k, lsh.SUPERBIT, 4, 2, 10))
         rot = np.asarray(sample(rngs["lsh"]))
     else:
         params = _random_params(module, x)
-        _, st = jax.jit(lambda p: module.apply({"params": p}, x, mutable=["intermediates"]))(
+        _, st = fast_jit(lambda p: module.apply({"params": p}, x, mutable=["intermediates"]))(
             params)
         rot = np.asarray(st["intermediates"]["rotations"][0])
     assert rot.shape == (4, 2, 10)
@@ -213,7 +214,7 @@ def test_chunk_attention_and_its_backward_match_autodiff(self_keys, per_step):
     cot = (jnp.asarray(rng.normal(size=(2, 3 * k, 3)), jnp.float32),
            jnp.asarray(rng.normal(size=(2, 3 * k)), jnp.float32))
 
-    @jax.jit
+    @fast_jit
     def both(q, key, v, bias):
         out, custom = jax.vjp(lambda *a: lsh.attend_chunks(
             *a[:3], ids, a[3], self_keys=self_keys, chunks_per_step=per_step), q, key, v, bias)

@@ -12,6 +12,7 @@ from jaxsr.models import edsr, fsrcnn, plugin, rcan
 torch = pytest.importorskip("torch")
 from tests.torch_refs import fsrcnn as torch_fsrcnn  # noqa: E402
 from tests.torch_refs import rcan as torch_rcan  # noqa: E402
+from tests.fast_compile import jit as fast_jit  # noqa: E402
 
 
 def torch_to_flax(state_dict) -> dict:
@@ -66,7 +67,7 @@ def test_rcan_matches_torch_reference():
     assert_same_tree(param_shapes(model, x), params)
     with torch.no_grad():
         want = ref(torch.from_numpy(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
-    got = jax.jit(model.apply)({"params": params}, x)
+    got = fast_jit(model.apply)({"params": params}, x)
     np.testing.assert_allclose(np.asarray(got), want, atol=2e-5)
 
 
@@ -80,7 +81,7 @@ def test_fsrcnn_y_network_matches_torch_reference(scale):
     x = np.random.default_rng(scale).random((2, 9, 11, 3), np.float32)
     params = torch_to_flax(ref.state_dict())
     assert_same_tree(param_shapes(model, x), params)
-    out = np.asarray(jax.jit(model.apply)({"params": params}, x))
+    out = np.asarray(fast_jit(model.apply)({"params": params}, x))
     assert out.shape == (2, 9 * scale, 11 * scale, 3)
     ycc = np.asarray(x, np.float64) @ fsrcnn.RGB2YCC.T + fsrcnn.YCC_OFFSET
     with torch.no_grad():
@@ -131,7 +132,7 @@ def test_gla_plugin_inserts_blocks(spec, tiny, positions, want):
     params = random_params(model, x)
     assert set(params) - set(p_plain) == want and set(p_plain) <= set(params)
     assert params["gla_" + sorted(want)[0][4:]]["fc_0"]["kernel"].shape[-1] == 16   # chunk
-    fn = jax.jit(lambda p, x, k: model.apply({"params": p}, x, train=True, rngs={"lsh": k}))
+    fn = fast_jit(lambda p, x, k: model.apply({"params": p}, x, train=True, rngs={"lsh": k}))
     a, b = fn(params, x, jax.random.PRNGKey(1)), fn(params, x, jax.random.PRNGKey(2))
     assert a.shape == (1, 16 * cfg.scale, 16 * cfg.scale, 3) and bool(jnp.all(jnp.isfinite(a)))
     assert float(jnp.max(jnp.abs(a - b))) > 0      # rotations come from the 'lsh' stream

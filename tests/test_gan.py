@@ -15,7 +15,7 @@ F = torch.nn.functional
 
 from jaxsr import objectives  # noqa: E402
 from jaxsr.models import build_model, discriminator, vgg  # noqa: E402
-from tests import fast_compile  # noqa: E402
+from tests.fast_compile import jit as fast_jit  # noqa: E402
 
 
 def nchw(x):
@@ -100,7 +100,7 @@ def test_vgg19_torchvision_state_dict_features_and_loss(tmp_path):
         ref_loss, ref_feats = torch_perceptual(features, nchw(x), nchw(gt), weights)
     model = vgg.VGG19Features()
 
-    @fast_compile.jit
+    @fast_jit
     def run(params, x, gt):
         feats = model.apply({"params": params}, vgg.normalize_imagenet(x))
         return feats, vgg.perceptual_loss(model, params, x, gt, weights)
@@ -181,7 +181,7 @@ def test_discriminator_matches_torch_spectral_norm():
     with torch.no_grad():
         ref_out = nhwc(ref(nchw(x)))        # train mode: one power iteration, u updated
     model = discriminator.UNetDiscriminatorSN(num_feat=8)
-    out, upd = fast_compile.jit(lambda v, x: model.apply(v, x, update_stats=True,
+    out, upd = fast_jit(lambda v, x: model.apply(v, x, update_stats=True,
                                                 mutable=["batch_stats"]))(
         {"params": params, "batch_stats": stats}, jnp.asarray(x))
     np.testing.assert_allclose(np.asarray(out), ref_out, rtol=1e-4, atol=1e-5)
@@ -201,8 +201,8 @@ def gan_setup(gan_config):
     hr = (rng.random((2, 32, 32, 1)) > 0.5).repeat(3, -1).astype(np.uint8) * 255
     # jit as train.py does; an 'rbg' key because partitionable threefry makes the random
     # initialisers ~4x slower to compile on CPU (26 s -> 6 s for D alone on 2 cores)
-    state = fast_compile.jit(obj.init_state)(jax.random.key(0, impl="rbg"), hr)
-    return obj, fast_compile.jit(obj.train_step), state, hr
+    state = fast_jit(obj.init_state)(jax.random.key(0, impl="rbg"), hr)
+    return obj, fast_jit(obj.train_step), state, hr
 
 
 def _leaves_differ(a, b):
@@ -267,7 +267,7 @@ def test_generator_total_is_the_weighted_sum_of_its_parts(gan_config, gan_setup)
         logits, _ = obj.d_logits(state["disc_params"], state["disc_stats"], sr, False)
         return total, parts, sr, hr, logits
 
-    total, parts, sr, hr, logits = fast_compile.jit(run)(state, hr_uint8)
+    total, parts, sr, hr, logits = fast_jit(run)(state, hr_uint8)
     sr32, hr32 = np.array(sr), np.array(hr)          # writable copies for torch
     assert cfg.train.loss == "l1"
     l_pix = np.mean(np.abs(sr32.astype(np.float64) - hr32))

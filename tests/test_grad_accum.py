@@ -8,6 +8,7 @@ import pytest
 from jaxsr import objectives, train
 from jaxsr.config_base import base_config
 from jaxsr.models import build_model
+from tests.fast_compile import jit as fast_jit
 
 STEPS = 3
 MILESTONE = 2          # lr halves after 2 optimizer steps (it would after 1/2 a step if
@@ -64,10 +65,10 @@ def test_gradients_of_4x4_equal_one_batch_of_16():
     obj4 = objectives.make(c4, obj1.model)
     rng = jax.random.PRNGKey(7)
     hr = np.random.default_rng(1).integers(0, 256, (16, 16, 16, 3), dtype=np.uint8)
-    params = jax.jit(obj1.init_params)(rng, hr)
+    params = fast_jit(obj1.init_params)(rng, hr)
     deg_rng, lsh_rng = jax.random.split(rng)
 
-    @jax.jit
+    @fast_jit
     def grads(hr):
         out = []
         for obj in (obj1, obj4):

@@ -18,6 +18,7 @@ from jaxsr import convert, objectives  # noqa: E402
 from jaxsr.config_base import base_config  # noqa: E402
 from jaxsr.convert import core  # noqa: E402
 from jaxsr.models import build_model, init, model_module  # noqa: E402
+from tests.fast_compile import jit as fast_jit  # noqa: E402
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 P_MIN = 1e-4          # fixed seeds: deterministic; a correct init gives p ~ U(0, 1)
@@ -71,7 +72,7 @@ def torch_init_of(name, seed=0):
 def torch_init(config, seed=0):
     flat = {p: np.zeros(s.shape, s.dtype) for p, s in convert.abstract_params(config).items()}
     rules = getattr(model_module(config.model.name), "INIT_RULES", ())
-    params = jax.jit(lambda p, k: init.initialize(p, k, "torch", rules))(
+    params = fast_jit(lambda p, k: init.initialize(p, k, "torch", rules))(
         core.unflatten(flat), jax.random.key(seed))
     return {p: np.asarray(v) for p, v in core.flatten(params).items()}, rules
 
@@ -121,7 +122,7 @@ def test_lecun_normal_fails_the_same_test():
     for style in ("flax", "torch"):
         c.model.init = style
         obj = objectives.make(c, build_model(c))
-        flat = core.flatten(jax.jit(obj.init_params)(jax.random.key(0), hr))
+        flat = core.flatten(fast_jit(obj.init_params)(jax.random.key(0), hr))
         pooled[style] = np.concatenate([
             np.asarray(k).ravel() * math.sqrt(init.torch_fan_in(k.shape))
             for p, k in flat.items() if p.endswith("/kernel")])
@@ -163,7 +164,7 @@ def test_scale_transfer_loads_the_body_and_starts_the_upsampler_afresh(scale, tm
     src_config = load_config("dlsn", "small")
     objective = objectives.make(src_config, build_model(src_config))
     hr = np.zeros((1, 48, 48, 3), np.uint8)
-    source = core.flatten(jax.jit(objective.init_params)(jax.random.key(5), hr))
+    source = core.flatten(fast_jit(objective.init_params)(jax.random.key(5), hr))
     checkpoint.save_params(str(tmp_path / "x2"), core.unflatten(source), src_config)
 
     c = load_config("dlsn", f"x{scale},small")

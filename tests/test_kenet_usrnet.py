@@ -10,6 +10,7 @@ from scipy import ndimage
 
 from jaxsr import objectives
 from jaxsr.models import blind, build_model, kenet, usrnet
+from tests.fast_compile import jit as fast_jit
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -60,7 +61,7 @@ def test_usrnet_matches_pytorch_reference():
     k = rng.random((2, 5, 5)).astype(np.float32)
     k /= k.sum((1, 2), keepdims=True)
     sigma = np.array([0.01, 0.05], np.float32)
-    out = jax.jit(lambda p, x, k, s: m.apply({"params": p}, x, kernel=k, sigma=s))(
+    out = fast_jit(lambda p, x, k, s: m.apply({"params": p}, x, kernel=k, sigma=s))(
         params, lr, k, sigma)
     with torch.no_grad():
         expect = tm(torch.from_numpy(lr).permute(0, 3, 1, 2), torch.from_numpy(k)[:, None], 3,
@@ -93,7 +94,7 @@ def test_data_step_solves_its_least_squares_problem():
     expect = np.stack([np.linalg.solve(lhs, a.T @ y[..., c].ravel() + alpha * z[..., c].ravel())
                        for c in range(3)], -1).reshape(h, w, 3)
 
-    @jax.jit
+    @fast_jit
     def solve(y, k, z):
         pre = usrnet.precompute(y[None], k[None], sf)
         return usrnet.data_step(z[None], *pre, jnp.full((1, 1, 1, 1), alpha), sf)[0]
@@ -129,7 +130,7 @@ def test_kenet_parameter_count_and_valid_kernels():
     m = kenet.KENet(kernel_size=11, features=8, fc_features=32)
     params = random_params(m, x[:, :20, :20], scale=0.5)
     lr = np.random.default_rng(0).random((3, 20, 27, 3)).astype(np.float32)
-    k = np.asarray(jax.jit(lambda p, x: m.apply({"params": p}, x))(params, lr))
+    k = np.asarray(fast_jit(lambda p, x: m.apply({"params": p}, x))(params, lr))
     assert k.shape == (3, 11, 11)
     assert (k >= 0).all()
     np.testing.assert_allclose(k.sum((1, 2)), 1.0, atol=1e-5)
@@ -161,7 +162,7 @@ def test_kenet_matches_torch_reference_from_the_paper():
     m = kenet.KENet(kernel_size=11, features=8, fc_features=32)
     lr = np.random.default_rng(1).random((2, 20, 27, 3)).astype(np.float32)
     params = random_params(m, jnp.asarray(lr), scale=0.5)
-    k = np.asarray(jax.jit(lambda p, x: m.apply({"params": p}, x))(params, lr))
+    k = np.asarray(fast_jit(lambda p, x: m.apply({"params": p}, x))(params, lr))
     ref = TorchKENet(kernel_size=11, width=8, fc_width=32).eval()
     assert sum(p.numel() for p in ref.parameters()) == n_params(params)
     load_flax_into_torch_kenet(ref, params)
@@ -215,8 +216,8 @@ def _objective(config, batch=2):
 def _one_step(config, batch=2):
     model, obj, hr = _objective(config, batch)
     with jax.default_prng_impl("rbg"):      # cheap init compile on CPU; same code path
-        state = jax.jit(obj.init_state)(jax.random.PRNGKey(0), hr)
-        new, metrics = jax.jit(obj.train_step)(state, hr, jax.random.PRNGKey(1))
+        state = fast_jit(obj.init_state)(jax.random.PRNGKey(0), hr)
+        new, metrics = fast_jit(obj.train_step)(state, hr, jax.random.PRNGKey(1))
     return model, obj, state, new, metrics
 
 
@@ -233,7 +234,7 @@ def test_kenet_config_one_train_step():
     assert int(new["step"]) == 1
     changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), state["params"], new["params"])
     assert all(jax.tree.leaves(changed))
-    lr, k = jax.jit(obj.synthesize)(np.full((2, 32, 32, 3), 128, np.uint8), jax.random.PRNGKey(3))
+    lr, k = fast_jit(obj.synthesize)(np.full((2, 32, 32, 3), 128, np.uint8), jax.random.PRNGKey(3))
     assert lr.shape == (2, 16, 16, 3) and k.shape == (2, 11, 11)
     np.testing.assert_allclose(np.asarray(k).sum((1, 2)), 1.0, atol=1e-5)
     np.testing.assert_allclose(np.asarray(lr), 128 / 255, atol=1e-6)   # blur keeps a constant
@@ -247,7 +248,7 @@ def test_kenet_usrnet_pipeline_trains_only_kenet_and_evaluates():
     params = random_params(model, jnp.zeros((1, 16, 16, 3)), scale=0.05)
     state = {"step": jnp.zeros((), jnp.int32), "params": params,
              "opt_state": obj.tx.init(params["kenet"])}
-    new, m = jax.jit(obj.train_step)(state, hr, jax.random.PRNGKey(1))
+    new, m = fast_jit(obj.train_step)(state, hr, jax.random.PRNGKey(1))
     assert bool(m["finite"]) and set(params) == {"kenet", "p", "h"}
     same = jax.tree.map(lambda a, b: bool(jnp.all(a == b)), params, new["params"])
     assert all(jax.tree.leaves(same["p"])) and all(jax.tree.leaves(same["h"]))
@@ -259,7 +260,7 @@ def test_kenet_usrnet_pipeline_trains_only_kenet_and_evaluates():
     lr = np.random.default_rng(2).integers(0, 256, (13, 16, 3), dtype=np.uint8)
     x = jnp.asarray(lr[None] / 255.0, jnp.float32)
 
-    @jax.jit
+    @fast_jit
     def both(params, x):
         sr, k_used = model.apply({"params": params}, x, return_kernel=True)
         return sr, k_used, gt.apply({"params": usr_params}, x, kernel=k_used)

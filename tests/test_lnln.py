@@ -10,6 +10,7 @@ import pytest
 
 from jaxsr import objectives
 from jaxsr.models import build_model, lnln
+from tests.fast_compile import jit as fast_jit
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -115,7 +116,7 @@ def test_region_nonlocal_matches_numpy_and_stays_in_its_cell():
     m = lnln.RegionNonLocal(reduction=2)
     x = np.random.default_rng(0).normal(size=(2, 7, 9, 8)).astype(np.float32)   # odd sizes
     p = random_params(m, x, scale=0.5)
-    f = jax.jit(lambda p, x: m.apply({"params": p}, x))
+    f = fast_jit(lambda p, x: m.apply({"params": p}, x))
     y = np.asarray(f(p, x))
     np.testing.assert_allclose(y, _region_nonlocal_numpy(x.astype(np.float64),
                                                          jax.tree.map(np.asarray, p)),
@@ -163,7 +164,7 @@ def test_config_and_one_train_step():
     params["nl_head"]["W"] = jax.tree.map(jnp.zeros_like, params["nl_head"]["W"])
     state = {"step": jnp.zeros((), jnp.int32), "params": params,
              "opt_state": obj.tx.init(params)}
-    new, metrics = jax.jit(obj.train_step)(state, hr, jax.random.PRNGKey(1))
+    new, metrics = fast_jit(obj.train_step)(state, hr, jax.random.PRNGKey(1))
     assert bool(metrics["finite"]) and np.isfinite(float(metrics["loss"]))
     assert int(new["step"]) == 1
     moved = {jax.tree_util.keystr(k): bool(jnp.any(a != b)) for (k, a), b in zip(

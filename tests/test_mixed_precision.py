@@ -26,6 +26,7 @@ from jaxsr import inference, objectives, precision
 from jaxsr.attention import NonLocalSparseAttention, lsh
 from jaxsr.config_util import load_config_file
 from jaxsr.models import build_model
+from tests.fast_compile import jit as fast_jit
 
 BF16 = jnp.bfloat16
 
@@ -88,8 +89,8 @@ def test_bf16_forward_close_to_f32_and_really_bf16(name):
     def forward(p, x, dtype):
         return precision.apply(model, p, x, dtype)
 
-    y32 = jax.jit(forward, static_argnums=2)(params, lr, jnp.float32)
-    y16 = jax.jit(forward, static_argnums=2)(params, lr, BF16)
+    y32 = fast_jit(forward, static_argnums=2)(params, lr, jnp.float32)
+    y16 = fast_jit(forward, static_argnums=2)(params, lr, BF16)
     assert y16.dtype == jnp.float32
     assert _psnr(y16, np.asarray(y32)) > 44.0
 
@@ -137,8 +138,8 @@ def _tiny_edsr_config(dtype):
 def _run_steps(dtype, hr, n_steps):
     config = _tiny_edsr_config(dtype)
     objective = objectives.make(config, build_model(config))
-    state = jax.jit(objective.init_state)(jax.random.PRNGKey(0), hr)
-    step = jax.jit(objective.train_step)
+    state = fast_jit(objective.init_state)(jax.random.PRNGKey(0), hr)
+    step = fast_jit(objective.train_step)
     losses = []
     for i in range(n_steps):
         state, metrics = step(state, hr, jax.random.PRNGKey(i))
@@ -177,7 +178,7 @@ def test_nlsa_block_gradient_bf16_close_to_f32():
     def loss(p, x, dtype):
         return jnp.sum(precision.apply(block, p, x, dtype) * w)
 
-    grad = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)  # traced below too
     g32, g16 = grad(params, x, jnp.float32), grad(params, x, BF16)
     assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(g16))
     # The backward pass (custom VJP included) also runs its matmuls and convs in bf16;
@@ -212,7 +213,7 @@ def test_chunk_attention_backward_bf16_at_fixed_buckets():
                                 key_bias=bias.astype(dtype))
         return jnp.sum(out.astype(jnp.float32) * w)
 
-    grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)), static_argnums=3)
+    grad = fast_jit(jax.grad(loss, argnums=(0, 1, 2)), static_argnums=3)
     g32, g16 = grad(q, v, bias, jnp.float32), grad(q, v, bias, BF16)
     for a, b in zip(g16, g32):
         assert np.isfinite(np.asarray(a)).all() and np.isfinite(np.asarray(b)).all()

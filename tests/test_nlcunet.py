@@ -13,6 +13,7 @@ F = torch.nn.functional
 
 from jaxsr.models import nlcunet  # noqa: E402
 from jaxsr.ops import torch_bicubic  # noqa: E402
+from tests.fast_compile import jit as fast_jit  # noqa: E402
 
 
 def _load(path, name):
@@ -121,7 +122,7 @@ def test_matches_torch_reference_with_injected_rotations(torch_ref):
                 p.add_(0.1 * torch.randn_like(p))
     params = flax_params_from_torch(ref.state_dict())
     model = nlcunet.NLCUnet(scale=4, **TINY)
-    run = jax.jit(lambda p, x, k: model.apply({"params": p}, x, train=True, rngs={"lsh": k},
+    run = fast_jit(lambda p, x, k: model.apply({"params": p}, x, train=True, rngs={"lsh": k},
                                                mutable=["intermediates"]))
     x = np.random.default_rng(1).random((2, 48, 48, 3), dtype=np.float32)   # latent 12x12
     y, sown = run(params, x, jax.random.PRNGKey(3))
@@ -143,7 +144,7 @@ def test_odd_small_input_is_reflect_padded_and_cropped(torch_ref):
     params = flax_params_from_torch(ref.state_dict())
     model = nlcunet.NLCUnet(scale=4, **cfg)
     x = np.random.default_rng(2).random((1, 30, 37, 3), dtype=np.float32)
-    y, sown = jax.jit(lambda p, x: model.apply({"params": p}, x, mutable=["intermediates"]))(
+    y, sown = fast_jit(lambda p, x: model.apply({"params": p}, x, mutable=["intermediates"]))(
         params, x)                                   # no 'lsh' RNG: fixed per-layer key
     assert y.shape == (1, 120, 148, 3) and np.isfinite(np.asarray(y)).all()
     inject_rotations(ref, sown["intermediates"])

@@ -12,6 +12,7 @@ from jaxsr.config_util import load_config_file
 from jaxsr.models import build_model
 from jaxsr.models.dlsn import DLSN
 from jaxsr.models.nlsn import NLSN
+from tests.fast_compile import jit as fast_jit
 
 # architectures.md section 0 (official sum of numel), minus the 24 frozen MeanShift
 # values (constants here) and, for DLSN, its unused scalar `a`.
@@ -149,7 +150,7 @@ def _random_params(model, x, seed=0):
 def _train_step(model, params, lr, hr):
     tx = optax.adam(1e-3)
 
-    @jax.jit
+    @fast_jit
     def step(params, opt_state, key):
         def loss_fn(p):
             sr = model.apply({"params": p}, lr, train=True, rngs={"lsh": key})
@@ -186,8 +187,8 @@ def test_hashing_settings_can_change_at_evaluation():
     lr = jnp.asarray(np.random.default_rng(1).uniform(size=(1, 12, 12, 3)), jnp.float32)
     nlsn = TINY["nlsn"](chunk_size=16, n_hashes=2)
     params = _random_params(nlsn, lr)
-    y = jax.jit(nlsn.apply)({"params": params}, lr)
-    y1 = jax.jit(TINY["nlsn"](chunk_size=32, n_hashes=1).apply)({"params": params}, lr)
+    y = fast_jit(nlsn.apply)({"params": params}, lr)
+    y1 = fast_jit(TINY["nlsn"](chunk_size=32, n_hashes=1).apply)({"params": params}, lr)
     assert y1.shape == y.shape and float(jnp.abs(y1 - y).max()) > 0
     dlsn = TINY["dlsn"](chunk_size=16, n_hashes=2)
     dparams = jax.eval_shape(lambda: dlsn.init(jax.random.PRNGKey(0), lr))["params"]

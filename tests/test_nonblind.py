@@ -7,6 +7,7 @@ import pytest
 
 from jaxsr import config_util, objectives
 from jaxsr.models import build_model
+from tests.fast_compile import jit as fast_jit
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -21,11 +22,11 @@ def test_usrnet_step_uses_true_kernels_and_learns():
     c = usrnet_config()
     obj = objectives.make(c, build_model(c))
     hr = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
-    hr_f, lr, inputs = jax.jit(obj.degrade)(hr, jax.random.PRNGKey(3))  # jit: eager takes 6x longer
+    hr_f, lr, inputs = fast_jit(obj.degrade)(hr, jax.random.PRNGKey(3))
     assert lr.shape == (2, 16, 16, 3) and inputs["kernel"].shape[0] == 2
     np.testing.assert_allclose(np.asarray(inputs["kernel"]).sum(axis=(1, 2)), 1.0, rtol=1e-5)
-    state = jax.jit(obj.init_state)(jax.random.PRNGKey(0), hr)
-    step = jax.jit(obj.train_step)
+    state = fast_jit(obj.init_state)(jax.random.PRNGKey(0), hr)
+    step = fast_jit(obj.train_step)
     losses = []
     for i in range(3):
         state, m = step(state, hr, jax.random.PRNGKey(1))     # same batch and kernels

@@ -22,6 +22,7 @@ from jaxsr.convert import core  # noqa: E402
 from torch_refs.dlsn import DLSN  # noqa: E402
 from torch_refs.edsr import EDSR  # noqa: E402
 from torch_refs.nlsn import NLSN  # noqa: E402
+from tests.fast_compile import jit as fast_jit  # noqa: E402
 
 TOL = 1e-5
 
@@ -70,7 +71,7 @@ def jitted_apply(config_json):
     def run(params, x, key):
         return model.apply({"params": params}, x, train=False, rngs={"lsh": key},
                            mutable=["intermediates"])
-    return jax.jit(run)
+    return fast_jit(run)
 
 
 def jax_forward(config, params, x_nhwc, seed=0):
@@ -177,7 +178,7 @@ def test_usrnet_parity():
     k = rng.random((5, 5), dtype=np.float32)
     k /= k.sum()
     params = random_params(c)
-    run = jax.jit(lambda p, x, kk: model.apply({"params": p}, x, kernel=kk, sigma=0.01))
+    run = fast_jit(lambda p, x, kk: model.apply({"params": p}, x, kernel=kk, sigma=0.01))
     y_jax = np.asarray(run(params, jnp.asarray(lr), k))
     ref = TorchUSRNet(n_iter=2, h_nc=8, nc=(8, 8, 16, 16), nb=1).eval()
     ref.load_state_dict(to_torch_sd(convert.params_to_state_dict(params, c)), strict=True)
