@@ -14,3 +14,9 @@ import jax
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 jit = functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+
+
+def subprocess_env(env: dict) -> dict:
+    """`env` for a jaxsr subprocess whose programs compile the same way (XLA_FLAGS)."""
+    flags = f"{env.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
+    return {**env, "XLA_FLAGS": flags}

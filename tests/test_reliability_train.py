@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from jaxsr import checkpoint, config_util, objectives
+from tests import fast_compile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N = 16                     # steps of the reference run
@@ -36,7 +37,7 @@ def overrides(**more) -> list[str]:
 
 @pytest.fixture(scope="module")
 def env(xla_cache_env):
-    return {**xla_cache_env, "JAXSR_TRACEBACK": ""}
+    return fast_compile.subprocess_env({**xla_cache_env, "JAXSR_TRACEBACK": ""})
 
 
 def train_cmd(workdir, items) -> list[str]:

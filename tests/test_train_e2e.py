@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from jaxsr import checkpoint, config_util, evaluate, train
+from tests import fast_compile
 
 TINY = dict(n_resblocks=2, n_feats=8)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -137,8 +138,9 @@ np.savez(sys.argv[1], *[np.asarray(x) for x in jax.tree.leaves(state["params"])]
 
 
 def _run_step(path, devices):
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env = fast_compile.subprocess_env(dict(
+        os.environ, JAX_PLATFORMS="cpu",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}"))
     subprocess.run([sys.executable, "-c", _STEP_SCRIPT, str(path)], check=True, env=env,
                    cwd=REPO, timeout=300)
     return np.load(path)
