@@ -122,6 +122,36 @@ def test_whole_lsh_attention_with_kernels(gla):
         assert_close(g, g_ref, 4e-6, name)
 
 
+@pytest.mark.parametrize("gla", [False, True], ids=["nlsa", "gla"])
+def test_keys_normalised_in_the_kernels(gla):
+    """k=None: the kernels normalise q's chunks as keys (no key table) and fold the keys'
+    gradient into dq; the reference differentiates through lsh.normalize_keys. One query
+    row is zero (GLA's ReLU makes them): its key is 0 and its gradient finite."""
+    q, _, v, bias = tables((2, 3, 8, 4), 6, gla)
+    q = q.at[0, 1, 2].set(0.0)
+    rng = np.random.default_rng(6)
+    w_o = jnp.asarray(rng.standard_normal(v.shape), jnp.float32)
+    w_l = jnp.asarray(rng.standard_normal(v.shape[:3]), jnp.float32)
+
+    def loss(attend, q, v, b):
+        o, lse = attend(q, v, b)
+        return jnp.sum(o * w_o) + jnp.sum(lse * w_l), (o, lse)
+
+    def run(attend):
+        argnums = (1, 2, 3) if gla else (1, 2)
+        return jax.jit(jax.grad(loss, argnums, has_aux=True), static_argnums=0)(
+            attend, q, v, bias)
+    grads, (o, lse) = run(lambda q, v, b: sorted_chunk_attention(
+        q, None, v, b, self_keys=not gla, interpret=True))
+    grads_ref, (o_ref, lse_ref) = run(lambda q, v, b: xla_reference(
+        q, lsh.normalize_keys(q), v, b))
+    assert_close(o, o_ref, 2e-6, "o")
+    assert_close(lse, lse_ref, 2e-6, "lse")
+    for name, g, g_ref in zip(("dq", "dv", "dkey_bias"), grads, grads_ref):
+        assert np.all(np.isfinite(np.asarray(g))), name
+        assert_close(g, g_ref, 4e-6, name)
+
+
 def test_unaligned_chunk_size_144():
     """NLSN's K = 144 is not a multiple of the 128-lane tile: the kernels take whole
     chunks as blocks (Mosaic accepts a block equal to the array dimension), unpadded."""

@@ -354,11 +354,10 @@ def batched_lsh_attention(q, v, rotations, chunk_size: int, kind: str, key_bias=
         o, lse = _looped(q, v, key_bias, ids, chunks_per_step)
         return jax.vmap(unsort_and_merge)(o, lse, undo, order).astype(v.dtype)
     if formulation == "pallas":
-        attend, gathers = _pallas_kernels().sorted_chunk_attention, PALLAS_GATHERS
-    else:
-        attend = functools.partial(sorted_chunks.sorted_chunk_attention,
-                                   chunks_per_step=chunks_per_step)
-        gathers = sorted_chunks.XLA_GATHERS
+        return _pallas_sorted(q, v, key_bias, ids, undo).astype(v.dtype)
+    attend = functools.partial(sorted_chunks.sorted_chunk_attention,
+                               chunks_per_step=chunks_per_step)
+    gathers = sorted_chunks.XLA_GATHERS
     o, lse, positions = _sorted(q, v, key_bias, ids, undo, attend, gathers)
     return sorted_chunks.merge_rounds(o, lse, positions, undo, gathers).astype(v.dtype)
 
@@ -377,10 +376,9 @@ def _looped(q, v, key_bias, ids, chunks_per_step):
     return o.reshape((n, -1) + o.shape[1:]), lse.reshape((n, -1) + lse.shape[1:])
 
 
-def _sorted(q, v, key_bias, ids, undo, attend, gathers):
-    """o, lse as `_looped` from `attend` (the `sorted_chunk_attention` interface) on the
-    tables gathered into sorted chunk order (one row gather per table for all rounds),
-    and the sorted positions [N, R, M*K]."""
+def _sort_tables(q, v, key_bias, ids, undo, gathers):
+    """q, v (and key_bias[..., :K]) gathered into sorted chunk order, [N*R, M, K, .] (one
+    row gather per table for all rounds), and the sorted positions [N, R, M*K]."""
     n, length = q.shape[:2]
     n_rounds, n_chunks, size = ids.shape[1:]
     positions = ids.reshape(n, n_rounds, n_chunks * size)
@@ -389,8 +387,28 @@ def _sorted(q, v, key_bias, ids, undo, attend, gathers):
     def sort(x):          # [N, L, D] -> [N*R, M, K, D]
         x = sorted_chunks.gather_sorted(x, positions, undo, pad, gathers)
         return x.reshape((n * n_rounds, n_chunks, size) + x.shape[3:])
-    q_s = sort(q)
     bias = None if key_bias is None else sort(key_bias[..., :size])
-    o, lse = attend(q_s, normalize_keys(q_s), sort(v), bias, self_keys=key_bias is None)
-    return (o.reshape(n, n_rounds, n_chunks * size, -1),
-            lse.reshape(n, n_rounds, n_chunks * size), positions)
+    return sort(q), sort(v), bias, positions
+
+
+def _sorted(q, v, key_bias, ids, undo, attend, gathers):
+    """o, lse as `_looped` from `attend` (the `sorted_chunk_attention` interface) on the
+    sorted tables, and the sorted positions [N, R, M*K]."""
+    n, n_rounds = ids.shape[:2]
+    q_s, v_s, bias, positions = _sort_tables(q, v, key_bias, ids, undo, gathers)
+    o, lse = attend(q_s, normalize_keys(q_s), v_s, bias, self_keys=key_bias is None)
+    return (o.reshape(n, n_rounds, positions.shape[-1], -1),
+            lse.reshape(n, n_rounds, positions.shape[-1]), positions)
+
+
+def _pallas_sorted(q, v, key_bias, ids, undo):
+    """The Pallas path: the gather kernels sort, the attention kernels (keys normalised
+    inside, no key table) and the merge share one backward (`sorted_chunks.attend_and_merge`:
+    no o or dlse in it)."""
+    kernels = _pallas_kernels()
+    q_s, v_s, bias, positions = _sort_tables(q, v, key_bias, ids, undo, PALLAS_GATHERS)
+    attention = sorted_chunks.Attention(
+        functools.partial(kernels.attention_forward, self_keys=key_bias is None),
+        kernels.attention_backward)
+    return sorted_chunks.attend_and_merge(q_s, v_s, bias, positions, undo, attention,
+                                          PALLAS_GATHERS)

@@ -146,21 +146,63 @@ def _merge_fwd(o, lse, positions, undo, gathers):
 
 def _merge_bwd(gathers, res, dout):
     o, positions, weights, out = res
+    do, w_s, mean_s = _sorted_cotangent(gathers, positions, weights, out, dout, o.dtype)
+    dlse = jnp.sum(do.astype(F32) * o.astype(F32), axis=-1) - w_s * mean_s
+    return do, dlse, None, None
+
+
+def _sorted_cotangent(gathers, positions, weights, out, dout, dtype):
+    """do [N, R, P, C] = w_r(l) dout[l] at l = positions[r, p] (0 in the padding), and
+    w_s = w_r(l), mean_s = <out[l], dout[l]> there, [N, R, P]."""
     n, n_rounds, padded = positions.shape
     length = weights.shape[-1]
     valid = jnp.arange(padded) < length
     w_s = gathers.scalars(weights.reshape(n, -1),
                           _round_offsets(positions, length).reshape(n, -1))
     w_s = jnp.where(valid, w_s.reshape(positions.shape), 0.0)          # [N, R, P]
-    do = gathers.rows(dout.astype(o.dtype), positions.reshape(n, 1, -1),
-                      w_s.reshape(n, 1, -1)).reshape(o.shape)
+    do = gathers.rows(dout.astype(dtype), positions.reshape(n, 1, -1), w_s.reshape(n, 1, -1))
     mean = jnp.sum(out.astype(F32) * dout.astype(F32), axis=-1)       # [N, L]
     mean_s = gathers.scalars(mean, positions.reshape(n, -1)).reshape(positions.shape)
-    dlse = jnp.sum(do.astype(F32) * o.astype(F32), axis=-1) - w_s * mean_s
-    return do, dlse, None, None
+    return do.reshape(positions.shape + (-1,)), w_s, mean_s
 
 
 merge_rounds.defvjp(_merge_fwd, _merge_bwd)
+
+
+class Attention(NamedTuple):
+    """A chunk attention split for `attend_and_merge` (the Pallas kernels' entry points):
+    forward(q, v, key_bias) -> o [G, M, K, C], lse [G, M, K] with keys normalize(q);
+    backward(q, v, key_bias, lse, do, delta) -> dq, dv, dkey_bias, where delta =
+    <do, o> - dlse [G, M, K] is the softmax backward's per-row term."""
+    forward: Callable
+    backward: Callable
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def attend_and_merge(q, v, key_bias, positions, undo, attention, gathers=XLA_GATHERS):
+    """merge_rounds(attention.forward(q, v, key_bias)) for sorted tables q, v [G, M, K, .]
+    (G = N*R, M*K = P) -> [N, L, C], with one backward for both: by merge_rounds' doc,
+    <do, o> = w_s a_s and dlse = w_s (a_s - mean_s), so the attention's delta is just
+    w_s * mean_s, and neither o (not kept) nor dlse is formed."""
+    return _attend_merge_fwd(q, v, key_bias, positions, undo, attention, gathers)[0]
+
+
+def _attend_merge_fwd(q, v, key_bias, positions, undo, attention, gathers):
+    o, lse = attention.forward(q, v, key_bias)
+    out, weights = _merge(o.reshape(positions.shape + o.shape[3:]),
+                          lse.reshape(positions.shape), undo, gathers)
+    return out, (q, v, key_bias, lse, positions, weights, out)
+
+
+def _attend_merge_bwd(attention, gathers, res, dout):
+    q, v, key_bias, lse, positions, weights, out = res
+    do, w_s, mean_s = _sorted_cotangent(gathers, positions, weights, out, dout, F32)
+    dq, dv, db = attention.backward(q, v, key_bias, lse, do.reshape(v.shape[:3] + (-1,)),
+                                    (w_s * mean_s).reshape(lse.shape))
+    return dq, dv, db, None, None
+
+
+attend_and_merge.defvjp(_attend_merge_fwd, _attend_merge_bwd)
 
 
 # --------------------------------------------------------------------------- look-around

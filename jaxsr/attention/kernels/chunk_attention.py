@@ -114,8 +114,9 @@ def _cost(own, windowed, outs, matmul_flops: int, n_exp: int) -> pl.CostEstimate
                            bytes_accessed=int(moved))
 
 
-def _call(kernel, own, windowed, out_shape, *, name, interpret, flops_per_pair):
-    """pallas_call over the (group, chunk) grid of `own[0]` with neighbour windows."""
+def _call(kernel, own, windowed, out_shape, *, name, interpret, flops_per_pair, aliases=None):
+    """pallas_call over the (group, chunk) grid of `own[0]` with neighbour windows
+    (aliases: {own index: output index} written in place)."""
     n_groups, n_chunks, size = own[0].shape[:3]
     n_pairs = 3 * n_groups * n_chunks * size * size    # (query, key) score entries
     return pl.pallas_call(
@@ -125,7 +126,7 @@ def _call(kernel, own, windowed, out_shape, *, name, interpret, flops_per_pair):
         out_specs=tuple(pl.BlockSpec((None, None) + x.shape[2:], _own) for x in out_shape),
         scratch_shapes=[pltpu.VMEM((3,) + x.shape[2:], x.dtype) for x in windowed],
         compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary")),
-        interpret=interpret, name=name,
+        interpret=interpret, name=name, input_output_aliases=aliases or {},
         cost_estimate=_cost(own, windowed, out_shape, flops_per_pair * n_pairs, n_pairs),
     )(*own, *[x for x in windowed for _ in range(3)])
 
@@ -134,12 +135,40 @@ def _lse_shape(v):
     return jax.ShapeDtypeStruct(v.shape[:2] + (1, v.shape[2]), F32)
 
 
+# --------------------------------------------------------------------------- keys
+
+KEY_EPS = 5e-5      # lsh.KEY_EPS: F.normalize's eps on the keys
+
+
+def _norm(x):
+    """|x| per row [K, 1] in float32, 0 for a zero row (no sqrt of 0 on the way)."""
+    sq = jnp.sum(jnp.square(x.astype(F32)), axis=-1, keepdims=True)
+    nonzero = sq > 0
+    return jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, sq, 1.0)), 0.0)
+
+
+def _normalize(x):
+    """lsh.normalize_keys on one chunk: x / max(|x|, eps), in x's dtype."""
+    return (x / jnp.maximum(_norm(x), KEY_EPS).astype(x.dtype)).astype(x.dtype)
+
+
+def _normalize_vjp(x, dk):
+    """d/dx of <normalize(x), dk>: (dk - k <k, dk>) / |x| where |x| > eps, dk / eps below
+    (the max picks the constant), float32."""
+    norm = _norm(x)
+    k = x.astype(F32) / jnp.maximum(norm, KEY_EPS)
+    radial = jnp.where(norm > KEY_EPS, k * jnp.sum(k * dk, axis=-1, keepdims=True), 0.0)
+    return (dk - radial) / jnp.maximum(norm, KEY_EPS)
+
+
 # --------------------------------------------------------------------------- forward
 
-def _forward_kernel(*refs, self_keys: bool, has_bias: bool):
+def _forward_kernel(*refs, self_keys: bool, has_bias: bool, keys_from_q: bool):
     (q_ref,), windows, (o_ref, lse_ref) = _split(refs, 1, 3 if has_bias else 2, 2)
     q = q_ref[...]
     keys, values = windows[0], windows[1]
+    if keys_from_q:          # the windowed table is q: its chunks normalised here
+        keys = [_normalize(x) for x in keys]
     biases = [b.T.astype(F32) for b in windows[2]] if has_bias else [None] * 3
     scores = [_scores(q, k, b) for k, b in zip(keys, biases)]
     if self_keys:
@@ -156,10 +185,10 @@ def _forward_kernel(*refs, self_keys: bool, has_bias: bool):
 
 
 def _forward(q, k, v, key_bias, self_keys: bool, interpret: bool):
-    """o [G, M, K, C] float32 and lse [G, M, 1, K] float32."""
-    windowed = [k, v] + ([key_bias] if key_bias is not None else [])
+    """o [G, M, K, C] float32 and lse [G, M, 1, K] float32 (k None: normalize(q))."""
+    windowed = [q if k is None else k, v] + ([key_bias] if key_bias is not None else [])
     kernel = functools.partial(_forward_kernel, self_keys=self_keys,
-                               has_bias=key_bias is not None)
+                               has_bias=key_bias is not None, keys_from_q=k is None)
     flops = 2 * (q.shape[3] + v.shape[3])
     return _call(kernel, [q], windowed, (jax.ShapeDtypeStruct(v.shape, F32), _lse_shape(v)),
                  name="lsh_chunk_attention_fwd", interpret=interpret, flops_per_pair=flops)
@@ -167,15 +196,25 @@ def _forward(q, k, v, key_bias, self_keys: bool, interpret: bool):
 
 # --------------------------------------------------------------------------- backward
 
-def _dq_kernel(*refs, has_bias: bool):
-    """dq of query chunk m and delta = <do_i, o_i> - dlse_i (the [K] term of ds)."""
-    own, windows, (dq_ref, delta_ref) = _split(refs, 5, 3 if has_bias else 2, 2)
-    q, o, lse, do, dlse = (r[...] for r in own)
-    # sum_j p_ij dp_ij = <do_i, o_i>; d lse / d s = p, so dlse enters as a shift of dp.
-    # Unused rows have zero cotangents and so zero gradients.
-    delta = jnp.sum(do * o, axis=-1, keepdims=True) - dlse.T
+def _dq_kernel(*refs, has_bias: bool, keys_from_q: bool, given_delta: bool):
+    """dq of query chunk m and delta = <do_i, o_i> - dlse_i (the [K] term of ds); with
+    given_delta the caller's delta (`backward_from_delta`) instead of o and dlse."""
+    n_windowed = 3 if has_bias else 2
+    if given_delta:
+        own, windows, (dq_ref,) = _split(refs, 4, n_windowed, 1)
+        q, lse, do, delta = (r[...] for r in own)
+        delta = delta.T
+    else:
+        own, windows, (dq_ref, delta_ref) = _split(refs, 5, n_windowed, 2)
+        q, o, lse, do, dlse = (r[...] for r in own)
+        # sum_j p_ij dp_ij = <do_i, o_i>; d lse / d s = p, so dlse enters as a shift of
+        # dp. Unused rows have zero cotangents and so zero gradients.
+        delta = jnp.sum(do * o, axis=-1, keepdims=True) - dlse.T
+        delta_ref[...] = delta.T
     lse = lse.T
     keys, values = windows[0], windows[1]
+    if keys_from_q:
+        keys = [_normalize(x) for x in keys]
     biases = [b.T.astype(F32) for b in windows[2]] if has_bias else [None] * 3
     do_low = do.astype(values[0].dtype)
     dq = jnp.zeros(q.shape, F32)
@@ -184,15 +223,17 @@ def _dq_kernel(*refs, has_bias: bool):
         ds = p * (_dot(do_low, v, _NT) - delta)
         dq = dq + _dot(ds.astype(q.dtype), k, _NN)
     dq_ref[...] = dq.astype(dq_ref.dtype)
-    delta_ref[...] = delta.T
 
 
-def _dkv_kernel(*refs, has_bias: bool):
+def _dkv_kernel(*refs, has_bias: bool, keys_from_q: bool):
     """dk, dv (and dkey_bias) of key chunk j from the query chunks j, j-1, j+1 that read
-    it, key-major: scores [keys, queries] take the bias block as stored."""
+    it, key-major: scores [keys, queries] take the bias block as stored. keys_from_q: the
+    keys are normalize(q) of the chunk, and the first output is dq (the dq kernel's, an
+    own input written in place) plus the normalisation's gradient of dk."""
     n_out = 3 if has_bias else 2
-    own, windows, outs = _split(refs, n_out, 4, n_out)
+    own, windows, outs = _split(refs, n_out + keys_from_q, 4, n_out)
     k, v = own[0][...], own[1][...]
+    raw, k = (k, _normalize(k)) if keys_from_q else (None, k)
     bias = own[2][...].astype(F32) if has_bias else None
     dk, dv = jnp.zeros(k.shape, F32), jnp.zeros(v.shape, F32)
     dbias = jnp.zeros(bias.shape, F32) if has_bias else None
@@ -204,33 +245,54 @@ def _dkv_kernel(*refs, has_bias: bool):
         dk = dk + _dot(ds_t.astype(q.dtype), q, _NN)
         if has_bias:
             dbias = dbias + ds_t
+    if keys_from_q:
+        dk = own[-1][...].astype(F32) + _normalize_vjp(raw, dk)
     for ref, grad in zip(outs, (dk, dv, dbias)):
         ref[...] = grad.astype(ref.dtype)
 
 
-def _backward(q, k, v, key_bias, o, lse, do, dlse, interpret: bool):
-    has_bias = key_bias is not None
+def backward_from_delta(q, k, v, key_bias, lse, do, delta, interpret: bool):
+    """The backward given delta [G, M, 1, K] = <do, o> - dlse directly (a caller that knows
+    it without o: `sorted_chunks.attend_and_merge`); lse [G, M, 1, K]."""
+    return _backward(q, k, v, key_bias, None, lse, do, None, interpret, delta)
+
+
+def _backward(q, k, v, key_bias, o, lse, do, dlse, interpret: bool, delta=None):
+    """(dq, dk, dv, dkey_bias); k None: keys normalize(q), dk None and its gradient in dq."""
+    has_bias, keys_from_q = key_bias is not None, k is None
     bias = [key_bias] if has_bias else []
+    keys = q if keys_from_q else k
     cq, c = q.shape[3], v.shape[3]
-    dq, delta = _call(functools.partial(_dq_kernel, has_bias=has_bias),
-                      [q, o, lse, do, dlse], [k, v] + bias,
-                      (jax.ShapeDtypeStruct(q.shape, q.dtype), _lse_shape(v)),
+    dq_kernel = functools.partial(_dq_kernel, has_bias=has_bias, keys_from_q=keys_from_q,
+                                  given_delta=delta is not None)
+    dq_shape = jax.ShapeDtypeStruct(q.shape, q.dtype)
+    if delta is None:
+        dq, delta = _call(dq_kernel, [q, o, lse, do, dlse], [keys, v] + bias,
+                          (dq_shape, _lse_shape(v)), name="lsh_chunk_attention_dq",
+                          interpret=interpret, flops_per_pair=2 * (2 * cq + c))
+    else:
+        (dq,) = _call(dq_kernel, [q, lse, do, delta], [keys, v] + bias, (dq_shape,),
                       name="lsh_chunk_attention_dq", interpret=interpret,
                       flops_per_pair=2 * (2 * cq + c))
     # Key chunk j is read by query chunks j, j+1 and j-1: the same three-chunk window.
-    grads = _call(functools.partial(_dkv_kernel, has_bias=has_bias), [k, v] + bias,
-                  [q, do, lse, delta],
-                  tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in [k, v] + bias),
+    grads = _call(functools.partial(_dkv_kernel, has_bias=has_bias,
+                                    keys_from_q=keys_from_q),
+                  [keys, v] + bias + ([dq] if keys_from_q else []), [q, do, lse, delta],
+                  tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in [keys, v] + bias),
                   name="lsh_chunk_attention_dkv", interpret=interpret,
-                  flops_per_pair=2 * (2 * cq + 2 * c))
-    return (dq,) + tuple(grads) + ((None,) if not has_bias else ())
+                  flops_per_pair=2 * (2 * cq + 2 * c),
+                  aliases={len(bias) + 2: 0} if keys_from_q else None)
+    grads = tuple(grads) + ((None,) if not has_bias else ())
+    return (grads[0], None) + grads[1:] if keys_from_q else (dq,) + grads
 
 
 # --------------------------------------------------------------------------- custom_vjp
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def attention(q, k, v, key_bias, self_keys: bool, interpret: bool):
-    """o [G, M, K, C] float32 and lse [G, M, 1, K] float32 on one device's groups."""
+    """o [G, M, K, C] float32 and lse [G, M, 1, K] float32 on one device's groups; k None:
+    the keys are normalize(q) (lsh.normalize_keys), computed in the kernels, so that no
+    key table is written or read and dq includes the keys' gradient."""
     return _forward(q, k, v, key_bias, self_keys, interpret)
 
 

@@ -21,7 +21,7 @@ DATA_AXIS = "data"
 
 
 def _check(q, k, v, key_bias, self_keys: bool) -> None:
-    if q.ndim != 4 or k.shape != q.shape or v.shape[:3] != q.shape[:3]:
+    if q.ndim != 4 or (k is not None and k.shape != q.shape) or v.shape[:3] != q.shape[:3]:
         raise ValueError(f"sorted_chunk_attention: q {q.shape}, k {k.shape}, v {v.shape}: "
                          "expected q, k [G, M, K, Cq] and v [G, M, K, C]")
     if key_bias is not None and key_bias.shape != q.shape[:3] + (q.shape[2],):
@@ -54,7 +54,8 @@ def sorted_chunk_attention(q, k, v, key_bias=None, *, self_keys: bool,
                            interpret: bool | None = None):
     """Chunk attention on sorted tables (chunk_attention module doc).
 
-    q [G, M, K, Cq] raw queries, k [G, M, K, Cq] keys (normalised), v [G, M, K, C],
+    q [G, M, K, Cq] raw queries, k [G, M, K, Cq] keys (normalised; None: the kernels
+    normalise q's chunks themselves, no key table, dk folded into dq), v [G, M, K, C],
     key_bias [G, M, K, K] or None. self_keys: k = normalize(q) and no bias (the softmax
     shift is then |q_i|). Returns o [G, M, K, C] and lse [G, M, K], float32, with a
     custom_vjp. interpret None: Pallas interpret mode when tracing for the CPU, Mosaic
@@ -66,6 +67,35 @@ def sorted_chunk_attention(q, k, v, key_bias=None, *, self_keys: bool,
         o, lse = chunk_attention.attention(q, k, v, key_bias, self_keys, interpret)
         return o, lse.reshape(lse.shape[:2] + lse.shape[3:])
     return _partitioned(local, (q, k, v, key_bias), 2)(q, k, v, key_bias)
+
+
+def attention_forward(q, v, key_bias=None, *, self_keys: bool,
+                      interpret: bool | None = None):
+    """The forward kernel alone, keys normalize(q) (k None in `sorted_chunk_attention`):
+    o [G, M, K, C], lse [G, M, K], float32, no custom_vjp (`attention_backward`)."""
+    _check(q, None, v, key_bias, self_keys)
+    interpret = _use_interpret(interpret)
+
+    def local(q, v, key_bias):
+        o, lse = chunk_attention._forward(q, None, v, key_bias, self_keys, interpret)
+        return o, lse.reshape(lse.shape[:2] + lse.shape[3:])
+    return _partitioned(local, (q, v, key_bias), 2)(q, v, key_bias)
+
+
+def attention_backward(q, v, key_bias, lse, do, delta, *, interpret: bool | None = None):
+    """dq, dv, dkey_bias (None without key_bias) of `attention_forward` from the output's
+    cotangent do [G, M, K, C] and delta = <do, o> - dlse [G, M, K] (float32)."""
+    interpret = _use_interpret(interpret)
+
+    def local(q, v, key_bias, lse, do, delta):
+        row = lambda x: x.reshape(x.shape[:2] + (1, x.shape[2]))  # noqa: E731
+        dq, _, dv, db = chunk_attention.backward_from_delta(
+            q, None, v, key_bias, row(lse), do, row(delta), interpret)
+        return dq, dv, db
+    args = (q, v, key_bias, lse, do, delta)
+    if key_bias is None:     # shard_map's outputs: no None
+        return _partitioned(lambda *a: local(*a)[:2], args, 2)(*args) + (None,)
+    return _partitioned(local, args, 3)(*args)
 
 
 def gather_rows(x, idx, weights=None, *, interpret: bool | None = None):
