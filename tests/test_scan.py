@@ -1,6 +1,13 @@
 """Scanned repeated blocks (config.model.scan_blocks, jaxsr.models.scan): the scanned model
 is the unrolled one (outputs and gradients for the same params and rotations), keeps each
-layer's evaluation rotations, and params/checkpoints/PyTorch keys move between layouts."""
+layer's evaluation rotations, matches the PyTorch references, and params/checkpoints/PyTorch
+keys move between layouts.
+
+Cost: every case runs the model jitted, and what several tests look at (the params, the
+evaluation outputs and rotations, the rotations drawn in training) is computed once per
+model (`functools.cache`); the configs are the smallest with >= 2 iterations per scan."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,10 +22,11 @@ TINY = {   # model name -> (config.model fields, LR side); >= 2 iterations per s
                   attn_every=2), 8),          # 2 segments + 1 tail ResBlock
     "dlsn": (dict(n_resgroups=2, n_resblocks=2, n_feats=8, res_scale=0.1, chunk_size=16,
                   n_hashes=2), 8),
-    "edsr": (dict(n_resblocks=3, n_feats=8, res_scale=0.1), 8),
-    "rcan": (dict(n_resgroups=2, n_resblocks=2, n_feats=16, reduction=4), 8),
+    "edsr": (dict(n_resblocks=2, n_feats=4, res_scale=0.1), 4),
+    "rcan": (dict(n_resgroups=2, n_resblocks=2, n_feats=8, reduction=4), 4),
     "nlcunet": (dict(nf=16, blocks=(2, 0, 0, 0, 0, 0), chunk_size=4, n_hashes=2), 8),
 }
+LSH_MODELS = ("nlsn", "dlsn", "nlcunet")
 
 
 def tiny_config(name: str, scanned, remat: str = "none"):
@@ -50,46 +58,67 @@ def tree_rel_err(a, b) -> float:
     return (num / sum(float(jnp.sum(x ** 2)) for x in jax.tree.leaves(a))) ** 0.5
 
 
-def both_models(name, remat="none"):
-    unrolled = build_model(tiny_config(name, False, remat))
-    scanned = build_model(tiny_config(name, True, remat))
+@functools.cache
+def both_models(name):
+    """(unrolled model, scanned model, unrolled params, input, the scanned layout's stacks)."""
+    unrolled = build_model(tiny_config(name, False))
+    scanned = build_model(tiny_config(name, True))
     side = TINY[name][1]
     x = jax.random.uniform(jax.random.key(1), (2, side, side, 3))
     params = jax.jit(unrolled.init)(jax.random.key(0), x)["params"]
-    return unrolled, scanned, params, x
+    return unrolled, scanned, params, x, scanned.param_stacks()
+
+
+def sown_apply(model, variables, x, **kw):
+    """(output, the 'intermediates' the call sowed: the rotations each attention used)."""
+    run = jax.jit(lambda v, x: model.apply(v, x, mutable=["intermediates"], **kw))
+    y, state = run(variables, x)
+    return y, state.get("intermediates", {})
+
+
+@functools.cache
+def eval_runs(name):
+    """Evaluation (no 'lsh' rng: each layer's fixed rotations) in both layouts:
+    (unrolled output, its rotations, scanned output, its rotations in the unrolled layout)."""
+    unrolled, scanned, params, x, stacks = both_models(name)
+    y, sown = sown_apply(unrolled, {"params": params}, x)
+    y_scan, sown_scan = sown_apply(scanned, {"params": scan.to_scanned(params, stacks)}, x)
+    return y, sown, y_scan, scan.to_unrolled(sown_scan, stacks)
+
+
+@functools.cache
+def training_rotations(name):
+    """The rotations one scanned training call draws (an 'lsh' rng: split per iteration),
+    in the scanned layout."""
+    _, scanned, params, x, stacks = both_models(name)
+    _, sown = sown_apply(scanned, {"params": scan.to_scanned(params, stacks)}, x, train=True,
+                         rngs={"lsh": jax.random.key(7)})
+    return sown
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_scanned_equals_unrolled(name):
-    unrolled, scanned, params, x = both_models(name)
-    stacks = scanned.param_stacks()
+    unrolled, scanned, params, x, stacks = both_models(name)
     assert stacks and unrolled.param_stacks() == stacks
     stacked = scan.to_scanned(params, stacks)
     own = jax.eval_shape(scanned.init, jax.random.key(0), x)["params"]
     assert jax.tree.map(jnp.shape, stacked) == jax.tree.map(lambda a: a.shape, own)
     assert max_tree_err(scan.to_unrolled(stacked, stacks), params) == 0.0
-    # Evaluation (no 'lsh' rng): each layer's fixed rotations, in both layouts.
-    y = unrolled.apply({"params": params}, x)
-    assert rel_err(y, scanned.apply({"params": stacked}, x)) <= 1e-6
-    # Training: the rotations one unrolled training call drew, injected in both.
-    variables = {"params": params}
-    if name not in ("edsr", "rcan"):
-        _, sown = unrolled.apply(variables, x, train=True, rngs={"lsh": jax.random.key(3)},
-                                 mutable=["intermediates"])
-        variables["lsh_rotations"] = sown["intermediates"]
+    y, _, y_scan, _ = eval_runs(name)
+    assert rel_err(y, y_scan) <= 1e-6
+    # Training: the rotations one scanned training call drew, injected in both layouts.
+    scanned_vars, unrolled_vars = {}, {}
+    if name in LSH_MODELS:
+        scanned_vars["lsh_rotations"] = training_rotations(name)
+        unrolled_vars["lsh_rotations"] = scan.to_unrolled(training_rotations(name), stacks)
 
-    def loss(model, variables):
-        return lambda p: jnp.mean(model.apply(dict(variables, params=p), x, train=True) ** 2)
+    def grads(model, variables, p):
+        loss = lambda p: jnp.mean(model.apply(dict(variables, params=p), x, train=True) ** 2)
+        return jax.jit(jax.grad(loss))(p)
 
-    grads = jax.jit(jax.grad(loss(unrolled, variables)))(params)
-    scanned_vars = {k: scan.to_scanned(v, stacks) for k, v in variables.items()}
-    scanned_grads = jax.jit(jax.grad(loss(scanned, scanned_vars)))(stacked)
-    assert tree_rel_err(grads, scan.to_unrolled(scanned_grads, stacks)) <= 1e-6
-
-
-def sown_rotations(model, params, x, **kw):
-    _, state = model.apply({"params": params}, x, mutable=["intermediates"], **kw)
-    return state["intermediates"]
+    want = grads(unrolled, unrolled_vars, params)
+    got = scan.to_unrolled(grads(scanned, scanned_vars, stacked), stacks)
+    assert tree_rel_err(want, got) <= 1e-6
 
 
 @pytest.mark.parametrize("name,kind,paths", [
@@ -97,10 +126,8 @@ def sown_rotations(model, params, x, **kw):
     ("dlsn", lsh.SUPERBIT, ["body_0/body_2", "body_1/body_2"])])
 def test_eval_rotations_are_the_unrolled_layers(name, kind, paths):
     """The scanned model evaluates with lsh.fixed_rotations of each layer's unrolled name."""
-    unrolled, scanned, params, x = both_models(name)
-    stacks = scanned.param_stacks()
-    sown = sown_rotations(scanned, scan.to_scanned(params, stacks), x)
-    per_layer = scan.to_unrolled(sown, stacks)
+    x = both_models(name)[3]
+    _, sown, _, per_layer = eval_runs(name)
     c = TINY[name][0]
     nb = lsh.num_buckets(x.shape[1] * x.shape[2], c["chunk_size"])
     for path in paths:
@@ -110,26 +137,23 @@ def test_eval_rotations_are_the_unrolled_layers(name, kind, paths):
         want = lsh.fixed_rotations(0, path, kind, c["n_feats"] // 4, c["n_hashes"], nb)
         np.testing.assert_array_equal(node["rotations"][0], want)
     # ... which are those the unrolled model draws, layer for layer.
-    assert max_tree_err(sown_rotations(unrolled, params, x), per_layer) == 0.0
+    assert max_tree_err(sown, per_layer) == 0.0
 
 
 def test_training_rotations_are_drawn_per_layer():
-    """With an 'lsh' rng each scan iteration draws its own rotations (split_rngs): other
-    draws than the unrolled model's, one per layer, none of them the evaluation ones."""
-    _, scanned, params, x = both_models("nlsn")
-    stacked = scan.to_scanned(params, scanned.param_stacks())
-    drawn = sown_rotations(scanned, stacked, x, train=True, rngs={"lsh": jax.random.key(7)})
-    segments = drawn["scan_body"]["block"]["nlsa"]["rotations"][0]
+    """With an 'lsh' rng each scan iteration draws its own rotations (split_rngs): one per
+    layer, none of them the evaluation ones."""
+    segments = training_rotations("nlsn")["scan_body"]["block"]["nlsa"]["rotations"][0]
     assert segments.shape[0] == 2 and not np.allclose(segments[0], segments[1])
-    fixed = sown_rotations(scanned, stacked, x)["scan_body"]["block"]["nlsa"]["rotations"][0]
-    assert not np.allclose(segments, fixed)
+    fixed = scan.to_scanned(eval_runs("nlsn")[3], both_models("nlsn")[4])
+    assert not np.allclose(segments, fixed["scan_body"]["block"]["nlsa"]["rotations"][0])
 
 
 @pytest.mark.parametrize("scanned", [False, True])
 def test_remat_keeps_the_gradients(scanned):
     base = build_model(tiny_config("edsr", scanned))
-    x = jax.random.uniform(jax.random.key(1), (1, 8, 8, 3))
-    params = base.init(jax.random.key(0), x)["params"]
+    x = jax.random.uniform(jax.random.key(1), (1, 4, 4, 3))
+    params = jax.jit(base.init)(jax.random.key(0), x)["params"]
 
     def grads(remat):
         model = build_model(tiny_config("edsr", scanned, remat))
@@ -150,8 +174,44 @@ def test_config_values_are_validated():
     assert build_model(tiny_config("edsr", "auto")).scan_blocks in (True, False)
 
 
+@pytest.mark.parametrize("name", ["nlsn", "dlsn"])
+def test_torch_parity_in_the_scanned_layout(name, monkeypatch):
+    """tests/test_torch_parity.py's check (JAX -> torch and torch -> JAX through
+    jaxsr.convert, against the independent PyTorch reference) on the scanned model: params
+    in the scanned layout, the rotations each scan iteration used put on its torch layer."""
+    pytest.importorskip("torch")
+    import test_torch_parity as parity
+    from jaxsr import models
+    config = parity.make_config(name, 2, reduction=4, scan_blocks="true", **TINY[name][0])
+    stacks = models.param_stacks(config)
+    jitted = parity.jitted_apply
+
+    def per_layer_rotations(config_json):        # the sown rotations, unstacked
+        run = jitted(config_json)
+
+        def apply(params, x, key):
+            y, state = run(params, x, key)
+            return y, {"intermediates": scan.to_unrolled(state["intermediates"], stacks)}
+        return apply
+
+    monkeypatch.setattr(parity, "jitted_apply", per_layer_rotations)
+    reference = {"nlsn": parity.NLSN, "dlsn": parity.DLSN}[name]
+    parity.check_both_directions(
+        config, lambda: reference(2, **TINY[name][0]), (5, 4),
+        n_attention={"nlsn": 3, "dlsn": 2}[name],
+        params_fn=lambda c: scan.to_scanned(parity.peaked_params(c), stacks))
+
+
 # ---------------------------------------------------------------------------------------
 # Checkpoints, init_from and PyTorch keys in either layout.
+
+def random_params(config) -> dict:
+    """Random values in the unrolled layout of `config`'s model (no init, no compile)."""
+    from jaxsr import convert
+    rng = np.random.default_rng(0)
+    return convert.core.unflatten({p: rng.standard_normal(s.shape).astype(np.float32)
+                                   for p, s in convert.abstract_params(config).items()})
+
 
 def adam_state(params):
     import optax
@@ -163,11 +223,10 @@ def adam_state(params):
 def test_checkpoint_restores_into_the_other_layout(tmp_path, saved_scanned):
     from jaxsr import checkpoint
     from jaxsr.models import param_stacks
-    _, scanned, params, _ = both_models("dlsn")
-    stacks = scanned.param_stacks()
     cfg = tiny_config("dlsn", saved_scanned)
+    stacks = param_stacks(tiny_config("dlsn", True))
     # the optimizer state after one update, so mu/nu are not all zeros
-    unrolled_state = adam_state(params)
+    unrolled_state = adam_state(random_params(cfg))
     unrolled_state["opt_state"] = jax.tree.map(lambda a: a + 1, unrolled_state["opt_state"])
     states = {False: unrolled_state,
               True: scan.convert_state(unrolled_state, stacks, "scanned",
@@ -180,8 +239,7 @@ def test_checkpoint_restores_into_the_other_layout(tmp_path, saved_scanned):
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl),
                             want)
     with checkpoint.manager(str(tmp_path), read_only=True) as mngr:
-        got = checkpoint.restore(mngr, 3, abstract,
-                                 stacks=param_stacks(tiny_config("dlsn", True)))
+        got = checkpoint.restore(mngr, 3, abstract, stacks=stacks)
     assert jax.tree.structure(got) == jax.tree.structure(want)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -189,15 +247,15 @@ def test_checkpoint_restores_into_the_other_layout(tmp_path, saved_scanned):
 
 def test_init_from_merges_the_other_layout():
     from jaxsr import checkpoint
-    _, scanned, params, x = both_models("nlsn")
-    stacks = scanned.param_stacks()
-    init = jax.jit(scanned.init)(jax.random.key(9), x)["params"]
+    from jaxsr.models import param_stacks
+    params = random_params(tiny_config("nlsn", False))
+    stacks = param_stacks(tiny_config("nlsn", True))
+    init = jax.tree.map(np.zeros_like, scan.to_scanned(params, stacks))   # a fresh model
     merged, report = checkpoint.merge_params(init, params, stacks)
     assert not report["missing"] and not report["unexpected"] and not report["skipped_shape"]
     assert max_tree_err(merged, scan.to_scanned(params, stacks)) == 0.0
     back, report = checkpoint.merge_params(params, scan.to_scanned(params, stacks), stacks)
     assert not report["missing"] and max_tree_err(back, params) == 0.0
-
 
 @pytest.mark.parametrize("name", ["nlsn", "dlsn", "rcan"])
 def test_torch_keys_are_the_same_in_both_layouts(name):
