@@ -32,7 +32,7 @@ from jaxsr.attention.kernels import chunk_attention
 F32 = jnp.float32
 ROWS_PER_STEP = 256                 # output rows per grid step (indices in SMEM)
 VMEM_TABLE_BYTES = 4 * 1024 * 1024  # per-item table kept whole in VMEM up to this size
-_VMEM_LIMIT = 32 * 1024 * 1024      # two table buffers + output blocks, under v4's 16 MiB x 2
+_VMEM_LIMIT = 16 * 1024 * 1024      # two 4 MiB table buffers + blocks; v4 allows at most 16 MiB
 
 
 def _accumulate(read_row, idx_ref, w_ref, o_ref, n_rounds: int, rows: int):
