@@ -123,9 +123,10 @@ def module_costs(module, shapes: dict, target: str, dtype: str,
     # the mesh: Mosaic kernels (formulation 'pallas') shard_map themselves over it
     with target_platform.tracing_for("tpu"), \
             jax.sharding.use_abstract_mesh(data.mesh.abstract_mesh):
-        x0 = jnp.zeros((1,) + shapes["train_step"][1:])
-        params = jax.eval_shape(lambda: module.init({"params": jax.random.PRNGKey(0),
-                                                     "lsh": jax.random.PRNGKey(1)}, x0))
+        # the parameters depend on the channels only: any program's input shape inits them
+        x0 = jax.ShapeDtypeStruct((1,) + next(iter(shapes.values()))[1:], jnp.float32)
+        params = jax.eval_shape(lambda x: module.init({"params": jax.random.PRNGKey(0),
+                                                       "lsh": jax.random.PRNGKey(1)}, x), x0)
         params = train.abstract_like(params, repl)
         rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=repl)
 

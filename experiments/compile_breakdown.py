@@ -24,18 +24,6 @@ from experiments import aot_table  # noqa: E402
 from jaxsr import accelerators, aot, config_util  # noqa: E402
 
 
-class OneProgram(dict):
-    """{program: shape} for `aot_table.module_costs`, which compiles every item and reads
-    shapes['train_step'] for the module's init input (only its channels matter)."""
-
-    def __init__(self, program: str, shape: tuple, train_shape: tuple):
-        super().__init__({program: shape})
-        self.train_shape = train_shape
-
-    def __getitem__(self, key):
-        return self.train_shape if key == "train_step" else super().__getitem__(key)
-
-
 def attention_compile_time(spec: str, target: str, dtype: str = "float32") -> list[dict]:
     """Wall and CPU seconds to lower and compile one attention module, per program."""
     c = aot_table.load(spec, dtype)
@@ -48,7 +36,7 @@ def attention_compile_time(spec: str, target: str, dtype: str = "float32") -> li
     rows = []
     for program, shape in shapes.items():
         _, wall, cpu = aot.timed(lambda: aot_table.module_costs(
-            module, OneProgram(program, shape, shapes["train_step"]), target, dtype))
+            module, {program: shape}, target, dtype))
         rows.append({"config": spec, "target": target, "dtype": dtype, "part": "attention",
                      "module": type(module).__name__, "modules_in_network": count,
                      "program": program, "global_input": list(shape),

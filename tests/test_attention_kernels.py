@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxsr.attention import chunked, lsh, sorted_chunks
-from jaxsr.attention.kernels import gather, gather_rows, gather_scalars, sorted_chunk_attention
+from jaxsr.attention.kernels import chunk_attention, gather, gather_rows, gather_scalars, sorted_chunk_attention
 
 
 def tables(shape, channels, gla: bool, dtype=jnp.float32, seed=0):
@@ -150,6 +150,12 @@ def test_keys_normalised_in_the_kernels(gla):
     for name, g, g_ref in zip(("dq", "dv", "dkey_bias"), grads, grads_ref):
         assert np.all(np.isfinite(np.asarray(g))), name
         assert_close(g, g_ref, 4e-6, name)
+
+
+def test_kernels_normalise_keys_with_the_lsh_eps():
+    """The kernels sit below lsh and so keep their own copy of F.normalize's eps: it must
+    be lsh's (a row with |q| < eps is scaled by 1/eps in both)."""
+    assert chunk_attention.KEY_EPS == lsh.KEY_EPS
 
 
 def test_unaligned_chunk_size_144():
