@@ -35,7 +35,6 @@ import os
 import resource
 import shlex
 import signal
-import socket
 import sys
 import threading
 import time
@@ -137,12 +136,8 @@ def _read_all(fd: int) -> str:
 def _reachable(address: str | None) -> bool | None:
     if not address or ":" not in address:
         return None
-    host, port = address.rsplit(":", 1)
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
-            return True
-    except OSError:
-        return False
+    from jaxsr import distributed
+    return distributed.connects(address)
 
 
 # Per mode: (what stopped, what is kept and how to go on, the error it is not).

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsr import precision
+from jaxsr import precision, process_executables
 
 ApplyFn = Callable[[jax.Array], jax.Array]
 
@@ -90,6 +90,13 @@ def _placement(x):
     return tuple(sorted(d.id for d in x.devices())) if isinstance(x, jax.Array) else None
 
 
+def _one_device(tree) -> list:
+    """[the device] when every array of `tree` lives on that one device, else []."""
+    devices = {d for x in jax.tree.leaves(tree) if isinstance(x, jax.Array)
+               for d in x.devices()}
+    return list(devices) if len(devices) == 1 else []
+
+
 def _signature(tree) -> tuple:
     leaves, treedef = jax.tree.flatten(tree)
     return (treedef,) + tuple((np.shape(x), str(getattr(x, "dtype", type(x))), _placement(x))
@@ -114,7 +121,8 @@ def compiled_forward(apply_fn: ApplyFn, shape):
         hit = table.get(sig)
     if hit is None:
         spec = jax.ShapeDtypeStruct(shape, jnp.float32)
-        compiled = lowerable.lower(*args, spec, **kwargs).compile()
+        compiled = process_executables.compile(lowerable.lower(*args, spec, **kwargs),
+                                               _one_device((args, kwargs)))
         with _lock:
             hit = table.setdefault(sig, (compiled, compiled.memory_analysis()))
     compiled, stats = hit

@@ -222,3 +222,32 @@ def test_bad_shard_counts_are_refused():
     c.data.num_shards = 3
     with pytest.raises(ValueError, match="num_shards=3 must be a multiple of the 2 JAX processes"):
         pipeline.train_dataset(c, 0, 2)
+
+
+def test_a_worker_waits_for_the_coordinator_port_before_dialling():
+    """distributed.wait_for_coordinator: returns once the port listens (a worker started
+    before process 0 then dials once, without gRPC's 1 s reconnect backoff), and gives up
+    after its timeout when nothing listens."""
+    from jaxsr import distributed
+    import threading
+    port = free_port()
+    server = socket.socket()
+
+    def listen_later():
+        time.sleep(0.4)
+        server.bind(("127.0.0.1", port))
+        server.listen()
+
+    opener = threading.Thread(target=listen_later)
+    t0 = time.monotonic()
+    opener.start()
+    try:
+        assert distributed.wait_for_coordinator(f"127.0.0.1:{port}", timeout_s=20)
+        waited = time.monotonic() - t0
+        assert 0.4 <= waited < 5, waited
+    finally:
+        opener.join()
+        server.close()
+    t0 = time.monotonic()
+    assert not distributed.wait_for_coordinator(f"127.0.0.1:{free_port()}", timeout_s=0.3)
+    assert 0.3 <= time.monotonic() - t0 < 5

@@ -197,6 +197,36 @@ def test_two_processes_score_exactly_as_one_and_process_0_alone_writes(runs):
         ["results.json"]
 
 
+def test_a_relaunch_loads_process_1s_eval_programs_from_its_own_cache_entries(runs,
+                                                                               xla_cache_env):
+    """JAX's cache is written by process 0 alone and keyed by device, so process 1 used to
+    compile its eval shapes at every launch; jaxsr.process_executables keeps its own
+    entries. The same 2-process evaluation launched again: process 1 compiles nothing (a
+    hit per shape, no miss of the eval forward) and scores exactly as before."""
+    tmp = runs[0]
+    check_exits(runs, "eval_two")
+    shutil.copytree(tmp / "two", tmp / "two_again", ignore=shutil.ignore_patterns("eval"))
+    env = dict(xla_cache_env, PYTHONUNBUFFERED="1",
+               XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    with Processes() as procs:
+        started = start_group(procs, tmp, "eval_again", [
+            "jaxsr.main", "--mode=evaluate", "--config=configs/edsr.py:small",
+            f"--workdir={tmp / 'two_again'}", *TINY_MODEL, SETS, NO_BICUBIC, runs[2]], env, 2)
+        wait_all(started)
+    logs = [log.read_text(errors="replace") for _, log in started]
+    assert [p.returncode for p, _ in started] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    first = runs[1]["eval_two"][1]
+    assert "process cache: stored" in first        # the first launch compiled and kept them
+    assert logs[1].count("process cache hit") == first.count("process cache: stored")
+    assert "MISS for 'jit__lambda'" not in logs[1] and "stored" not in logs[1]
+    before = json.loads((tmp / "two" / "eval" / "results.json").read_text())
+    again = json.loads((tmp / "two_again" / "eval" / "results.json").read_text())
+    for set_name in ("Set5", "Set14"):
+        scores = [{name: (row["psnr_y"], row["ssim_y"]) for name, row in r[set_name]["x2"]
+                   ["images"].items()} for r in (before, again)]
+        assert scores[0] == scores[1] and len(scores[0]) > 0
+
+
 def test_process_0_on_a_terminal_shows_a_bar_over_the_images_of_both_processes(runs):
     """Process 0 ran on a pseudo-terminal: its bar of each set counts the other process's
     images too (it ends at 14/14 though process 0 scored fewer)."""
