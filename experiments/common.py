@@ -72,6 +72,16 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def set_dotted(config, key: str, value, convert=None) -> None:
+    """config['a']['b'] = value for key 'a.b' (an override of an experiment's variant);
+    convert(old, value), when given, makes the value stored from the one it replaces."""
+    node = config
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node[part]
+    node[leaf] = convert(node.get(leaf), value) if convert else value
+
+
 def load_config(spec: str):
     """configs/X.py[:arg], relative to the repository when not found from the cwd."""
     path = spec.partition(":")[0]

@@ -20,7 +20,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from experiments import aot_table  # noqa: E402
+from experiments import aot_table, common  # noqa: E402
 from jaxsr import accelerators, aot, config_util  # noqa: E402
 
 
@@ -58,10 +58,7 @@ def variant_config(spec: str, overrides: dict | None):
     c = config_util.load_config_file(spec)
     c.model.init = "flax"        # the program does not depend on the init values
     for key, value in (overrides or {}).items():
-        node, leaf = c, key.split(".")
-        for part in leaf[:-1]:
-            node = node[part]
-        node[leaf[-1]] = value
+        common.set_dotted(c, key, value)
     return c
 
 

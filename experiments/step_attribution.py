@@ -42,27 +42,22 @@ def _parse_value(text: str):
     return text
 
 
-def load_config(spec: str, sets: list):
-    """config file spec + dotted `key=value` overrides."""
-    from jaxsr import config_util
-    c = config_util.load_config_file(spec)
-    if "loss" in c and "vgg19_random" in c.loss:
-        c.loss.vgg19_random = True      # shapes only: no VGG weights needed to compile
+def load_config(spec: str, sets: list, dtype: str):
+    """aot_table.load's config (compile-only settings) + dotted `key=value` overrides,
+    typed like the value they replace (string keys such as model.scan_blocks stay str)."""
+    from experiments import aot_table, common
+    c = aot_table.load(spec, dtype)
     for item in sets:
         key, _, value = item.partition("=")
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        old = node.get(leaf)
-        node[leaf] = value if isinstance(old, str) else _parse_value(value)
+        common.set_dotted(c, key, value, convert=lambda old, text: (
+            text if isinstance(old, str) else _parse_value(text)))
     return c
 
 
 def compile_program(config, target_spec: str, program: str, eval_lr_size: int):
     """(compiled, attention formulations, seconds) of one program, as aot.run_compile
     builds it."""
-    from jaxsr import accelerators, aot, models, objectives, target_platform, train
+    from jaxsr import accelerators, aot, objectives, target_platform, train
     from jaxsr.attention import chunked, impl
     from jaxsr.models import build_model
     target = accelerators.parse_target(target_spec)
@@ -95,7 +90,7 @@ def scatter_ops(text: str) -> list:
 def compile_row(args) -> dict:
     from jaxsr import aot
     from jaxsr.xla_analysis import cost_report, memory_report
-    config = load_config(args.config, args.set)
+    config = load_config(args.config, args.set, args.dtype)
     compiled, target, formulations, times, n_dev = compile_program(
         config, args.target, args.program, args.eval_lr_size)
     text = compiled.as_text()
@@ -150,6 +145,7 @@ def main(argv=None):
     c.add_argument("config")
     c.add_argument("--program", choices=("train_step", "eval_forward"), default="train_step")
     c.add_argument("--target", default="v5litepod-8")
+    c.add_argument("--dtype", default="float32", help="train.compute_dtype")
     c.add_argument("--eval_lr_size", type=int, default=512)
     c.add_argument("--set", action="append", default=[], help="key=value config override")
     c.add_argument("--hlo_dir", default=None)

@@ -121,8 +121,8 @@ def compiled_forward(apply_fn: ApplyFn, shape):
         hit = table.get(sig)
     if hit is None:
         spec = jax.ShapeDtypeStruct(shape, jnp.float32)
-        compiled = process_executables.compile(lowerable.lower(*args, spec, **kwargs),
-                                               _one_device((args, kwargs)))
+        compiled = process_executables.load_or_compile(
+            lowerable.lower(*args, spec, **kwargs), _one_device((args, kwargs)))
         with _lock:
             hit = table.setdefault(sig, (compiled, compiled.memory_analysis()))
     compiled, stats = hit

@@ -65,21 +65,22 @@ def _store(path: str, compiled) -> None:
             f.write(payload)
 
 
-def compile(lowered, devices):
+def load_or_compile(lowered, devices):
     """`lowered.compile()`, loaded from this process's entries when one is there (and
     stored when it was compiled here). `devices`: the devices the program runs on."""
     where = folder()
     if where is None or not devices:
         return lowered.compile()
     path = paths.join(where, cache_key(lowered, devices))
-    if paths.exists(path):
-        try:
-            compiled = _load(path, lowered, devices)
-            logging.info("process cache hit: %s", path)
-            return compiled
-        except Exception as e:  # noqa: BLE001 - an unreadable entry is compiled again
-            logging.warning("process cache entry %s could not be loaded (%s); compiling",
-                            path, fileio.describe_error(e))
+    try:                    # one read, no exists() first: a round trip less on gs://
+        compiled = _load(path, lowered, devices)
+        logging.info("process cache hit: %s", path)
+        return compiled
+    except FileNotFoundError:
+        pass
+    except Exception as e:  # noqa: BLE001 - an unreadable entry is compiled again
+        logging.warning("process cache entry %s could not be loaded (%s); compiling",
+                        path, fileio.describe_error(e))
     start = time.monotonic()
     compiled = lowered.compile()
     seconds = time.monotonic() - start
