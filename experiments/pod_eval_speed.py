@@ -15,8 +15,8 @@ the run and recorded.
 
 The weights are random (the timing does not depend on them; the scores are meaningless
 and not reported). One untimed run of each kind first fills a shared XLA compilation
-cache (process 0 writes it: process 1, whose programs are keyed by its own device, still
-compiles its shapes in every run); the timed runs alternate. Each run records the 1-minute
+cache (process 0 writes JAX's; process 1, whose programs are keyed by its own device,
+keeps its own entries: jaxsr.process_executables); the timed runs alternate. Each run records the 1-minute
 load average before and after it, the wall time, the CPU seconds of all its processes
 (user + system) and, per process, a timeline from its log (seconds
 after launch): first log line (Python + JAX imported), params loaded, first image

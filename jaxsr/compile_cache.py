@@ -14,7 +14,9 @@ the one path every process of a run already shares (its checkpoints are there, l
 tests never share entries unless a folder is named for them. 'none' turns the cache off.
 
 Who writes: JAX itself writes entries only from process 0 (`jax._src.compiler._cache_write`:
-"Not writing persistent cache entry since process_id != 0"); every process reads.
+"Not writing persistent cache entry since process_id != 0"); every process reads. The
+programs of one process's own devices, keyed by them, are kept per process by
+`jaxsr.process_executables`.
 
 Trust: an entry is machine code that the next launch runs. Keep the folder (a `gs://`
 cache included) where only you can write, e.g. inside your own bucket or the workdir.
